@@ -1,0 +1,63 @@
+"""The fast path: in-place uint64 arithmetic with numpy, seeds expanded chunk by chunk.
+
+Heavy calls are ``np.add``/``np.subtract`` on contiguous uint64 (numpy releases the
+GIL inside them) and AES-CTR ``update_into`` on 256 KiB chunks, so a seeded share is
+expanded and added while the chunk stays in cache and is never materialised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mpc import prg, ring
+from mpc.ring import DTYPE, RingVector
+from mpc.sharing import FullShare, SeedShare, Share
+
+# Full shares are added in chunks as well, so a share that was just received
+# (cold in cache) streams through once.
+_ADD_CHUNK = prg.CHUNK_ELEMENTS * 4
+
+
+class NumpyEngine:
+    """Accumulators are contiguous ``uint64`` numpy vectors."""
+
+    name = "numpy"
+
+    def zeros(self, length: int) -> RingVector:
+        return ring.zeros(length)
+
+    def accumulate(self, acc: RingVector, share: Share) -> RingVector:
+        return self._apply(acc, share, negate=False)
+
+    def subtract(self, acc: RingVector, share: Share) -> RingVector:
+        return self._apply(acc, share, negate=True)
+
+    def to_ring(self, acc: RingVector) -> RingVector:
+        return acc
+
+    def from_ring(self, vector: RingVector) -> RingVector:
+        return np.array(vector, dtype=DTYPE, copy=True)
+
+    def reconstruct(self, aggregate_shares: Sequence[RingVector]) -> RingVector:
+        if not aggregate_shares:
+            raise ValueError("cannot reconstruct from zero aggregate shares")
+        out = ring.zeros(len(aggregate_shares[0]))
+        for s in aggregate_shares:
+            ring.add_(out, s)
+        return out
+
+    def _apply(self, acc: RingVector, share: Share, *, negate: bool) -> RingVector:
+        ring.check_length(acc, share.length)
+        if isinstance(share, SeedShare):
+            prg.add_stream_into(acc, share.seed, share.prg_context(), negate=negate)
+        elif isinstance(share, FullShare):
+            op = np.subtract if negate else np.add
+            vec = share.vector
+            for start, stop in prg.chunks(len(acc), _ADD_CHUNK):
+                target = acc[start:stop]
+                op(target, vec[start:stop], out=target)
+        else:  # pragma: no cover - the Share union is closed
+            raise TypeError(f"expected FullShare or SeedShare, got {type(share).__name__}")
+        return acc
