@@ -67,7 +67,7 @@ class PrgContext:
 
 
 def keystream(seed: Seed, context: PrgContext) -> CipherContext:
-    """An AES-128-CTR encryptor keyed for ``(seed, context)``; encrypting zeros yields the stream."""
+    """AES-128-CTR encryptor keyed for ``(seed, context)``; encrypting zeros gives the stream."""
     okm = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context.info()).derive(
         seed.expose()
     )
@@ -85,7 +85,7 @@ def expand_into(seed: Seed, context: PrgContext, out: RingVector) -> RingVector:
     stream = keystream(seed, context)
     n = len(out)
     zeros = bytes(min(n, CHUNK_ELEMENTS) * ELEMENT_BYTES)
-    raw = memoryview(out).cast("B")
+    raw = out.data.cast("B")
     for start, stop in chunks(n):
         nbytes = (stop - start) * ELEMENT_BYTES
         stream.update_into(memoryview(zeros)[:nbytes], raw[start * ELEMENT_BYTES :][:nbytes])
@@ -110,7 +110,7 @@ def add_stream_into(
     stream = keystream(seed, context)
     n = len(acc)
     scratch = np.zeros(min(n, CHUNK_ELEMENTS), dtype=DTYPE)
-    scratch_raw = memoryview(scratch).cast("B")
+    scratch_raw = scratch.data.cast("B")
     zeros = bytes(len(scratch) * ELEMENT_BYTES)
     op = np.subtract if negate else np.add
     for start, stop in chunks(n):

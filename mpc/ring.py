@@ -80,4 +80,4 @@ def from_bytes(buf: bytes | bytearray | memoryview) -> RingVector:
 def to_bytes(x: RingVector) -> memoryview:
     """Little-endian bytes of ``x`` without a copy (``x`` must be contiguous)."""
     arr = np.ascontiguousarray(x, dtype=DTYPE)
-    return memoryview(arr).cast("B")
+    return arr.data.cast("B")
