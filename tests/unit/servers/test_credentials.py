@@ -1,0 +1,704 @@
+"""Tests of servers.credentials (pki + tokens): certificates, key files, tokens, and real TLS."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import pickle
+import stat
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from servers.credentials import (
+    Identity,
+    KeyPair,
+    TokenIssuer,
+    TokenVerifier,
+    client_from_auth_context,
+    create_ca,
+    is_issued_by,
+    issue_client_cert,
+    issue_party_cert,
+    load_key_pair,
+    load_token_public_key,
+    load_token_signing_key,
+    party_from_auth_context,
+    provision_dev,
+    write_key_pair,
+    write_private_pem,
+    write_public_pem,
+    write_token_public_key,
+    write_token_signing_key,
+)
+from servers.errors import Unauthenticated
+
+NOW = 1_800_000_000.0  # a fixed instant (2027-01-15) for every fake clock
+CLUSTER = "test-cluster"
+RPC_TIMEOUT_S = 5.0
+
+
+class FakeClock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def ca() -> KeyPair:
+    return create_ca()
+
+
+@pytest.fixture(scope="module")
+def party1(ca: KeyPair) -> KeyPair:
+    return issue_party_cert(ca, 1, ["127.0.0.1", "localhost", "party1.example"])
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _sans(pair: KeyPair) -> x509.SubjectAlternativeName:
+    return pair.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def _store(ca: KeyPair) -> verification.Store:
+    return verification.Store([ca.certificate])
+
+
+# --- certificates -------------------------------------------------------------------------
+
+
+def test_ca_is_a_self_signed_p256_ca(ca: KeyPair) -> None:
+    cert = ca.certificate
+    assert cert.subject == cert.issuer
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert isinstance(ca.private_key().curve, ec.SECP256R1)
+    assert is_issued_by(ca, ca)
+    assert ca.key_matches_certificate()
+
+
+def test_party_cert_verifies_as_server_and_as_client(ca: KeyPair, party1: KeyPair) -> None:
+    cert = party1.certificate
+    server = verification.PolicyBuilder().store(_store(ca)).build_server_verifier
+    for name in (x509.DNSName("localhost"), x509.IPAddress(_ip("127.0.0.1"))):
+        chain = server(name).verify(cert, [])
+        assert chain[-1] == ca.certificate
+    client = verification.PolicyBuilder().store(_store(ca)).build_client_verifier()
+    verified = client.verify(cert, [])
+    assert x509.UniformResourceIdentifier("mpcagg://party/1") in (verified.subjects or [])
+    assert is_issued_by(party1, ca)
+
+
+def test_party_cert_names_and_usages(party1: KeyPair) -> None:
+    cert = party1.certificate
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "party-1"
+    sans = _sans(party1)
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "party1.example"]
+    assert sans.get_values_for_type(x509.IPAddress) == [_ip("127.0.0.1")]
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["mpcagg://party/1"]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert party1.key_matches_certificate()
+
+
+def test_client_cert_is_client_only(ca: KeyPair) -> None:
+    pair = issue_client_cert(ca, "trainer-7", "trainer")
+    assert _sans(pair).get_values_for_type(x509.UniformResourceIdentifier) == [
+        "mpcagg://trainer/trainer-7"
+    ]
+    assert pair.certificate.subject.rfc4514_string() == "CN=trainer-7"
+    client = verification.PolicyBuilder().store(_store(ca)).build_client_verifier()
+    client.verify(pair.certificate, [])
+    server = (
+        verification.PolicyBuilder()
+        .store(_store(ca))
+        .build_server_verifier(x509.DNSName("localhost"))
+    )
+    with pytest.raises(verification.VerificationError):
+        server.verify(pair.certificate, [])
+
+
+def test_cert_from_a_foreign_ca_does_not_verify(ca: KeyPair) -> None:
+    foreign = issue_party_cert(create_ca(), 1, ["localhost"])  # same CA name, other key
+    assert not is_issued_by(foreign, ca)
+    client = verification.PolicyBuilder().store(_store(ca)).build_client_verifier()
+    with pytest.raises(verification.VerificationError):
+        client.verify(foreign.certificate, [])
+
+
+def test_leaf_validity_follows_the_clock_and_stays_within_the_ca(ca: KeyPair) -> None:
+    clock = FakeClock()
+    short_ca = create_ca(valid_days=10, clock=clock)
+    leaf = issue_party_cert(short_ca, 0, ["localhost"], valid_days=365, clock=clock)
+    assert leaf.certificate.not_valid_after_utc == short_ca.certificate.not_valid_after_utc
+    assert leaf.certificate.not_valid_before_utc < datetime.fromtimestamp(NOW, UTC)
+    assert is_issued_by(leaf, short_ca, clock=clock)
+    clock.now += 11 * 86400
+    assert not is_issued_by(leaf, short_ca, clock=clock)
+
+
+@pytest.mark.parametrize(
+    ("party", "hosts", "message"),
+    [
+        (-1, ["localhost"], "party index"),
+        (True, ["localhost"], "party index"),
+        (0, [], "at least one host"),
+        (0, "localhost", "sequence of host names"),
+        (0, ["bad host"], "neither an IP address"),
+        (0, ["hôte.example"], "neither an IP address"),
+    ],
+)
+def test_issue_party_cert_refuses_bad_arguments(
+    ca: KeyPair, party: int, hosts: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        issue_party_cert(ca, party, hosts)
+
+
+def test_only_a_ca_can_issue(party1: KeyPair) -> None:
+    with pytest.raises(ValueError, match="not a CA certificate"):
+        issue_party_cert(party1, 2, ["localhost"])
+
+
+@pytest.mark.parametrize("client_id", ["", "-x", "a/b", "a b", "x" * 129, "é"])
+def test_client_ids_are_restricted(ca: KeyPair, client_id: str) -> None:
+    with pytest.raises(ValueError, match="client id"):
+        issue_client_cert(ca, client_id, "trainer")
+
+
+def test_unknown_client_role_is_refused(ca: KeyPair) -> None:
+    with pytest.raises(ValueError, match='unknown role "admin"'):
+        issue_client_cert(ca, "c1", "admin")  # type: ignore[arg-type]
+
+
+def test_key_pair_hides_its_key(party1: KeyPair) -> None:
+    text = repr(party1)
+    assert "CN=party-1" in text and "<redacted>" in text
+    assert "PRIVATE" not in text and party1.key_pem.decode() not in text
+    assert "PRIVATE" not in str(party1)
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(party1)
+
+
+# --- key files ------------------------------------------------------------------------------
+
+
+def test_private_pem_is_0600_even_with_a_lax_umask_or_an_existing_file(
+    tmp_path: Path, party1: KeyPair
+) -> None:
+    path = tmp_path / "key.pem"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    old_umask = os.umask(0)
+    try:
+        write_private_pem(path, party1.key_pem)
+    finally:
+        os.umask(old_umask)
+    assert _mode(path) == 0o600
+    assert path.read_bytes() == party1.key_pem
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.pem"]  # no temporary left
+
+
+def test_public_pem_is_0644_and_pairs_load_back(tmp_path: Path, party1: KeyPair) -> None:
+    write_public_pem(tmp_path / "c.pem", party1.cert_pem)
+    write_private_pem(tmp_path / "k.pem", party1.key_pem)
+    assert _mode(tmp_path / "c.pem") == 0o644
+    assert load_key_pair(tmp_path / "c.pem", tmp_path / "k.pem") == party1
+
+
+def test_load_key_pair_refuses_a_foreign_key(tmp_path: Path, ca: KeyPair, party1: KeyPair) -> None:
+    write_public_pem(tmp_path / "c.pem", party1.cert_pem)
+    write_private_pem(tmp_path / "k.pem", ca.key_pem)
+    with pytest.raises(ValueError, match="not the private key"):
+        load_key_pair(tmp_path / "c.pem", tmp_path / "k.pem")
+
+
+def test_token_keys_round_trip_through_pem_files(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    write_token_signing_key(tmp_path / "s.pem", key)
+    write_token_public_key(tmp_path / "p.pem", key.public_key())
+    assert _mode(tmp_path / "s.pem") == 0o600
+    assert b"BEGIN PRIVATE KEY" in (tmp_path / "s.pem").read_bytes()  # PKCS#8
+    assert b"BEGIN PUBLIC KEY" in (tmp_path / "p.pem").read_bytes()  # SubjectPublicKeyInfo
+    loaded = load_token_signing_key(tmp_path / "s.pem")
+    assert loaded.public_key() == load_token_public_key(tmp_path / "p.pem") == key.public_key()
+
+
+def test_token_key_loaders_refuse_other_key_types(tmp_path: Path, ca: KeyPair) -> None:
+    write_private_pem(tmp_path / "ec.pem", ca.key_pem)
+    with pytest.raises(ValueError, match="expected an Ed25519 private key"):
+        load_token_signing_key(tmp_path / "ec.pem")
+    (tmp_path / "empty.pem").write_bytes(b"")
+    with pytest.raises(ValueError, match="does not contain a PEM block"):
+        load_token_public_key(tmp_path / "empty.pem")
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tokens:
+    key: Ed25519PrivateKey
+    clock: FakeClock
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+
+
+@pytest.fixture
+def tokens() -> Tokens:
+    key = Ed25519PrivateKey.generate()
+    clock = FakeClock()
+    return Tokens(
+        key,
+        clock,
+        TokenIssuer(key, clock=clock),
+        TokenVerifier(key.public_key(), CLUSTER, leeway_s=30.0, clock=clock),
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signed(key: Ed25519PrivateKey, payload: object) -> str:
+    """A correctly signed token with an arbitrary payload, to test the claim checks."""
+    body = json.dumps(payload).encode()
+    return f"{_b64(body)}.{_b64(key.sign(body))}"
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    claims: dict[str, object] = {
+        "v": 1,
+        "sub": "t1",
+        "role": "trainer",
+        "cluster": CLUSTER,
+        "iat": NOW,
+        "exp": NOW + 60,
+    }
+    claims.update(overrides)
+    return claims
+
+
+def _rejects(verifier: TokenVerifier, token: str, message: str) -> Unauthenticated:
+    with pytest.raises(Unauthenticated, match=message) as caught:
+        verifier.verify(token)
+    text = str(caught.value)
+    for part in token.split("."):
+        if len(part) >= 8:
+            assert part not in text and part[:16] not in text
+    return caught.value
+
+
+def test_token_round_trips(tokens: Tokens) -> None:
+    token = tokens.issuer.issue("trainer-3", "trainer", ttl_s=600, cluster=CLUSTER)
+    assert tokens.verifier.verify(token) == Identity("trainer-3", "trainer", NOW + 600)
+    payload = json.loads(_unb64(token.split(".")[0]))
+    assert payload == {
+        "v": 1,
+        "sub": "trainer-3",
+        "role": "trainer",
+        "cluster": CLUSTER,
+        "iat": int(NOW),
+        "exp": int(NOW) + 600,
+    }
+    collector = tokens.issuer.issue("collector", "collector", ttl_s=1.5, cluster=CLUSTER)
+    assert tokens.verifier.verify(collector).role == "collector"
+
+
+def test_tampered_payload_is_refused(tokens: Tokens) -> None:
+    token = tokens.issuer.issue("t1", "trainer", 600, CLUSTER)
+    body, signature = token.split(".")
+    forged = json.loads(_unb64(body)) | {"role": "collector"}
+    _rejects(tokens.verifier, f"{_b64(json.dumps(forged).encode())}.{signature}", "bad token sig")
+
+
+def test_tampered_signature_is_refused(tokens: Tokens) -> None:
+    body, signature = tokens.issuer.issue("t1", "trainer", 600, CLUSTER).split(".")
+    raw = bytearray(_unb64(signature))
+    raw[5] ^= 0x01
+    _rejects(tokens.verifier, f"{body}.{_b64(bytes(raw))}", "bad token signature")
+
+
+def test_token_from_another_key_is_refused(tokens: Tokens) -> None:
+    other = TokenIssuer(Ed25519PrivateKey.generate(), clock=tokens.clock)
+    _rejects(tokens.verifier, other.issue("t1", "trainer", 600, CLUSTER), "bad token signature")
+
+
+def test_expiry_allows_the_leeway_and_no_more(tokens: Tokens) -> None:
+    token = tokens.issuer.issue("t1", "trainer", 60, CLUSTER)
+    tokens.clock.now = NOW + 60 + 30  # exactly at exp + leeway
+    assert tokens.verifier.verify(token).client_id == "t1"
+    tokens.clock.now = NOW + 60 + 31
+    error = _rejects(tokens.verifier, token, r"token expired at 2027-01-15T08:01:00\+00:00")
+    assert "(now 2027-01-15T08:01:31+00:00" in str(error)
+
+
+def test_token_from_the_future_is_refused(tokens: Tokens) -> None:
+    token = tokens.issuer.issue("t1", "trainer", 600, CLUSTER)
+    tokens.clock.now = NOW - 29
+    assert tokens.verifier.verify(token).client_id == "t1"
+    tokens.clock.now = NOW - 31
+    _rejects(tokens.verifier, token, "issued in the future")
+
+
+def test_wrong_cluster_is_refused(tokens: Tokens) -> None:
+    token = tokens.issuer.issue("t1", "trainer", 600, "other-cluster")
+    _rejects(tokens.verifier, token, 'wrong cluster "other-cluster" \\(expected "test-cluster"\\)')
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"role": "admin"}, 'unknown role "admin"'),
+        ({"v": 2}, "unsupported token version 2"),
+        ({"v": True}, "unsupported token version"),
+        ({"sub": "a/b"}, "invalid subject"),
+        ({"sub": None}, "invalid subject"),
+        ({"cluster": 7}, "missing cluster"),
+        ({"exp": "soon"}, "invalid 'exp'"),
+        ({"iat": None}, "invalid 'iat'"),
+        ({"exp": 10**400}, "invalid 'exp'"),
+    ],
+)
+def test_signed_but_invalid_claims_are_refused(
+    tokens: Tokens, overrides: dict[str, object], message: str
+) -> None:
+    _rejects(tokens.verifier, _signed(tokens.key, _claims(**overrides)), message)
+
+
+def test_signed_non_object_payload_is_refused(tokens: Tokens) -> None:
+    _rejects(tokens.verifier, _signed(tokens.key, ["v", 1]), "not a JSON object")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: t.replace(".", ""), "expected 2 dot-separated parts, got 1"),
+        (lambda t: t + ".x", "expected 2 dot-separated parts, got 3"),
+        (lambda t: t.replace("-", "+").replace("_", "/") + "+/", "not unpadded base64url"),
+        (lambda t: t + "=", "not unpadded base64url"),
+        (lambda t: t.split(".")[0] + ".", "signature is 0 bytes"),
+        (lambda t: t + "A" * 5000, "at most 4096"),
+        (lambda t: "", "expected 2 dot-separated parts"),
+    ],
+)
+def test_malformed_tokens_are_refused(
+    tokens: Tokens, make: Callable[[str], str], message: str
+) -> None:
+    token = make(tokens.issuer.issue("t1", "trainer", 600, CLUSTER))
+    _rejects(tokens.verifier, token, message)
+
+
+def test_non_canonical_base64_is_refused(tokens: Tokens) -> None:
+    body, signature = tokens.issuer.issue("t1", "trainer", 600, CLUSTER).split(".")
+    # 64 bytes -> 86 chars; the last char carries 2 unused bits that must be zero.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(signature[-1]) ^ 0x01]
+    assert _unb64(signature[:-1] + last) == _unb64(signature)  # same bytes, other text
+    _rejects(tokens.verifier, f"{body}.{signature[:-1]}{last}", "not canonical")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("t1", "admin", 60, CLUSTER), "unknown role"),
+        (("t 1", "trainer", 60, CLUSTER), "client id"),
+        (("t1", "trainer", 0, CLUSTER), "positive number"),
+        (("t1", "trainer", float("inf"), CLUSTER), "positive number"),
+        (("t1", "trainer", 60, ""), "cluster name"),
+    ],
+)
+def test_issuer_refuses_bad_arguments(
+    tokens: Tokens, args: tuple[str, str, float, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        tokens.issuer.issue(*args)
+
+
+def test_token_objects_do_not_show_keys(tokens: Tokens) -> None:
+    assert repr(tokens.issuer) == "TokenIssuer(signing_key=<redacted>)"
+    assert "key" not in repr(tokens.verifier)
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(tokens.issuer)
+
+
+# --- provisioning ---------------------------------------------------------------------------
+
+
+def test_provision_dev_writes_everything_with_tight_modes(tmp_path: Path) -> None:
+    out = provision_dev(tmp_path / "dev", 3, trainer_ids=("t1", "t2"))
+    names = sorted(p.name for p in out.directory.iterdir() if not p.name.startswith("."))
+    assert names == sorted(
+        ["ca.pem", "ca-key.pem", "token-signing-key.pem", "token-public-key.pem"]
+        + [f"party-{i}{s}.pem" for i in range(3) for s in ("", "-key")]
+        + ["collector.pem", "collector-key.pem"]
+        + [f"trainer-t{i}{s}.pem" for i in (1, 2) for s in ("", "-key")]
+    )
+    for key in (
+        out.ca_key,
+        out.token_signing_key,
+        out.collector.key,
+        *(p.key for p in out.parties),
+    ):
+        assert _mode(key) == 0o600, key
+    assert _mode(out.directory) == 0o700
+    ca = load_key_pair(out.ca_cert, out.ca_key)
+    for i, files in enumerate(out.parties):
+        pair = files.load()
+        assert is_issued_by(pair, ca)
+        uris = _sans(pair).get_values_for_type(x509.UniformResourceIdentifier)
+        assert uris == [f"mpcagg://party/{i}"]
+    assert _sans(out.trainer("t2").load()).get_values_for_type(x509.UniformResourceIdentifier) == [
+        "mpcagg://trainer/t2"
+    ]
+    issuer = TokenIssuer(load_token_signing_key(out.token_signing_key))
+    verifier = TokenVerifier(load_token_public_key(out.token_public_key), CLUSTER)
+    assert verifier.verify(issuer.issue("t1", "trainer", 60, CLUSTER)).client_id == "t1"
+
+
+def test_provision_dev_is_idempotent(tmp_path: Path) -> None:
+    first = provision_dev(tmp_path, 3)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    second = provision_dev(tmp_path, 3)
+    assert second == first
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_provision_dev_reissues_only_what_no_longer_fits(tmp_path: Path) -> None:
+    clock = FakeClock()
+    out = provision_dev(tmp_path, 3, clock=clock)
+    ca_before = out.ca_cert.read_bytes()
+    party0_before = out.parties[0].cert.read_bytes()
+    provision_dev(tmp_path, 3, hosts=("127.0.0.1", "localhost", "10.0.0.5"), clock=clock)
+    assert out.ca_cert.read_bytes() == ca_before
+    assert out.parties[0].cert.read_bytes() != party0_before
+    assert x509.IPAddress(_ip("10.0.0.5")) in _sans(out.parties[0].load())
+    party0_now = out.parties[0].cert.read_bytes()
+    clock.now += 200 * 86400  # the CA and the leaves (365 days) still fit
+    provision_dev(tmp_path, 3, hosts=("10.0.0.5",), clock=clock)
+    assert out.parties[0].cert.read_bytes() == party0_now
+
+
+def test_provision_dev_replaces_leaves_that_expire_soon_or_come_from_another_ca(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    out = provision_dev(tmp_path, 3, clock=clock)
+    ca = load_key_pair(out.ca_cert, out.ca_key)
+    hosts = ["127.0.0.1", "localhost"]
+    expiring = issue_party_cert(ca, 0, hosts, valid_days=1, clock=clock)
+    foreign = issue_party_cert(create_ca(clock=clock), 1, hosts, clock=clock)
+    write_key_pair(expiring, out.parties[0].cert, out.parties[0].key)
+    write_key_pair(foreign, out.parties[1].cert, out.parties[1].key)
+    provision_dev(tmp_path, 3, clock=clock)
+    for files, replaced in zip(out.parties[:2], (expiring, foreign), strict=True):
+        pair = files.load()
+        assert pair != replaced
+        assert is_issued_by(pair, ca, clock=clock)
+
+
+def test_provision_dev_refuses_half_a_ca(tmp_path: Path) -> None:
+    out = provision_dev(tmp_path, 3)
+    out.ca_key.unlink()
+    with pytest.raises(ValueError, match=r"ca\.pem but not its counterpart"):
+        provision_dev(tmp_path, 3)
+
+
+def test_provision_dev_refuses_an_expired_ca(tmp_path: Path) -> None:
+    clock = FakeClock()
+    provision_dev(tmp_path, 3, clock=clock)
+    clock.now += 400 * 86400
+    with pytest.raises(ValueError, match="expired"):
+        provision_dev(tmp_path, 3, clock=clock)
+
+
+# --- auth context, as dictionaries ------------------------------------------------------------
+
+
+def _auth_context(cn: bytes, *sans: bytes, tls: bool = True) -> dict[str, list[bytes]]:
+    context = {
+        "x509_common_name": [cn],
+        "x509_subject_alternative_name": list(sans),
+        "peer_uri": [s for s in sans if b"://" in s],
+    }
+    if tls:
+        context["transport_security_type"] = [b"ssl"]
+    return context
+
+
+def test_party_from_auth_context_needs_matching_cn_and_one_party_uri() -> None:
+    assert party_from_auth_context(_auth_context(b"party-2", b"h", b"mpcagg://party/2")) == 2
+    bytes_keys = {k.encode(): v for k, v in _auth_context(b"party-0", b"mpcagg://party/0").items()}
+    assert party_from_auth_context(bytes_keys) == 0
+    assert party_from_auth_context(_auth_context(b"party-1", b"mpcagg://party/2")) is None
+    two = _auth_context(b"party-1", b"mpcagg://party/1", b"mpcagg://party/2")
+    assert party_from_auth_context(two) is None
+    assert party_from_auth_context(_auth_context(b"party-1", b"mpcagg://party/01")) is None
+    assert party_from_auth_context(_auth_context(b"party-1", b"mpcagg://party/+1")) is None
+    no_tls = _auth_context(b"party-1", b"mpcagg://party/1", tls=False)
+    assert party_from_auth_context(no_tls) is None
+    assert party_from_auth_context({}) is None
+    trainer = _auth_context(b"t1", b"mpcagg://trainer/t1")
+    assert party_from_auth_context(trainer) is None
+
+
+def test_client_from_auth_context() -> None:
+    found = client_from_auth_context(_auth_context(b"t1", b"mpcagg://trainer/t1"))
+    assert found == Identity("t1", "trainer", float("inf"))
+    assert client_from_auth_context(_auth_context(b"t2", b"mpcagg://trainer/t1")) is None
+    assert client_from_auth_context(_auth_context(b"party-1", b"mpcagg://party/1")) is None
+    assert client_from_auth_context(_auth_context(b"a/b", b"mpcagg://trainer/a/b")) is None
+
+
+# --- real TLS through gRPC --------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    keys: list[str]
+    party: int | None
+    client: Identity | None
+
+
+def _echo_server(credentials: grpc.ServerCredentials, seen: list[Seen]) -> tuple[grpc.Server, int]:
+    def who(request: bytes, context: grpc.ServicerContext) -> bytes:
+        auth = context.auth_context()
+        seen.append(
+            Seen(sorted(auth), party_from_auth_context(auth), client_from_auth_context(auth))
+        )
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "mpcagg.test.Echo",
+        {
+            "Who": grpc.unary_unary_rpc_method_handler(
+                who, request_deserializer=None, response_serializer=None
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    return server, port
+
+
+def _call(port: int, ca: KeyPair, client: KeyPair | None) -> bytes:
+    if client is None:
+        credentials = grpc.ssl_channel_credentials(ca.cert_pem)
+    else:
+        credentials = grpc.ssl_channel_credentials(ca.cert_pem, client.key_pem, client.cert_pem)
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+        result: bytes = channel.unary_unary("/mpcagg.test.Echo/Who")(b"ping", timeout=RPC_TIMEOUT_S)
+        return result
+
+
+@pytest.fixture(scope="module")
+def server_pair(ca: KeyPair) -> KeyPair:
+    return issue_party_cert(ca, 0, ["localhost", "127.0.0.1"])
+
+
+@pytest.fixture
+def mtls_server(ca: KeyPair, server_pair: KeyPair) -> Iterator[tuple[int, list[Seen]]]:
+    seen: list[Seen] = []
+    credentials = grpc.ssl_server_credentials(
+        [(server_pair.key_pem, server_pair.cert_pem)],
+        root_certificates=ca.cert_pem,
+        require_client_auth=True,
+    )
+    server, port = _echo_server(credentials, seen)
+    yield port, seen
+    server.stop(grace=None).wait(RPC_TIMEOUT_S)
+
+
+@pytest.fixture
+def tls_server(ca: KeyPair, server_pair: KeyPair) -> Iterator[tuple[int, list[Seen]]]:
+    seen: list[Seen] = []
+    credentials = grpc.ssl_server_credentials(
+        [(server_pair.key_pem, server_pair.cert_pem)],
+        root_certificates=ca.cert_pem,
+        require_client_auth=False,
+    )
+    server, port = _echo_server(credentials, seen)
+    yield port, seen
+    server.stop(grace=None).wait(RPC_TIMEOUT_S)
+
+
+def test_mtls_peer_with_a_party_cert_is_that_party(
+    mtls_server: tuple[int, list[Seen]], ca: KeyPair, party1: KeyPair
+) -> None:
+    port, seen = mtls_server
+    assert _call(port, ca, party1) == b"ping"
+    assert seen[-1].party == 1 and seen[-1].client is None
+    # The keys grpc 1.85 puts in the auth context of a verified client certificate.
+    for key in (
+        "transport_security_type",
+        "x509_common_name",
+        "x509_subject_alternative_name",
+        "x509_pem_cert",
+        "peer_uri",
+    ):
+        assert key in seen[-1].keys
+
+
+def test_mtls_peer_with_a_client_cert_is_that_client(
+    mtls_server: tuple[int, list[Seen]], ca: KeyPair
+) -> None:
+    port, seen = mtls_server
+    collector = issue_client_cert(
+        ca, "collector", "collector", valid_days=30
+    )  # real TLS: real time
+    assert _call(port, ca, collector) == b"ping"
+    expires = collector.certificate.not_valid_after_utc.timestamp()
+    assert seen[-1].party is None
+    assert seen[-1].client == Identity("collector", "collector", expires)
+
+
+def test_mtls_refuses_a_foreign_ca_and_a_missing_cert(
+    mtls_server: tuple[int, list[Seen]], ca: KeyPair
+) -> None:
+    port, seen = mtls_server
+    foreign = issue_party_cert(create_ca(), 1, ["localhost", "127.0.0.1"])
+    for client in (foreign, None):
+        with pytest.raises(grpc.RpcError) as caught:
+            _call(port, ca, client)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert seen == []
+
+
+def test_tls_only_port_identifies_nobody(
+    tls_server: tuple[int, list[Seen]], ca: KeyPair, party1: KeyPair
+) -> None:
+    """grpc Python never requests a client certificate unless require_client_auth=True."""
+    port, seen = tls_server
+    assert _call(port, ca, None) == b"ping"
+    assert seen[-1].party is None and seen[-1].client is None
+    assert "transport_security_type" in seen[-1].keys
+    assert _call(port, ca, party1) == b"ping"
+    assert seen[-1].party is None  # the certificate was never asked for
+    assert not any(key.startswith("x509_") for key in seen[-1].keys)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
