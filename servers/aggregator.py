@@ -1,0 +1,504 @@
+"""One party's aggregation logic: rounds, durable uploads, manifests, commits.
+
+This is the domain layer: it knows :mod:`mpc` (engines, shares) and
+:mod:`servers.storage`, and nothing of gRPC. The servicers in
+:mod:`servers.service` convert messages and call it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mpc import FullShare, Seed, SeedShare, SharingContext
+from mpc.engines import Engine
+from mpc.ring import DTYPE, RingVector
+from servers.config import Limits
+from servers.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    RoundNotOpen,
+    Unavailable,
+)
+from servers.round import Round, RoundState, UploadRecord
+from servers.spec import RoundSpec, check_id, cohort_digest, spec_from_canonical
+from servers.storage import Storage, UploadRow
+
+log = logging.getLogger("mpcagg.aggregator")
+
+SHARING_ID_BYTES = 16
+DIGEST_BYTES = 32
+AGGREGATE_FILE = "aggregate.bin"
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadHeader:
+    round_id: str
+    client_id: str
+    sharing_id: bytes
+    party: int
+    kind: str  # "seed" | "full"
+    length: int
+    payload_digest: bytes
+    seed: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    round_id: str
+    client_id: str
+    party: int
+    payload_digest: bytes
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    round_id: str
+    party: int
+    state: RoundState
+    spec_digest: bytes
+    received: int
+    cohort_size: int
+    cohort_digest: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    round_id: str
+    party: int
+    client_ids: tuple[str, ...]
+    checksum: bytes
+    state: RoundState
+    cohort_digest: bytes
+
+
+class UploadSession:
+    """One upload in progress: chunks are hashed, spooled and buffered; :meth:`finish`
+    makes it durable, then adds it to the round's accumulator."""
+
+    def __init__(self, agg: Aggregator, rnd: Round, header: UploadHeader) -> None:
+        self._agg = agg
+        self._rnd = rnd
+        self.header = header
+        self._total = header.length * 8 if header.kind == "full" else len(header.seed)
+        self._writer = agg.storage.open_spool(
+            header.round_id, header.client_id, header.kind, header.sharing_id
+        )
+        self._hash = hashlib.sha256()
+        self._offset = 0
+        self._buffer: RingVector | None = None
+        self._done = False
+        if header.kind == "full":
+            self._buffer = np.empty(header.length, dtype=DTYPE)
+        else:
+            self._write(header.seed)
+
+    @property
+    def expects_chunks(self) -> bool:
+        return self.header.kind == "full"
+
+    def add_chunk(self, data: bytes) -> None:
+        if not self.expects_chunks:
+            raise InvalidArgument("a seed upload carries no chunks; got a chunk after the header")
+        if not data:
+            raise InvalidArgument("empty chunk; expected 1 or more bytes")
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        end = self._offset + len(data)
+        if end > self._total:
+            raise InvalidArgument(
+                f"chunks exceed the declared length of {self.header.length} elements "
+                f"({self._total} bytes): got at least {end} bytes"
+            )
+        self._hash.update(data)
+        if self._buffer is not None:
+            self._buffer.data.cast("B")[self._offset : end] = data
+        self._writer.write(data)
+        self._offset = end
+
+    def finish(self) -> Receipt:
+        """Check completeness and digest, make durable, accumulate, acknowledge."""
+        h = self.header
+        if self._offset != self._total:
+            raise InvalidArgument(
+                f"upload ended after {self._offset} bytes; the header declared "
+                f"{h.length} elements ({self._total} bytes)"
+            )
+        if not hashlib.compare_digest(self._hash.digest(), h.payload_digest):
+            raise InvalidArgument("payload digest does not match the data received")
+        self._writer.sync()
+        rnd = self._rnd
+        with rnd.lock:
+            rnd.require(RoundState.OPEN)
+            self._writer.publish()
+            self._agg.storage.record_upload(
+                UploadRow(h.round_id, h.client_id, h.sharing_id, h.kind, h.payload_digest, h.length, self._total)
+            )
+            self._done = True
+            rnd.accumulator = self._agg.engine.accumulate(rnd.accumulator, self._share())
+            rnd.uploads[h.client_id] = UploadRecord(h.client_id, h.sharing_id, h.kind, h.payload_digest, self._total)
+            rnd.inflight.discard(h.client_id)
+            rnd.changed.notify_all()
+        self._agg.metrics_upload(self._total)
+        return Receipt(h.round_id, h.client_id, self._agg.party, h.payload_digest, duplicate=False)
+
+    def _share(self) -> FullShare | SeedShare:
+        h = self.header
+        if self._buffer is not None:
+            return FullShare(party=self._agg.party, vector=self._buffer)
+        return SeedShare(
+            party=self._agg.party,
+            length=h.length,
+            seed=Seed(h.seed),
+            context=SharingContext(h.round_id, h.client_id),
+        )
+
+    def abort(self) -> None:
+        """Forget a partial or refused upload: nothing of it stays on disk or in memory."""
+        if self._done:
+            return
+        self._writer.abort()
+        with self._rnd.lock:
+            self._rnd.inflight.discard(self.header.client_id)
+            self._rnd.bytes_received -= self._total
+            self._rnd.changed.notify_all()
+
+
+class Aggregator:
+    """All rounds of one party."""
+
+    def __init__(
+        self,
+        party: int,
+        n_parties: int,
+        storage: Storage,
+        engine: Engine,
+        limits: Limits,
+        clock: Clock = time.time,
+        on_upload: Callable[[int], None] | None = None,
+    ) -> None:
+        self.party = party
+        self.n_parties = n_parties
+        self.storage = storage
+        self.engine = engine
+        self.limits = limits
+        self.clock = clock
+        self._rounds: dict[str, Round] = {}
+        self._lock = threading.Lock()
+        self._on_upload = on_upload
+
+    def metrics_upload(self, nbytes: int) -> None:
+        if self._on_upload is not None:
+            self._on_upload(nbytes)
+
+    # --- recovery -----------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Rebuild every round from disk; returns the number of acknowledged uploads replayed."""
+        replayed = 0
+        for row in self.storage.rounds():
+            spec = spec_from_canonical(row.spec)
+            state = RoundState(row.state)
+            rnd = Round(spec=spec, state=state, accumulator=None, reason=row.reason)
+            if state is RoundState.COMMITTED:
+                assert row.cohort is not None and row.cohort_digest is not None
+                rnd.cohort, rnd.cohort_digest = row.cohort, row.cohort_digest
+                path = self.storage.spool_dir(spec.round_id) / AGGREGATE_FILE
+                rnd.accumulator = self.engine.from_ring(np.fromfile(path, dtype=DTYPE))
+                self.storage.sweep(spec.round_id, keep={AGGREGATE_FILE})
+            elif state is RoundState.FAILED:
+                rnd.accumulator = None
+                self.storage.sweep(spec.round_id, keep=set())
+            else:
+                rnd.decided = row.cohort if state is RoundState.CLOSING else None
+                rnd.accumulator = self.engine.zeros(spec.length)
+                uploads = self.storage.uploads(spec.round_id)
+                for up in uploads:
+                    rnd.accumulator = self.engine.accumulate(rnd.accumulator, self._stored_share(spec, up))
+                    rnd.uploads[up.client_id] = UploadRecord(
+                        up.client_id, up.sharing_id, up.kind, up.digest, up.nbytes
+                    )
+                    rnd.bytes_received += up.nbytes
+                    replayed += 1
+                keep = {f"{u.client_id}.{u.kind}" for u in uploads}
+                self.storage.sweep(spec.round_id, keep=keep)
+            self._rounds[spec.round_id] = rnd
+        return replayed
+
+    def _stored_share(self, spec: RoundSpec, up: UploadRow) -> FullShare | SeedShare:
+        payload = self.storage.read_payload(up)
+        if up.kind == "full":
+            vec = np.frombuffer(bytearray(payload), dtype=DTYPE)
+            return FullShare(party=self.party, vector=vec)
+        return SeedShare(
+            party=self.party,
+            length=spec.length,
+            seed=Seed(payload),
+            context=SharingContext(spec.round_id, up.client_id),
+        )
+
+    # --- rounds -------------------------------------------------------------------------
+
+    def create_round(self, spec: RoundSpec) -> Status:
+        """Create a round; repeating it with the same spec is acknowledged again."""
+        if spec.n_parties != self.n_parties:
+            raise InvalidArgument(
+                f"round spec names {spec.n_parties} parties; this cluster has {self.n_parties}"
+            )
+        if spec.length > self.limits.max_vector_length:
+            raise LimitExceeded(
+                f"round vector length {spec.length} exceeds this server's limit "
+                f"({self.limits.max_vector_length})"
+            )
+        if spec.max_clients > self.limits.max_clients_per_round:
+            raise LimitExceeded(
+                f"max_clients {spec.max_clients} exceeds this server's limit "
+                f"({self.limits.max_clients_per_round})"
+            )
+        with self._lock:
+            existing = self._rounds.get(spec.round_id)
+            if existing is not None:
+                if existing.spec.digest != spec.digest:
+                    raise AlreadyExists(
+                        f"round {spec.round_id!r} already exists with a different spec"
+                    )
+                return self._status(existing)
+            self.storage.insert_round(spec.round_id, spec.canonical(), spec.digest, self.clock())
+            rnd = Round(spec=spec, state=RoundState.OPEN, accumulator=self.engine.zeros(spec.length))
+            self._rounds[spec.round_id] = rnd
+        log.info("round %s created: %d elements, min %d clients", spec.round_id, spec.length, spec.min_clients)
+        return self._status(rnd)
+
+    def get(self, round_id: str) -> Round:
+        with self._lock:
+            rnd = self._rounds.get(round_id)
+        if rnd is None:
+            raise NotFound(f"unknown round {round_id!r}")
+        return rnd
+
+    def rounds(self) -> list[Round]:
+        with self._lock:
+            return list(self._rounds.values())
+
+    def status(self, round_id: str) -> Status:
+        rnd = self.get(round_id)
+        with rnd.lock:
+            return self._status(rnd)
+
+    def _status(self, rnd: Round) -> Status:
+        return Status(
+            round_id=rnd.spec.round_id,
+            party=self.party,
+            state=rnd.state,
+            spec_digest=rnd.spec.digest,
+            received=len(rnd.uploads),
+            cohort_size=len(rnd.cohort) if rnd.cohort is not None else 0,
+            cohort_digest=rnd.cohort_digest,
+            reason=rnd.reason,
+        )
+
+    # --- uploads ------------------------------------------------------------------------
+
+    def begin_upload(self, h: UploadHeader) -> Receipt | UploadSession:
+        """Validate a header. Returns a receipt for an identical retry, else a session."""
+        check_id("client id", h.client_id)
+        rnd = self.get(h.round_id)
+        spec = rnd.spec
+        if h.party != self.party:
+            raise InvalidArgument(f"upload for party {h.party} was sent to party {self.party}")
+        if h.kind not in ("seed", "full"):
+            raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind!r}")
+        if h.length != spec.length:
+            raise InvalidArgument(
+                f"vector length {h.length} does not match round spec ({spec.length})"
+            )
+        if len(h.sharing_id) != SHARING_ID_BYTES:
+            raise InvalidArgument(
+                f"sharing id must be {SHARING_ID_BYTES} bytes, got {len(h.sharing_id)}"
+            )
+        if len(h.payload_digest) != DIGEST_BYTES:
+            raise InvalidArgument(
+                f"payload digest must be {DIGEST_BYTES} bytes (SHA-256), got {len(h.payload_digest)}"
+            )
+        if h.kind == "seed" and len(h.seed) != 32:
+            raise InvalidArgument(f"a seed share carries exactly 32 bytes of seed, got {len(h.seed)}")
+        if h.kind == "full" and h.seed:
+            raise InvalidArgument("a full share carries no seed; got seed bytes in the header")
+        nbytes = spec.length * 8 if h.kind == "full" else 32
+        with rnd.lock:
+            held = rnd.uploads.get(h.client_id)
+            if held is not None:
+                if hashlib.compare_digest(held.digest, h.payload_digest) and held.sharing_id == h.sharing_id:
+                    return Receipt(h.round_id, h.client_id, self.party, held.digest, duplicate=True)
+                raise AlreadyExists(
+                    f"client {h.client_id!r} already uploaded a different share for round {h.round_id!r}"
+                )
+            rnd.require(RoundState.OPEN)
+            if h.client_id in rnd.inflight:
+                raise Unavailable(
+                    f"an upload for client {h.client_id!r} in round {h.round_id!r} is in progress; retry"
+                )
+            active = len(rnd.uploads) + len(rnd.inflight)
+            if active >= spec.max_clients:
+                raise LimitExceeded(
+                    f"round {h.round_id!r} already holds its max_clients ({spec.max_clients}) uploads"
+                )
+            if rnd.bytes_received + nbytes > self.limits.max_upload_bytes_per_round:
+                raise LimitExceeded(
+                    f"round {h.round_id!r} would exceed max_upload_bytes_per_round "
+                    f"({self.limits.max_upload_bytes_per_round})"
+                )
+            rnd.inflight.add(h.client_id)
+            rnd.bytes_received += nbytes
+        try:
+            return UploadSession(self, rnd, h)
+        except BaseException:
+            with rnd.lock:
+                rnd.inflight.discard(h.client_id)
+                rnd.bytes_received -= nbytes
+            raise
+
+    # --- closing ------------------------------------------------------------------------
+
+    def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
+        """Stop accepting uploads and report which clients this party holds."""
+        rnd = self.get(round_id)
+        with rnd.lock:
+            if spec_digest != rnd.spec.digest:
+                raise InvalidArgument(
+                    f"spec digest {spec_digest.hex()[:16]}… does not match this party's "
+                    f"{rnd.spec.digest.hex()[:16]}… for round {round_id!r}"
+                )
+            if rnd.state is RoundState.OPEN:
+                self.storage.set_round_state(round_id, RoundState.CLOSING.value)
+                rnd.move(RoundState.CLOSING)
+                log.info("round %s closing: %d uploads held", round_id, len(rnd.uploads))
+            ids = tuple(sorted(rnd.uploads)) if rnd.state is not RoundState.COMMITTED else ()
+            return Manifest(
+                round_id=round_id,
+                party=self.party,
+                client_ids=ids if rnd.state is RoundState.CLOSING else (rnd.cohort or ()),
+                checksum=cohort_digest(ids),
+                state=rnd.state,
+                cohort_digest=rnd.cohort_digest,
+            )
+
+    def commit(self, round_id: str, cohort: tuple[str, ...], digest: bytes) -> Status:
+        """Fix the cohort and compute this party's aggregate share over exactly it."""
+        rnd = self.get(round_id)
+        cohort = tuple(sorted(cohort))
+        if cohort_digest(cohort) != digest:
+            raise InvalidArgument("cohort digest does not match the cohort's client ids")
+        with rnd.lock:
+            if rnd.state is RoundState.COMMITTED:
+                if rnd.cohort_digest == digest:
+                    return self._status(rnd)
+                raise AlreadyExists(
+                    f"round {round_id!r} is already committed to another cohort; "
+                    "an aggregate is never recomputed over a different subset"
+                )
+            if rnd.state is RoundState.OPEN:
+                self.storage.set_round_state(round_id, RoundState.CLOSING.value)
+                rnd.move(RoundState.CLOSING)
+            rnd.require(RoundState.CLOSING)
+            if len(cohort) < rnd.spec.min_clients:
+                raise RoundNotOpen(
+                    f"cohort of {len(cohort)} clients is below min_clients "
+                    f"({rnd.spec.min_clients}); refusing to commit round {round_id!r}"
+                )
+            missing = [c for c in cohort if c not in rnd.uploads]
+            if missing:
+                raise InvalidArgument(
+                    f"cohort names {len(missing)} clients party {self.party} does not hold "
+                    f"(first: {missing[0]!r})"
+                )
+            spec = rnd.spec
+            acc = rnd.accumulator
+            members = set(cohort)
+            for up in self.storage.uploads(round_id):
+                if up.client_id not in members:
+                    acc = self.engine.subtract(acc, self._stored_share(spec, up))
+            aggregate = self.engine.to_ring(acc)
+            path = self.storage.spool_dir(round_id) / AGGREGATE_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_durable(path, aggregate)
+            self.storage.set_round_state(round_id, RoundState.COMMITTED.value, "", cohort, digest)
+            rnd.accumulator = acc
+            rnd.cohort, rnd.cohort_digest = cohort, digest
+            rnd.move(RoundState.COMMITTED)
+            self.storage.sweep(round_id, keep={AGGREGATE_FILE})
+            log.info("round %s committed: cohort of %d", round_id, len(cohort))
+            return self._status(rnd)
+
+    def decide(self, round_id: str, cohort: tuple[str, ...], digest: bytes) -> None:
+        """Leader: durably record the chosen cohort before any party commits to it."""
+        rnd = self.get(round_id)
+        with rnd.lock:
+            rnd.require(RoundState.CLOSING)
+            self.storage.set_round_state(round_id, RoundState.CLOSING.value, "committing", cohort, digest)
+            rnd.decided = cohort
+            rnd.reason = "committing"
+
+    def fail(self, round_id: str, reason: str) -> Status:
+        """Mark the round FAILED (nothing will be revealed) and drop its shares."""
+        rnd = self.get(round_id)
+        with rnd.lock:
+            if rnd.state is RoundState.FAILED:
+                return self._status(rnd)
+            if rnd.state is RoundState.COMMITTED:
+                raise RoundNotOpen(f"round {round_id!r} is already COMMITTED; it cannot fail")
+            self.storage.set_round_state(round_id, RoundState.FAILED.value, reason)
+            rnd.move(RoundState.FAILED, reason)
+            rnd.accumulator = None
+            self.storage.sweep(round_id, keep=set())
+            log.warning("round %s failed: %s", round_id, reason)
+            return self._status(rnd)
+
+    def aggregate_share(self, round_id: str) -> tuple[Status, RingVector]:
+        """This party's aggregate share over the committed cohort."""
+        rnd = self.get(round_id)
+        with rnd.lock:
+            rnd.require(RoundState.COMMITTED)
+            if rnd.cohort is None or len(rnd.cohort) < rnd.spec.min_clients:
+                raise RoundNotOpen(f"round {round_id!r} has no cohort of at least min_clients")
+            return self._status(rnd), np.ascontiguousarray(self.engine.to_ring(rnd.accumulator))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no upload is in flight in any round (for draining); True if idle."""
+        deadline = time.monotonic() + timeout
+        for rnd in self.rounds():
+            with rnd.lock:
+                while rnd.inflight:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    rnd.changed.wait(left)
+        return True
+
+
+def _write_durable(path: Path, vector: RingVector) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(vector.data.cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

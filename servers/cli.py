@@ -1,0 +1,193 @@
+"""The ``mpcagg`` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from servers.errors import ServiceError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="mpcagg: secure aggregation of model updates across three or more servers.",
+)
+certs_app = typer.Typer(no_args_is_help=True, help="Development credentials: CA, certificates, tokens.")
+app.add_typer(certs_app, name="certs")
+
+
+def _logging(level: str) -> None:
+    from servers.logs import configure
+
+    configure(level)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def server(
+    config: Annotated[Path, typer.Option(help="Cluster file (TOML).")],
+    party: Annotated[int, typer.Option(help="This server's party index.")],
+    insecure: Annotated[bool, typer.Option(help="Run without TLS or authentication (dev only).")] = False,
+    port_file: Annotated[Path | None, typer.Option(help="Write the bound ports here.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+) -> None:
+    """Run one aggregation server, as in production."""
+    _logging(log_level)
+    from servers.config import load_cluster
+    from servers.server import serve_forever
+
+    try:
+        serve_forever(load_cluster(config), party, insecure=insecure, port_file=port_file)
+    except ServiceError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def up(
+    parties: Annotated[int, typer.Option(help="Number of servers.")] = 3,
+    directory: Annotated[Path, typer.Option("--dir", help="Data, certificates, logs.")] = Path(
+        ".mpcagg/cluster"
+    ),
+    engine: Annotated[str, typer.Option(help="numpy or crypten.")] = "numpy",
+    insecure: Annotated[bool, typer.Option(help="No TLS (dev only).")] = False,
+) -> None:
+    """Start a local cluster on 127.0.0.1 and keep it in the foreground (Ctrl-C stops it)."""
+    _logging("WARNING")
+    from servers.local import LocalCluster
+
+    cluster = LocalCluster(directory, parties, tls=not insecure, engine=engine)
+    try:
+        cluster.start()
+    except ServiceError as exc:
+        cluster.stop()
+        raise _fail(exc) from None
+    cfg = cluster.config
+    typer.echo(f"{parties} servers up ({'TLS' if not insecure else 'NO TLS'}, engine {engine}).")
+    for p in cfg.ordered_parties():
+        typer.echo(f"  party {p.id}: {p.address} (peers: {p.peer_address}), log {directory}/party-{p.id}.log")
+    typer.echo(f"cluster file: {cluster.cluster_file}")
+    if not insecure:
+        typer.echo(f"tokens: mpcagg certs token --dir {directory}/certs --client-id ID --role trainer|collector")
+    typer.echo("Ctrl-C to stop.")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        dead = [i for i in range(parties) if not cluster.alive(i)]
+        if dead:
+            typer.secho(f"party {dead[0]} exited; stopping the cluster", fg=typer.colors.RED, err=True)
+            break
+    codes = cluster.stop()
+    typer.echo(f"stopped (exit codes {codes}).")
+
+
+@app.command()
+def demo(
+    parties: Annotated[int, typer.Option(help="Number of servers.")] = 3,
+    trainers: Annotated[int, typer.Option(help="Simulated trainers.")] = 8,
+    rounds: Annotated[int, typer.Option(help="Federated averaging rounds.")] = 3,
+    engine: Annotated[str, typer.Option(help="numpy or crypten.")] = "numpy",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Keep state here.")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS (dev only).")] = False,
+) -> None:
+    """A local cluster plus simulated trainers running secure federated averaging."""
+    _logging("WARNING")
+    from servers.demo import run_demo
+
+    try:
+        ok = run_demo(
+            parties=parties,
+            trainers=trainers,
+            rounds=rounds,
+            engine=engine,
+            directory=directory,
+            tls=not insecure,
+        )
+    except ServiceError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code=0 if ok else 1)
+
+
+@certs_app.command("dev")
+def certs_dev(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")],
+    parties: Annotated[int, typer.Option(help="Number of parties.")] = 3,
+    host: Annotated[list[str] | None, typer.Option(help="Host name or IP for party certificates (repeat).")] = None,
+    trainer: Annotated[list[str] | None, typer.Option(help="Trainer id to issue a client certificate for.")] = None,
+) -> None:
+    """Create (or reuse) a development CA, party certificates and token keys."""
+    from servers.credentials import provision_dev
+
+    try:
+        creds = provision_dev(
+            directory, parties, hosts=tuple(host or ("127.0.0.1", "localhost")), trainer_ids=tuple(trainer or ())
+        )
+    except ValueError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"CA: {creds.ca_cert}")
+    for i, files in enumerate(creds.parties):
+        typer.echo(f"party {i}: {files.cert} (key {files.key}, mode 0600)")
+    typer.echo(f"token signing key: {creds.token_signing_key} (0600); public: {creds.token_public_key}")
+
+
+@certs_app.command("party")
+def certs_party(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory holding ca.pem and ca-key.pem.")],
+    party: Annotated[int, typer.Option(help="Party index.")],
+    host: Annotated[list[str], typer.Option(help="Host name or IP (repeat).")],
+) -> None:
+    """Issue a server certificate for one party (e.g. another organisation's host)."""
+    from servers.pki import issue_party_cert, load_key_pair, write_key_pair
+
+    try:
+        ca = load_key_pair(directory / "ca.pem", directory / "ca-key.pem")
+        pair = issue_party_cert(ca, party, host)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    write_key_pair(pair, directory / f"party-{party}.pem", directory / f"party-{party}-key.pem")
+    typer.echo(f"wrote {directory}/party-{party}.pem and party-{party}-key.pem (0600)")
+
+
+@certs_app.command("token")
+def certs_token(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory holding token-signing-key.pem.")],
+    client_id: Annotated[str, typer.Option(help="Trainer or collector id.")],
+    role: Annotated[str, typer.Option(help="trainer or collector.")] = "trainer",
+    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 86400.0,
+    cluster: Annotated[str, typer.Option(help="Cluster name (as in the cluster file).")] = "local",
+    out: Annotated[Path | None, typer.Option(help="Write the token to this file (0600).")] = None,
+) -> None:
+    """Issue a signed bearer token. It is a secret: printed only when no --out is given."""
+    from servers.credentials import load_token_signing_key
+    from servers.pki import write_private_pem
+    from servers.tokens import TokenIssuer
+
+    try:
+        token = TokenIssuer(load_token_signing_key(directory / "token-signing-key.pem")).issue(
+            client_id, role, ttl, cluster
+        )
+    except (ValueError, OSError, ServiceError) as exc:
+        raise _fail(exc) from None
+    if out is None:
+        typer.echo(token)
+    else:
+        write_private_pem(out, token.encode() + b"\n")
+        typer.echo(f"wrote token for {role} {client_id!r} to {out} (0600)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,199 @@
+"""The cluster file: typed, validated on load, unknown keys refused by name.
+
+Example (paths are relative to the file's own directory)::
+
+    name = "local"
+    engine = "numpy"                  # or "crypten"
+
+    [tls]                              # absent: plaintext (servers then need --insecure)
+    ca = "certs/ca.pem"
+    token_public_key = "certs/token-public-key.pem"
+
+    [limits]
+    max_vector_length = 100_000_000
+
+    [[parties]]
+    id = 0
+    address = "127.0.0.1:50051"         # trainers and the collector (TLS, tokens)
+    peer_address = "127.0.0.1:50061"    # other parties only (mutual TLS)
+    data_dir = "data/party-0"          # server side only
+    cert = "certs/party-0.pem"         # server side only
+    key = "certs/party-0-key.pem"      # server side only
+
+A party whose address has port 0 binds an ephemeral port (local clusters and
+tests); its real address is read again from this file when it is dialled.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from servers.errors import ConfigError
+
+MiB = 1 << 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    ca: Path
+    token_public_key: Path | None = None
+
+
+class Limits(_Strict):
+    max_vector_length: int = Field(default=100_000_000, ge=1)
+    max_clients_per_round: int = Field(default=100_000, ge=1)
+    max_concurrent_streams: int = Field(default=64, ge=1)
+    max_upload_bytes_per_round: int = Field(default=64 << 30, ge=1)
+    chunk_bytes: int = Field(default=2 * MiB, ge=8, le=4 * MiB)
+    max_message_bytes: int = Field(default=5 * MiB, ge=1024)
+    rpc_timeout_s: float = Field(default=120.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _chunk_fits(self) -> Limits:
+        if self.chunk_bytes % 8:
+            raise ValueError(f"chunk_bytes must be a multiple of 8, got {self.chunk_bytes}")
+        if self.chunk_bytes + 1024 > self.max_message_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must exceed chunk_bytes "
+                f"({self.chunk_bytes}) by at least 1024"
+            )
+        return self
+
+
+class PartyConfig(_Strict):
+    id: int = Field(ge=0, lt=64)
+    address: str
+    peer_address: str
+    data_dir: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @field_validator("address", "peer_address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"address must be host:port, got {v!r}")
+        return v
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0]
+
+
+class ClusterConfig(_Strict):
+    name: str = "mpcagg"
+    engine: Literal["numpy", "crypten"] = "numpy"
+    tls: TlsConfig | None = None
+    limits: Limits = Limits()
+    parties: list[PartyConfig]
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _parties(self) -> ClusterConfig:
+        ids = [p.id for p in self.parties]
+        if len(ids) < 2:
+            raise ValueError(f"a cluster needs at least 2 parties (3 or more in production), got {len(ids)}")
+        if sorted(ids) != list(range(len(ids))):
+            raise ValueError(f"party ids must be 0..{len(ids) - 1}, each once; got {ids}")
+        return self
+
+    @property
+    def n_parties(self) -> int:
+        return len(self.parties)
+
+    def party(self, index: int) -> PartyConfig:
+        for p in self.parties:
+            if p.id == index:
+                return p
+        raise ConfigError(f"party {index} is not in the cluster (parties 0..{self.n_parties - 1})")
+
+    def ordered_parties(self) -> list[PartyConfig]:
+        return sorted(self.parties, key=lambda p: p.id)
+
+
+def _resolve(base: Path, raw: dict[str, object]) -> dict[str, object]:
+    """Make relative paths in the raw TOML relative to the file's directory."""
+
+    def fix(value: object) -> object:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    out = dict(raw)
+    if isinstance(out.get("tls"), dict):
+        out["tls"] = {k: fix(v) for k, v in out["tls"].items()}  # type: ignore[union-attr]
+    if isinstance(out.get("parties"), list):
+        out["parties"] = [
+            {k: (fix(v) if k in ("data_dir", "cert", "key") else v) for k, v in p.items()}
+            if isinstance(p, dict)
+            else p
+            for p in out["parties"]  # type: ignore[union-attr]
+        ]
+    return out
+
+
+def parse_cluster(text: str, base: Path, source: Path | None = None) -> ClusterConfig:
+    """Parse and validate cluster TOML text. Raises :class:`ConfigError` naming the bad key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cluster file {source or '<text>'} is not valid TOML: {exc}") from exc
+    try:
+        return ClusterConfig.model_validate({**_resolve(base, raw), "source": source})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: "
+            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        )
+        raise ConfigError(f"cluster file {source or '<text>'} is invalid: {problems}") from None
+
+
+def load_cluster(path: Path | str) -> ClusterConfig:
+    """Load and validate a cluster file. Raises :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read cluster file {p}: {exc.strerror}") from exc
+    return parse_cluster(text, p.resolve().parent, source=p.resolve())
+
+
+def dump_cluster(config: ClusterConfig) -> str:
+    """The cluster as TOML text (absolute paths), for writing a file clients can load."""
+    lines = [f"name = {_q(config.name)}", f"engine = {_q(config.engine)}", ""]
+    if config.tls is not None:
+        lines += ["[tls]", f"ca = {_q(str(config.tls.ca))}"]
+        if config.tls.token_public_key is not None:
+            lines.append(f"token_public_key = {_q(str(config.tls.token_public_key))}")
+        lines.append("")
+    lines.append("[limits]")
+    for key, value in config.limits.model_dump().items():
+        lines.append(f"{key} = {value!r}")
+    lines.append("")
+    for p in config.ordered_parties():
+        lines += ["[[parties]]", f"id = {p.id}", f"address = {_q(p.address)}"]
+        lines.append(f"peer_address = {_q(p.peer_address)}")
+        for key in ("data_dir", "cert", "key"):
+            value = getattr(p, key)
+            if value is not None:
+                lines.append(f"{key} = {_q(str(value))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,87 @@
+"""One round's state machine on one party.
+
+::
+
+    OPEN ──manifest──▶ CLOSING ──commit(cohort)──▶ COMMITTED
+      │                   │
+      └──────fail─────────┴──────▶ FAILED
+
+Uploads are accepted only while OPEN. COMMITTED fixes the cohort for good: the
+aggregate share is computed over exactly that cohort and never over another one
+(recomputing over a different subset would reveal one trainer by differencing).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from servers.errors import RoundNotOpen
+from servers.spec import RoundSpec
+
+
+class RoundState(enum.Enum):
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"
+    COMMITTED = "COMMITTED"
+    FAILED = "FAILED"
+
+
+_ALLOWED = {
+    RoundState.OPEN: {RoundState.CLOSING, RoundState.FAILED},
+    RoundState.CLOSING: {RoundState.COMMITTED, RoundState.FAILED},
+    RoundState.COMMITTED: set(),
+    RoundState.FAILED: set(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """An acknowledged upload (no payload)."""
+
+    client_id: str
+    sharing_id: bytes
+    kind: str
+    digest: bytes
+    nbytes: int
+
+
+@dataclass
+class Round:
+    """Mutable state of one round; every mutation happens under :attr:`lock`."""
+
+    spec: RoundSpec
+    state: RoundState
+    accumulator: Any
+    reason: str = ""
+    uploads: dict[str, UploadRecord] = field(default_factory=dict)
+    inflight: set[str] = field(default_factory=set)
+    cohort: tuple[str, ...] | None = None
+    decided: tuple[str, ...] | None = None  # leader only: cohort chosen, commits under way
+    cohort_digest: bytes = b""
+    bytes_received: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    changed: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+
+    def move(self, new: RoundState, reason: str = "") -> None:
+        """Transition to ``new``; raises :class:`RoundNotOpen` for an illegal transition."""
+        if new not in _ALLOWED[self.state]:
+            raise RoundNotOpen(
+                f"round {self.spec.round_id!r} is {self.state.value}; cannot become {new.value}"
+            )
+        self.state = new
+        self.reason = reason
+        self.changed.notify_all()
+
+    def require(self, *states: RoundState) -> None:
+        if self.state not in states:
+            wanted = " or ".join(s.value for s in states)
+            detail = f" ({self.reason})" if self.reason else ""
+            raise RoundNotOpen(
+                f"round {self.spec.round_id!r} is {self.state.value}{detail}; expected {wanted}"
+            )

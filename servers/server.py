@@ -1,0 +1,166 @@
+"""Assemble and run one aggregation server (party) process."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import Counter
+
+from mpc.engines import get_engine
+from protos.mpcagg.v1 import aggregation_pb2_grpc, peer_pb2_grpc
+from servers.aggregator import Aggregator
+from servers.auth import Authenticator, PeerAuthenticator
+from servers.cohort import Leader
+from servers.config import ClusterConfig
+from servers.credentials import load_token_public_key
+from servers.errors import ConfigError
+from servers.peers import PeerTls, peer_clients
+from servers.pki import read_pem
+from servers.service import AggregationService, PeerService
+from servers.storage import Storage
+from servers.tokens import TokenVerifier
+
+log = logging.getLogger("mpcagg.server")
+
+UPLOAD_BYTES = Counter("mpcagg_upload_bytes", "Share bytes durably received")
+UPLOADS = Counter("mpcagg_uploads", "Uploads durably received")
+
+
+@dataclass
+class RunningServer:
+    """A started server: its ports and how to stop it."""
+
+    party: int
+    port: int
+    peer_port: int
+    grpc_server: grpc.Server
+    aggregator: Aggregator
+    leader: Leader | None
+    health: health.HealthServicer
+    storage: Storage
+    drain_timeout: float
+
+    def stop(self) -> None:
+        """Refuse new work, let in-flight uploads finish (bounded), then stop."""
+        self.health.enter_graceful_shutdown()
+        if self.leader is not None:
+            self.leader.stop()
+        self.aggregator.wait_idle(self.drain_timeout)
+        self.grpc_server.stop(grace=min(5.0, self.drain_timeout)).wait(self.drain_timeout + 5)
+        self.storage.close()
+
+
+def _on_upload(nbytes: int) -> None:
+    UPLOADS.inc()
+    UPLOAD_BYTES.inc(nbytes)
+
+
+def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) -> RunningServer:
+    """Start party ``party`` of ``cluster``. Raises :class:`ConfigError` for missing material."""
+    me = cluster.party(party)
+    if me.data_dir is None:
+        raise ConfigError(f"party {party} has no data_dir in the cluster file")
+    tls = cluster.tls
+    if tls is None and not insecure:
+        raise ConfigError(
+            "the cluster file has no [tls] section; servers refuse to run without TLS "
+            "unless started with --insecure"
+        )
+    if tls is not None and (me.cert is None or me.key is None):
+        raise ConfigError(f"party {party} needs cert and key in the cluster file for TLS")
+    if insecure:
+        log.warning(
+            "RUNNING WITHOUT TLS OR AUTHENTICATION (--insecure): anyone who can reach this "
+            "port can upload, close rounds and fetch aggregate shares. Development only."
+        )
+    limits = cluster.limits
+    storage = Storage(me.data_dir)
+    engine = get_engine(cluster.engine)
+    aggregator = Aggregator(party, cluster.n_parties, storage, engine, limits, on_upload=_on_upload)
+    replayed = aggregator.recover()
+    if replayed:
+        log.info("recovered %d acknowledged uploads from %s", replayed, me.data_dir)
+
+    verifier = None
+    peer_tls = None
+    if tls is not None and not insecure:
+        if tls.token_public_key is None:
+            raise ConfigError("[tls] needs token_public_key to verify trainer and collector tokens")
+        verifier = TokenVerifier(load_token_public_key(tls.token_public_key), cluster=cluster.name)
+        assert me.cert is not None and me.key is not None
+        peer_tls = PeerTls(ca=read_pem(tls.ca), cert=read_pem(me.cert), key=read_pem(me.key))
+
+    peers = peer_clients(cluster, party, peer_tls)
+    leader = Leader(aggregator, peers) if party == 0 else None
+    options = [
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_streams + 8, thread_name_prefix="rpc"),
+        options=options,
+        maximum_concurrent_rpcs=limits.max_concurrent_streams,
+    )
+    aggregation_pb2_grpc.add_AggregationServicer_to_server(
+        AggregationService(aggregator, Authenticator(verifier), leader, limits.chunk_bytes), server
+    )
+    peer_pb2_grpc.add_PeerServicer_to_server(
+        PeerService(aggregator, PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None)),
+        server,
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if peer_tls is None:
+        port = server.add_insecure_port(me.address)
+        peer_port = server.add_insecure_port(me.peer_address)
+    else:
+        client_creds = grpc.ssl_server_credentials(
+            [(peer_tls.key, peer_tls.cert)], root_certificates=peer_tls.ca, require_client_auth=False
+        )
+        peer_creds = grpc.ssl_server_credentials(
+            [(peer_tls.key, peer_tls.cert)], root_certificates=peer_tls.ca, require_client_auth=True
+        )
+        port = server.add_secure_port(me.address, client_creds)
+        peer_port = server.add_secure_port(me.peer_address, peer_creds)
+    if port == 0 or peer_port == 0:
+        raise ConfigError(f"could not bind {me.address} / {me.peer_address}")
+    server.start()
+    for name in ("", "mpcagg.v1.Aggregation", "mpcagg.v1.Peer"):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if leader is not None:
+        leader.start()
+    log.info("party %d serving on port %d (peers: %d), engine %s", party, port, peer_port, engine.name)
+    return RunningServer(
+        party, port, peer_port, server, aggregator, leader, health_servicer, storage, limits.drain_timeout_s
+    )
+
+
+def serve_forever(cluster: ClusterConfig, party: int, *, insecure: bool, port_file: Path | None) -> None:
+    """Run until SIGTERM/SIGINT, then drain and exit."""
+    running = start_server(cluster, party, insecure=insecure)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(f"{running.port} {running.peer_port}\n")
+        tmp.replace(port_file)
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    while not stop.wait(0.5):
+        pass
+    started = time.monotonic()
+    running.stop()
+    log.info("party %d stopped after draining for %.1fs", party, time.monotonic() - started)

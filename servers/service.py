@@ -1,0 +1,211 @@
+"""The gRPC servicers: thin adapters (proto → domain call → proto).
+
+Every handler is wrapped by :mod:`servers.status`, which maps domain errors to
+status codes in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
+from servers.aggregator import Aggregator, Receipt, Status, UploadHeader, UploadSession
+from servers.auth import Authenticator, PeerAuthenticator
+from servers.convert import spec_from_proto
+from servers.errors import InvalidArgument, PermissionDenied, RoundNotOpen
+from servers.round import RoundState
+from servers.status import grpc_errors, grpc_stream_errors
+
+if TYPE_CHECKING:
+    from servers.cohort import Leader
+
+log = logging.getLogger("mpcagg.service")
+
+_KINDS = {pb.SEED: "seed", pb.FULL: "full"}
+_STATES = {
+    RoundState.OPEN: pb.OPEN,
+    RoundState.CLOSING: pb.CLOSING,
+    RoundState.COMMITTED: pb.COMMITTED,
+    RoundState.FAILED: pb.FAILED,
+}
+
+
+def status_to_proto(s: Status) -> pb.RoundStatus:
+    return pb.RoundStatus(
+        round_id=s.round_id,
+        state=_STATES[s.state],
+        spec_digest=s.spec_digest,
+        received=s.received,
+        cohort_size=s.cohort_size,
+        cohort_digest=s.cohort_digest,
+        reason=s.reason,
+        party=s.party,
+    )
+
+
+def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
+    kind = _KINDS.get(h.kind)
+    if kind is None:
+        raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind}")
+    return UploadHeader(
+        round_id=h.round_id,
+        client_id=h.client_id,
+        sharing_id=h.sharing_id,
+        party=h.party,
+        kind=kind,
+        length=h.length,
+        payload_digest=h.payload_digest,
+        seed=h.seed,
+    )
+
+
+def receipt_to_proto(r: Receipt) -> pb.UploadReceipt:
+    return pb.UploadReceipt(
+        round_id=r.round_id,
+        client_id=r.client_id,
+        party=r.party,
+        payload_digest=r.payload_digest,
+        duplicate=r.duplicate,
+    )
+
+
+class AggregationService(pb_grpc.AggregationServicer):
+    """Client- and collector-facing RPCs."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        auth: Authenticator,
+        leader: Leader | None,
+        chunk_bytes: int,
+    ) -> None:
+        self._agg = aggregator
+        self._auth = auth
+        self._leader = leader
+        self._chunk = chunk_bytes
+
+    @grpc_errors
+    def CreateRound(
+        self, request: pb.CreateRoundRequest, context: grpc.ServicerContext
+    ) -> pb.RoundStatus:
+        self._auth.require(context, "collector")
+        return status_to_proto(self._agg.create_round(spec_from_proto(request.spec)))
+
+    @grpc_errors
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundStatus:
+        self._auth.require(context, "trainer", "collector")
+        return status_to_proto(self._agg.status(request.round_id))
+
+    @grpc_errors
+    def Upload(
+        self, request_iterator: Iterator[pb.UploadMessage], context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "header":
+            raise InvalidArgument("an upload starts with a header message; got a chunk or nothing")
+        header = header_from_proto(first.header)
+        self._auth.require_client(context, header.client_id)
+        started = self._agg.begin_upload(header)
+        if isinstance(started, Receipt):
+            return receipt_to_proto(started)
+        return receipt_to_proto(_drive(started, request_iterator))
+
+    @grpc_errors
+    def CloseRound(
+        self, request: pb.CloseRoundRequest, context: grpc.ServicerContext
+    ) -> pb.RoundStatus:
+        self._auth.require(context, "collector")
+        if self._leader is None:
+            raise RoundNotOpen(
+                f"party {self._agg.party} is not the leader; send CloseRound to party 0"
+            )
+        return status_to_proto(self._leader.close(request.round_id))
+
+    @grpc_stream_errors
+    def GetAggregateShare(
+        self, request: pb.GetAggregateShareRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AggregateShareMessage]:
+        ident = self._auth.require(context, "collector", "trainer")
+        status, vector = self._agg.aggregate_share(request.round_id)
+        if ident is not None and ident.role == "trainer":
+            rnd = self._agg.get(request.round_id)
+            if not rnd.spec.trainers_may_fetch or ident.client_id not in (rnd.cohort or ()):
+                raise PermissionDenied(
+                    "only the collector, or a cohort trainer when the round allows it, "
+                    "may fetch aggregate shares"
+                )
+        yield pb.AggregateShareMessage(
+            header=pb.AggregateShareHeader(
+                round_id=status.round_id,
+                party=status.party,
+                length=len(vector),
+                cohort_size=status.cohort_size,
+                cohort_digest=status.cohort_digest,
+                spec_digest=status.spec_digest,
+            )
+        )
+        raw = vector.data.cast("B")
+        for start in range(0, len(raw), self._chunk):
+            yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + self._chunk]))
+
+
+def _drive(session: UploadSession, messages: Iterator[pb.UploadMessage]) -> Receipt:
+    try:
+        for msg in messages:
+            body = msg.WhichOneof("body")
+            if body == "chunk":
+                session.add_chunk(msg.chunk)
+            elif body == "header":
+                raise InvalidArgument("a second header arrived after the upload started")
+            else:
+                raise InvalidArgument("upload message carries neither a header nor a chunk")
+        return session.finish()
+    except BaseException:
+        session.abort()
+        raise
+
+
+class PeerService(peer_pb2_grpc.PeerServicer):
+    """Server-to-server RPCs: manifests, commits, failures (party certificates only)."""
+
+    def __init__(self, aggregator: Aggregator, auth: PeerAuthenticator) -> None:
+        self._agg = aggregator
+        self._auth = auth
+
+    @grpc_errors
+    def Manifest(
+        self, request: peer_pb2.ManifestRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.ManifestReply:
+        self._auth.require_party(context)
+        m = self._agg.manifest(request.round_id, request.spec_digest)
+        return peer_pb2.ManifestReply(
+            round_id=m.round_id,
+            party=m.party,
+            client_ids=list(m.client_ids),
+            count=len(m.client_ids),
+            checksum=m.checksum,
+            state=_STATES[m.state],
+            cohort_digest=m.cohort_digest,
+        )
+
+    @grpc_errors
+    def Commit(
+        self, request: peer_pb2.CommitRequest, context: grpc.ServicerContext
+    ) -> pb.RoundStatus:
+        self._auth.require_party(context)
+        spec_digest = self._agg.get(request.round_id).spec.digest
+        if request.spec_digest != spec_digest:
+            raise InvalidArgument("commit names a different round spec than this party holds")
+        status = self._agg.commit(request.round_id, tuple(request.cohort), request.cohort_digest)
+        return status_to_proto(status)
+
+    @grpc_errors
+    def Fail(self, request: peer_pb2.FailRequest, context: grpc.ServicerContext) -> pb.RoundStatus:
+        self._auth.require_party(context)
+        return status_to_proto(self._agg.fail(request.round_id, request.reason))

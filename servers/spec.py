@@ -1,0 +1,150 @@
+"""A round's spec: the tensor layout and the numbers every server must agree on.
+
+The spec digest (SHA-256 of a canonical JSON form) is computed by every server and
+by the collector; a mismatch anywhere stops the round before anything is revealed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+from mpc import FixedPoint, max_clients_for_bound
+from mpc.errors import ParameterError
+from servers.errors import InvalidArgument
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Round and client ids: 1-128 characters of ``[A-Za-z0-9._-]``, not starting with a symbol."""
+    if not isinstance(value, str) or not _ID.match(value):
+        shown = value if isinstance(value, str) and len(value) <= 40 else f"{str(value)[:40]}…"
+        raise InvalidArgument(
+            f"{kind} must be 1-128 characters of letters, digits and ._- "
+            f"(starting with a letter or digit), got {shown!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One named tensor of the layout."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise InvalidArgument("tensor name must not be empty")
+        if any((not isinstance(d, int)) or d < 0 for d in self.shape):
+            raise InvalidArgument(f"tensor {self.name!r} has invalid shape {list(self.shape)}")
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSpec:
+    """Validated round parameters (see ``protos/mpcagg/v1/aggregation.proto``)."""
+
+    round_id: str
+    tensors: tuple[TensorSpec, ...]
+    n_parties: int
+    precision_bits: int = 16
+    bound: float = 1000.0
+    min_clients: int = 2
+    max_clients: int = 1000
+    deadline_unix: float = 0.0
+    trainers_may_fetch: bool = False
+    _digest: bytes = field(default=b"", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_id("round id", self.round_id)
+        names = [t.name for t in self.tensors]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise InvalidArgument(f"tensor names must be unique; repeated: {dup}")
+        if not 2 <= self.n_parties <= 64:
+            raise InvalidArgument(f"n_parties must be in 2..64, got {self.n_parties}")
+        try:
+            FixedPoint(self.precision_bits)
+        except ParameterError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise InvalidArgument(f"bound must be a finite number > 0, got {self.bound!r}")
+        if self.min_clients < 1:
+            raise InvalidArgument(f"min_clients must be >= 1, got {self.min_clients}")
+        if self.max_clients < self.min_clients:
+            raise InvalidArgument(
+                f"max_clients ({self.max_clients}) must be >= min_clients ({self.min_clients})"
+            )
+        safe = max_clients_for_bound(self.bound, self.precision_bits)
+        if self.max_clients > safe:
+            raise InvalidArgument(
+                f"bound ±{self.bound} with {self.precision_bits} precision bits allows at most "
+                f"{safe} clients without wrapping the ring, but max_clients is {self.max_clients}"
+            )
+        if not math.isfinite(self.deadline_unix) or self.deadline_unix < 0:
+            raise InvalidArgument(f"deadline_unix must be >= 0, got {self.deadline_unix!r}")
+        object.__setattr__(self, "_digest", hashlib.sha256(self.canonical()).digest())
+
+    @property
+    def length(self) -> int:
+        """Ring elements per client vector: the layout's total size."""
+        return sum(t.size for t in self.tensors)
+
+    @property
+    def fixed_point(self) -> FixedPoint:
+        return FixedPoint(self.precision_bits)
+
+    @property
+    def digest(self) -> bytes:
+        return self._digest
+
+    def canonical(self) -> bytes:
+        """Canonical JSON bytes: what the digest covers."""
+        doc = {
+            "v": 1,
+            "round_id": self.round_id,
+            "tensors": [[t.name, list(t.shape)] for t in self.tensors],
+            "n_parties": self.n_parties,
+            "precision_bits": self.precision_bits,
+            "bound": float(self.bound).hex(),
+            "min_clients": self.min_clients,
+            "max_clients": self.max_clients,
+            "deadline_unix": float(self.deadline_unix).hex(),
+            "trainers_may_fetch": self.trainers_may_fetch,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def cohort_digest(client_ids: list[str] | tuple[str, ...]) -> bytes:
+    """SHA-256 over the sorted, newline-terminated client ids."""
+    h = hashlib.sha256()
+    for cid in sorted(client_ids):
+        h.update(cid.encode())
+        h.update(b"\n")
+    return h.digest()
+
+
+def spec_from_canonical(raw: bytes) -> RoundSpec:
+    """Inverse of :meth:`RoundSpec.canonical` (used to restore rounds from disk)."""
+    doc = json.loads(raw)
+    if doc.get("v") != 1:
+        raise InvalidArgument(f"unsupported spec version {doc.get('v')!r}, expected 1")
+    return RoundSpec(
+        round_id=doc["round_id"],
+        tensors=tuple(TensorSpec(name, tuple(shape)) for name, shape in doc["tensors"]),
+        n_parties=doc["n_parties"],
+        precision_bits=doc["precision_bits"],
+        bound=float.fromhex(doc["bound"]),
+        min_clients=doc["min_clients"],
+        max_clients=doc["max_clients"],
+        deadline_unix=float.fromhex(doc["deadline_unix"]),
+        trainers_may_fetch=doc["trainers_may_fetch"],
+    )

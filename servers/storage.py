@@ -1,0 +1,222 @@
+"""Durable state of one party: spool files for shares, SQLite for metadata.
+
+Layout under the data directory::
+
+    meta.sqlite3                       rounds and acknowledged uploads (WAL, synchronous=FULL)
+    spool/<round_id>/<client_id>.full  a full share, little-endian uint64
+    spool/<round_id>/<client_id>.seed  a 32-byte seed
+    spool/<round_id>/*.tmp             an upload in progress (deleted on recovery)
+
+An upload is acknowledged only after its spool file is fsync'ed, renamed into
+place, the directory fsync'ed, and its row committed. On start, rows without a
+file are impossible; files without a row (a crash between rename and commit) and
+``*.tmp`` files were never acknowledged and are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from servers.errors import ConfigError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id      TEXT PRIMARY KEY,
+    spec          BLOB NOT NULL,
+    spec_digest   BLOB NOT NULL,
+    state         TEXT NOT NULL,
+    reason        TEXT NOT NULL DEFAULT '',
+    cohort        TEXT,
+    cohort_digest BLOB,
+    created_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    round_id   TEXT NOT NULL,
+    client_id  TEXT NOT NULL,
+    sharing_id BLOB NOT NULL,
+    kind       TEXT NOT NULL,
+    digest     BLOB NOT NULL,
+    length     INTEGER NOT NULL,
+    nbytes     INTEGER NOT NULL,
+    PRIMARY KEY (round_id, client_id)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRow:
+    round_id: str
+    spec: bytes
+    spec_digest: bytes
+    state: str
+    reason: str
+    cohort: tuple[str, ...] | None
+    cohort_digest: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRow:
+    round_id: str
+    client_id: str
+    sharing_id: bytes
+    kind: str  # "full" | "seed"
+    digest: bytes
+    length: int
+    nbytes: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolWriter:
+    """Writes one upload's payload to a temporary file; :meth:`commit` makes it durable."""
+
+    def __init__(self, final: Path, tmp: Path) -> None:
+        self.final = final
+        self.tmp = tmp
+        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.nbytes = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+            self.nbytes += n
+
+    def sync(self) -> None:
+        """fsync the file's content (may run outside any lock)."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+
+    def publish(self) -> None:
+        """Rename into place and fsync the directory (after :meth:`sync`)."""
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.tmp.unlink(missing_ok=True)
+
+
+class Storage:
+    """SQLite metadata and spool files for one party. Thread-safe."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        try:
+            (self.data_dir / "spool").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data directory {self.data_dir}: {exc.strerror}") from exc
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.data_dir / "meta.sqlite3", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- rounds -------------------------------------------------------------------------
+
+    def insert_round(self, round_id: str, spec: bytes, spec_digest: bytes, now: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO rounds (round_id, spec, spec_digest, state, created_at) "
+                "VALUES (?, ?, ?, 'OPEN', ?)",
+                (round_id, spec, spec_digest, now),
+            )
+
+    def set_round_state(
+        self,
+        round_id: str,
+        state: str,
+        reason: str = "",
+        cohort: tuple[str, ...] | None = None,
+        cohort_digest: bytes | None = None,
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE rounds SET state = ?, reason = ?, cohort = COALESCE(?, cohort), "
+                "cohort_digest = COALESCE(?, cohort_digest) WHERE round_id = ?",
+                (
+                    state,
+                    reason,
+                    None if cohort is None else json.dumps(list(cohort)),
+                    cohort_digest,
+                    round_id,
+                ),
+            )
+
+    def rounds(self) -> list[RoundRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT round_id, spec, spec_digest, state, reason, cohort, cohort_digest "
+                "FROM rounds ORDER BY created_at"
+            ).fetchall()
+        return [
+            RoundRow(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else tuple(json.loads(r[5])), r[6])
+            for r in rows
+        ]
+
+    # --- uploads ------------------------------------------------------------------------
+
+    def spool_dir(self, round_id: str) -> Path:
+        return self.data_dir / "spool" / round_id
+
+    def share_path(self, round_id: str, client_id: str, kind: str) -> Path:
+        return self.spool_dir(round_id) / f"{client_id}.{kind}"
+
+    def open_spool(self, round_id: str, client_id: str, kind: str, sharing_id: bytes) -> SpoolWriter:
+        directory = self.spool_dir(round_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        final = self.share_path(round_id, client_id, kind)
+        tmp = directory / f"{client_id}.{sharing_id.hex()}.{threading.get_ident()}.tmp"
+        return SpoolWriter(final, tmp)
+
+    def record_upload(self, row: UploadRow) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO uploads (round_id, client_id, sharing_id, kind, digest, length, nbytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.round_id, row.client_id, row.sharing_id, row.kind, row.digest, row.length, row.nbytes),
+            )
+
+    def uploads(self, round_id: str) -> list[UploadRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT round_id, client_id, sharing_id, kind, digest, length, nbytes "
+                "FROM uploads WHERE round_id = ? ORDER BY client_id",
+                (round_id,),
+            ).fetchall()
+        return [UploadRow(*r) for r in rows]
+
+    def read_payload(self, row: UploadRow) -> bytes:
+        return self.share_path(row.round_id, row.client_id, row.kind).read_bytes()
+
+    def sweep(self, round_id: str, keep: set[str]) -> int:
+        """Delete spool files of ``round_id`` not in ``keep`` (file names); returns the count."""
+        directory = self.spool_dir(round_id)
+        removed = 0
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if path.name not in keep:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
