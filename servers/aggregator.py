@@ -8,6 +8,7 @@ This is the domain layer: it knows :mod:`mpc` (engines, shares) and
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import threading
@@ -138,7 +139,7 @@ class UploadSession:
                 f"upload ended after {self._offset} bytes; the header declared "
                 f"{h.length} elements ({self._total} bytes)"
             )
-        if not hashlib.compare_digest(self._hash.digest(), h.payload_digest):
+        if not hmac.compare_digest(self._hash.digest(), h.payload_digest):
             raise InvalidArgument("payload digest does not match the data received")
         self._writer.sync()
         rnd = self._rnd
@@ -342,7 +343,7 @@ class Aggregator:
         with rnd.lock:
             held = rnd.uploads.get(h.client_id)
             if held is not None:
-                if hashlib.compare_digest(held.digest, h.payload_digest) and held.sharing_id == h.sharing_id:
+                if hmac.compare_digest(held.digest, h.payload_digest) and held.sharing_id == h.sharing_id:
                     return Receipt(h.round_id, h.client_id, self.party, held.digest, duplicate=True)
                 raise AlreadyExists(
                     f"client {h.client_id!r} already uploaded a different share for round {h.round_id!r}"
