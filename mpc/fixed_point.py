@@ -57,11 +57,12 @@ class FixedPoint:
         """
         arr = _as_float_array(x).reshape(-1)
         scaled = np.multiply(arr, arr.dtype.type(self.scale), dtype=arr.dtype)
-        limit = float(_INT63) if bound is None else self.encoded_bound(bound)
+        # trunc(|x·2^f|) must not exceed ``limit`` (an exact integer).
+        limit = _INT63 if bound is None else min(int(self.encoded_bound(bound)), _INT63)
         if scaled.size:
             # One pass over the data in the common case; NaN makes the max NaN.
             peak = float(np.max(np.abs(scaled)))
-            if not peak < limit + 1.0 or math.isnan(peak):
+            if not (math.isfinite(peak) and math.floor(peak) <= limit):
                 _raise_first_bad(arr, scaled, limit, bound)
         out: npt.NDArray[np.int64] = scaled.astype(np.int64)  # C cast: truncation toward zero
         return out.view(DTYPE)
@@ -125,13 +126,17 @@ def _as_float_array(x: Any) -> npt.NDArray[np.floating[Any]]:
 
 
 def _raise_first_bad(
-    arr: npt.NDArray[Any], scaled: npt.NDArray[Any], limit: float, bound: float | None
+    arr: npt.NDArray[Any], scaled: npt.NDArray[Any], limit: int, bound: float | None
 ) -> None:
     finite = np.isfinite(arr)
     if not finite.all():
         i = int(np.argmin(finite))
         raise EncodingError(f"value at index {i} is {float(arr[i])!r}; expected a finite number")
-    over = ~(np.abs(scaled) < limit + 1.0)
+    # Exact "trunc(|v|) > limit" for floats v: if float(limit) rounded up past limit,
+    # no float lies in (limit, float(limit)), so reaching float(limit) is already over.
+    magnitude = np.abs(scaled.astype(np.float64))
+    flimit = float(limit)
+    over = magnitude >= flimit if flimit > limit else np.floor(magnitude) > flimit
     i = int(np.argmax(over))
     if bound is not None:
         raise EncodingError(
