@@ -147,11 +147,21 @@ class UploadSession:
             rnd.require(RoundState.OPEN)
             self._writer.publish()
             self._agg.storage.record_upload(
-                UploadRow(h.round_id, h.client_id, h.sharing_id, h.kind, h.payload_digest, h.length, self._total)
+                UploadRow(
+                    h.round_id,
+                    h.client_id,
+                    h.sharing_id,
+                    h.kind,
+                    h.payload_digest,
+                    h.length,
+                    self._total,
+                )
             )
             self._done = True
             rnd.accumulator = self._agg.engine.accumulate(rnd.accumulator, self._share())
-            rnd.uploads[h.client_id] = UploadRecord(h.client_id, h.sharing_id, h.kind, h.payload_digest, self._total)
+            rnd.uploads[h.client_id] = UploadRecord(
+                h.client_id, h.sharing_id, h.kind, h.payload_digest, self._total
+            )
             rnd.inflight.discard(h.client_id)
             rnd.changed.notify_all()
         self._agg.metrics_upload(self._total)
@@ -229,7 +239,9 @@ class Aggregator:
                 rnd.accumulator = self.engine.zeros(spec.length)
                 uploads = self.storage.uploads(spec.round_id)
                 for up in uploads:
-                    rnd.accumulator = self.engine.accumulate(rnd.accumulator, self._stored_share(spec, up))
+                    rnd.accumulator = self.engine.accumulate(
+                        rnd.accumulator, self._stored_share(spec, up)
+                    )
                     rnd.uploads[up.client_id] = UploadRecord(
                         up.client_id, up.sharing_id, up.kind, up.digest, up.nbytes
                     )
@@ -279,9 +291,16 @@ class Aggregator:
                     )
                 return self._status(existing)
             self.storage.insert_round(spec.round_id, spec.canonical(), spec.digest, self.clock())
-            rnd = Round(spec=spec, state=RoundState.OPEN, accumulator=self.engine.zeros(spec.length))
+            rnd = Round(
+                spec=spec, state=RoundState.OPEN, accumulator=self.engine.zeros(spec.length)
+            )
             self._rounds[spec.round_id] = rnd
-        log.info("round %s created: %d elements, min %d clients", spec.round_id, spec.length, spec.min_clients)
+        log.info(
+            "round %s created: %d elements, min %d clients",
+            spec.round_id,
+            spec.length,
+            spec.min_clients,
+        )
         return self._status(rnd)
 
     def get(self, round_id: str) -> Round:
@@ -333,30 +352,39 @@ class Aggregator:
             )
         if len(h.payload_digest) != DIGEST_BYTES:
             raise InvalidArgument(
-                f"payload digest must be {DIGEST_BYTES} bytes (SHA-256), got {len(h.payload_digest)}"
+                f"payload digest must be {DIGEST_BYTES} bytes (SHA-256), "
+                f"got {len(h.payload_digest)}"
             )
         if h.kind == "seed" and len(h.seed) != 32:
-            raise InvalidArgument(f"a seed share carries exactly 32 bytes of seed, got {len(h.seed)}")
+            raise InvalidArgument(
+                f"a seed share carries exactly 32 bytes of seed, got {len(h.seed)}"
+            )
         if h.kind == "full" and h.seed:
             raise InvalidArgument("a full share carries no seed; got seed bytes in the header")
         nbytes = spec.length * 8 if h.kind == "full" else 32
         with rnd.lock:
             held = rnd.uploads.get(h.client_id)
             if held is not None:
-                if hmac.compare_digest(held.digest, h.payload_digest) and held.sharing_id == h.sharing_id:
+                if (
+                    hmac.compare_digest(held.digest, h.payload_digest)
+                    and held.sharing_id == h.sharing_id
+                ):
                     return Receipt(h.round_id, h.client_id, self.party, held.digest, duplicate=True)
                 raise AlreadyExists(
-                    f"client {h.client_id!r} already uploaded a different share for round {h.round_id!r}"
+                    f"client {h.client_id!r} already uploaded a different share "
+                    f"for round {h.round_id!r}"
                 )
             rnd.require(RoundState.OPEN)
             if h.client_id in rnd.inflight:
                 raise Unavailable(
-                    f"an upload for client {h.client_id!r} in round {h.round_id!r} is in progress; retry"
+                    f"an upload for client {h.client_id!r} in round {h.round_id!r} "
+                    "is in progress; retry"
                 )
             active = len(rnd.uploads) + len(rnd.inflight)
             if active >= spec.max_clients:
                 raise LimitExceeded(
-                    f"round {h.round_id!r} already holds its max_clients ({spec.max_clients}) uploads"
+                    f"round {h.round_id!r} already holds its max_clients "
+                    f"({spec.max_clients}) uploads"
                 )
             if rnd.bytes_received + nbytes > self.limits.max_upload_bytes_per_round:
                 raise LimitExceeded(
@@ -450,7 +478,9 @@ class Aggregator:
         rnd = self.get(round_id)
         with rnd.lock:
             rnd.require(RoundState.CLOSING)
-            self.storage.set_round_state(round_id, RoundState.CLOSING.value, "committing", cohort, digest)
+            self.storage.set_round_state(
+                round_id, RoundState.CLOSING.value, "committing", cohort, digest
+            )
             rnd.decided = cohort
             rnd.reason = "committing"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -18,7 +17,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="mpcagg: secure aggregation of model updates across three or more servers.",
 )
-certs_app = typer.Typer(no_args_is_help=True, help="Development credentials: CA, certificates, tokens.")
+certs_app = typer.Typer(
+    no_args_is_help=True, help="Development credentials: CA, certificates, tokens."
+)
 app.add_typer(certs_app, name="certs")
 
 
@@ -37,7 +38,9 @@ def _fail(exc: Exception) -> typer.Exit:
 def server(
     config: Annotated[Path, typer.Option(help="Cluster file (TOML).")],
     party: Annotated[int, typer.Option(help="This server's party index.")],
-    insecure: Annotated[bool, typer.Option(help="Run without TLS or authentication (dev only).")] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="Run without TLS or authentication (dev only).")
+    ] = False,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound ports here.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
 ) -> None:
@@ -74,10 +77,16 @@ def up(
     cfg = cluster.config
     typer.echo(f"{parties} servers up ({'TLS' if not insecure else 'NO TLS'}, engine {engine}).")
     for p in cfg.ordered_parties():
-        typer.echo(f"  party {p.id}: {p.address} (peers: {p.peer_address}), log {directory}/party-{p.id}.log")
+        typer.echo(
+            f"  party {p.id}: {p.address} (peers: {p.peer_address}), "
+            f"log {directory}/party-{p.id}.log"
+        )
     typer.echo(f"cluster file: {cluster.cluster_file}")
     if not insecure:
-        typer.echo(f"tokens: mpcagg certs token --dir {directory}/certs --client-id ID --role trainer|collector")
+        typer.echo(
+            f"tokens: mpcagg certs token --dir {directory}/certs --client-id ID "
+            "--role trainer|collector"
+        )
     typer.echo("Ctrl-C to stop.")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -85,7 +94,9 @@ def up(
     while not stop.wait(0.5):
         dead = [i for i in range(parties) if not cluster.alive(i)]
         if dead:
-            typer.secho(f"party {dead[0]} exited; stopping the cluster", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"party {dead[0]} exited; stopping the cluster", fg=typer.colors.RED, err=True
+            )
             break
     codes = cluster.stop()
     typer.echo(f"stopped (exit codes {codes}).")
@@ -95,7 +106,7 @@ def up(
 def demo(
     parties: Annotated[int, typer.Option(help="Number of servers.")] = 3,
     trainers: Annotated[int, typer.Option(help="Simulated trainers.")] = 8,
-    rounds: Annotated[int, typer.Option(help="Federated averaging rounds.")] = 3,
+    rounds: Annotated[int, typer.Option(help="Federated averaging rounds.")] = 5,
     engine: Annotated[str, typer.Option(help="numpy or crypten.")] = "numpy",
     directory: Annotated[Path | None, typer.Option("--dir", help="Keep state here.")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS (dev only).")] = False,
@@ -122,27 +133,38 @@ def demo(
 def certs_dev(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")],
     parties: Annotated[int, typer.Option(help="Number of parties.")] = 3,
-    host: Annotated[list[str] | None, typer.Option(help="Host name or IP for party certificates (repeat).")] = None,
-    trainer: Annotated[list[str] | None, typer.Option(help="Trainer id to issue a client certificate for.")] = None,
+    host: Annotated[
+        list[str] | None, typer.Option(help="Host name or IP for party certificates (repeat).")
+    ] = None,
+    trainer: Annotated[
+        list[str] | None, typer.Option(help="Trainer id to issue a client certificate for.")
+    ] = None,
 ) -> None:
     """Create (or reuse) a development CA, party certificates and token keys."""
     from servers.credentials import provision_dev
 
     try:
         creds = provision_dev(
-            directory, parties, hosts=tuple(host or ("127.0.0.1", "localhost")), trainer_ids=tuple(trainer or ())
+            directory,
+            parties,
+            hosts=tuple(host or ("127.0.0.1", "localhost")),
+            trainer_ids=tuple(trainer or ()),
         )
     except ValueError as exc:
         raise _fail(exc) from None
     typer.echo(f"CA: {creds.ca_cert}")
     for i, files in enumerate(creds.parties):
         typer.echo(f"party {i}: {files.cert} (key {files.key}, mode 0600)")
-    typer.echo(f"token signing key: {creds.token_signing_key} (0600); public: {creds.token_public_key}")
+    typer.echo(
+        f"token signing key: {creds.token_signing_key} (0600); public: {creds.token_public_key}"
+    )
 
 
 @certs_app.command("party")
 def certs_party(
-    directory: Annotated[Path, typer.Option("--dir", help="Directory holding ca.pem and ca-key.pem.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Directory holding ca.pem and ca-key.pem.")
+    ],
     party: Annotated[int, typer.Option(help="Party index.")],
     host: Annotated[list[str], typer.Option(help="Host name or IP (repeat).")],
 ) -> None:
@@ -160,7 +182,9 @@ def certs_party(
 
 @certs_app.command("token")
 def certs_token(
-    directory: Annotated[Path, typer.Option("--dir", help="Directory holding token-signing-key.pem.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Directory holding token-signing-key.pem.")
+    ],
     client_id: Annotated[str, typer.Option(help="Trainer or collector id.")],
     role: Annotated[str, typer.Option(help="trainer or collector.")] = "trainer",
     ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 86400.0,

@@ -86,12 +86,16 @@ class Leader:
             except ServiceError as exc:
                 if strict:
                     raise
-                log.warning("could not tell party %d that round %s failed: %s", peer.party, round_id, exc)
+                log.warning(
+                    "could not tell party %d that round %s failed: %s", peer.party, round_id, exc
+                )
 
     # --- deadlines and resumption --------------------------------------------------------
 
     def start(self, interval: float = 0.2) -> None:
-        self._thread = threading.Thread(target=self._run, args=(interval,), name="leader", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(interval,), name="leader", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

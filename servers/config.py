@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -105,7 +105,9 @@ class ClusterConfig(_Strict):
     def _parties(self) -> ClusterConfig:
         ids = [p.id for p in self.parties]
         if len(ids) < 2:
-            raise ValueError(f"a cluster needs at least 2 parties (3 or more in production), got {len(ids)}")
+            raise ValueError(
+                f"a cluster needs at least 2 parties (3 or more in production), got {len(ids)}"
+            )
         if sorted(ids) != list(range(len(ids))):
             raise ValueError(f"party ids must be 0..{len(ids) - 1}, each once; got {ids}")
         return self
@@ -124,23 +126,25 @@ class ClusterConfig(_Strict):
         return sorted(self.parties, key=lambda p: p.id)
 
 
-def _resolve(base: Path, raw: dict[str, object]) -> dict[str, object]:
+def _resolve(base: Path, raw: dict[str, Any]) -> dict[str, Any]:
     """Make relative paths in the raw TOML relative to the file's directory."""
 
-    def fix(value: object) -> object:
+    def fix(value: Any) -> Any:
         if isinstance(value, str) and value and not Path(value).is_absolute():
             return str(base / value)
         return value
 
     out = dict(raw)
-    if isinstance(out.get("tls"), dict):
-        out["tls"] = {k: fix(v) for k, v in out["tls"].items()}  # type: ignore[union-attr]
-    if isinstance(out.get("parties"), list):
+    tls = out.get("tls")
+    if isinstance(tls, dict):
+        out["tls"] = {k: fix(v) for k, v in tls.items()}
+    parties = out.get("parties")
+    if isinstance(parties, list):
         out["parties"] = [
             {k: (fix(v) if k in ("data_dir", "cert", "key") else v) for k, v in p.items()}
             if isinstance(p, dict)
             else p
-            for p in out["parties"]  # type: ignore[union-attr]
+            for p in parties
         ]
     return out
 

@@ -85,8 +85,14 @@ class LocalCluster:
             )
             for i in range(self.n_parties)
         ]
-        config = ClusterConfig(
-            name=self.name, engine=self.engine, tls=tls_config, limits=self.limits, parties=parties  # type: ignore[arg-type]
+        config = ClusterConfig.model_validate(
+            {
+                "name": self.name,
+                "engine": self.engine,
+                "tls": tls_config,
+                "limits": self.limits,
+                "parties": parties,
+            }
         )
         _write_atomic(self.cluster_file, dump_cluster(config))
         for i in range(self.n_parties):

@@ -30,7 +30,14 @@ class PeerTls:
 class PeerClient:
     """One other party."""
 
-    def __init__(self, party: int, address: Callable[[], str], tls: PeerTls | None, timeout: float, max_message: int) -> None:
+    def __init__(
+        self,
+        party: int,
+        address: Callable[[], str],
+        tls: PeerTls | None,
+        timeout: float,
+        max_message: int,
+    ) -> None:
         self.party = party
         self._address = address
         self._tls = tls
@@ -72,7 +79,9 @@ class PeerClient:
             raise error_from_code(code, detail or "", self.party) from None
 
     def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
-        reply = self._call("Manifest", peer_pb2.ManifestRequest(round_id=round_id, spec_digest=spec_digest))
+        reply = self._call(
+            "Manifest", peer_pb2.ManifestRequest(round_id=round_id, spec_digest=spec_digest)
+        )
         assert isinstance(reply, peer_pb2.ManifestReply)
         return Manifest(
             round_id=reply.round_id,
@@ -83,11 +92,16 @@ class PeerClient:
             cohort_digest=reply.cohort_digest,
         )
 
-    def commit(self, round_id: str, cohort: tuple[str, ...], digest: bytes, spec_digest: bytes) -> None:
+    def commit(
+        self, round_id: str, cohort: tuple[str, ...], digest: bytes, spec_digest: bytes
+    ) -> None:
         self._call(
             "Commit",
             peer_pb2.CommitRequest(
-                round_id=round_id, cohort=list(cohort), cohort_digest=digest, spec_digest=spec_digest
+                round_id=round_id,
+                cohort=list(cohort),
+                cohort_digest=digest,
+                spec_digest=spec_digest,
             ),
         )
 
@@ -115,7 +129,13 @@ def peer_clients(cluster: ClusterConfig, me: int, tls: PeerTls | None) -> list[P
         return address
 
     return [
-        PeerClient(p.id, resolver(p.id), tls, cluster.limits.rpc_timeout_s, cluster.limits.max_message_bytes)
+        PeerClient(
+            p.id,
+            resolver(p.id),
+            tls,
+            cluster.limits.rpc_timeout_s,
+            cluster.limits.max_message_bytes,
+        )
         for p in cluster.ordered_parties()
         if p.id != me
     ]

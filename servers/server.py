@@ -106,7 +106,9 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_streams + 8, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_streams + 8, thread_name_prefix="rpc"
+        ),
         options=options,
         maximum_concurrent_rpcs=limits.max_concurrent_streams,
     )
@@ -114,7 +116,9 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         AggregationService(aggregator, Authenticator(verifier), leader, limits.chunk_bytes), server
     )
     peer_pb2_grpc.add_PeerServicer_to_server(
-        PeerService(aggregator, PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None)),
+        PeerService(
+            aggregator, PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None)
+        ),
         server,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -124,7 +128,9 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         peer_port = server.add_insecure_port(me.peer_address)
     else:
         client_creds = grpc.ssl_server_credentials(
-            [(peer_tls.key, peer_tls.cert)], root_certificates=peer_tls.ca, require_client_auth=False
+            [(peer_tls.key, peer_tls.cert)],
+            root_certificates=peer_tls.ca,
+            require_client_auth=False,
         )
         peer_creds = grpc.ssl_server_credentials(
             [(peer_tls.key, peer_tls.cert)], root_certificates=peer_tls.ca, require_client_auth=True
@@ -138,13 +144,25 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if leader is not None:
         leader.start()
-    log.info("party %d serving on port %d (peers: %d), engine %s", party, port, peer_port, engine.name)
+    log.info(
+        "party %d serving on port %d (peers: %d), engine %s", party, port, peer_port, engine.name
+    )
     return RunningServer(
-        party, port, peer_port, server, aggregator, leader, health_servicer, storage, limits.drain_timeout_s
+        party,
+        port,
+        peer_port,
+        server,
+        aggregator,
+        leader,
+        health_servicer,
+        storage,
+        limits.drain_timeout_s,
     )
 
 
-def serve_forever(cluster: ClusterConfig, party: int, *, insecure: bool, port_file: Path | None) -> None:
+def serve_forever(
+    cluster: ClusterConfig, party: int, *, insecure: bool, port_file: Path | None
+) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
     running = start_server(cluster, party, insecure=insecure)
     if port_file is not None:

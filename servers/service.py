@@ -98,7 +98,9 @@ class AggregationService(pb_grpc.AggregationServicer):
         return status_to_proto(self._agg.create_round(spec_from_proto(request.spec)))
 
     @grpc_errors
-    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundStatus:
+    def GetRound(
+        self, request: pb.GetRoundRequest, context: grpc.ServicerContext
+    ) -> pb.RoundStatus:
         self._auth.require(context, "trainer", "collector")
         return status_to_proto(self._agg.status(request.round_id))
 

@@ -45,7 +45,7 @@ _BACK: dict[grpc.StatusCode, type[errors.ServiceError]] = {
 def code_for(exc: BaseException) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in CODES:
-            return CODES[cls]  # type: ignore[index]
+            return CODES[cls]
     if isinstance(exc, MpcError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL

@@ -120,7 +120,9 @@ class Storage:
         try:
             (self.data_dir / "spool").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create data directory {self.data_dir}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"cannot create data directory {self.data_dir}: {exc.strerror}"
+            ) from exc
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.data_dir / "meta.sqlite3", check_same_thread=False, isolation_level=None
@@ -171,7 +173,15 @@ class Storage:
                 "FROM rounds ORDER BY created_at"
             ).fetchall()
         return [
-            RoundRow(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else tuple(json.loads(r[5])), r[6])
+            RoundRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                None if r[5] is None else tuple(json.loads(r[5])),
+                r[6],
+            )
             for r in rows
         ]
 
@@ -183,7 +193,9 @@ class Storage:
     def share_path(self, round_id: str, client_id: str, kind: str) -> Path:
         return self.spool_dir(round_id) / f"{client_id}.{kind}"
 
-    def open_spool(self, round_id: str, client_id: str, kind: str, sharing_id: bytes) -> SpoolWriter:
+    def open_spool(
+        self, round_id: str, client_id: str, kind: str, sharing_id: bytes
+    ) -> SpoolWriter:
         directory = self.spool_dir(round_id)
         directory.mkdir(parents=True, exist_ok=True)
         final = self.share_path(round_id, client_id, kind)
@@ -193,9 +205,17 @@ class Storage:
     def record_upload(self, row: UploadRow) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO uploads (round_id, client_id, sharing_id, kind, digest, length, nbytes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row.round_id, row.client_id, row.sharing_id, row.kind, row.digest, row.length, row.nbytes),
+                "INSERT INTO uploads (round_id, client_id, sharing_id, kind, digest, length, "
+                "nbytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.round_id,
+                    row.client_id,
+                    row.sharing_id,
+                    row.kind,
+                    row.digest,
+                    row.length,
+                    row.nbytes,
+                ),
             )
 
     def uploads(self, round_id: str) -> list[UploadRow]:
