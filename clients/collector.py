@@ -1,0 +1,277 @@
+"""The collector client: opens rounds, closes them, reconstructs the aggregate.
+
+Follows DESIGN.md "A round": the same spec is created on every server (each
+answers with its spec digest, which must equal the collector's), the leader
+(party 0) closes the round and agrees the cohort, and the sum is the ring sum of
+every server's aggregate share over exactly that cohort (all servers must report
+the same cohort and spec digests).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clients.errors import (
+    ClientError,
+    CloseTimeout,
+    Conflict,
+    InputError,
+    ProtocolError,
+    RpcFailed,
+)
+from clients.layout import TensorLayout
+from clients.results import AggregateResult, AggregateShare, RoundInfo, RoundState
+from clients.transport import RetryPolicy, Transport
+from mpc.ring import add_, zeros
+from servers.config import ClusterConfig
+from servers.errors import InvalidArgument
+from servers.spec import RoundSpec
+
+LEADER = 0
+
+
+class Collector:
+    """The training orchestrator's connection to the cluster (see :class:`SecureAggregator`
+    for ``cluster``, ``token`` and the TLS options)."""
+
+    def __init__(
+        self,
+        cluster: ClusterConfig | str | Path,
+        client_id: str = "collector",
+        token: str | None = None,
+        *,
+        tls_cert: Path | str | None = None,
+        tls_key: Path | str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self._transport = Transport(
+            cluster, token=token, tls_cert=tls_cert, tls_key=tls_key, retry=retry
+        )
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        return self._transport.cluster
+
+    def __repr__(self) -> str:
+        return f"Collector(client_id={self.client_id!r}, {self._transport!r})"
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        """Close the channels to the servers (a later call dials again)."""
+        self._transport.close()
+
+    def open_round(
+        self,
+        round_id: str,
+        tensors_or_model: Any,
+        *,
+        min_clients: int = 2,
+        max_clients: int = 1000,
+        bound: float = 1000.0,
+        precision_bits: int = 16,
+        deadline_s: float | None = None,
+        trainers_may_fetch: bool = False,
+    ) -> RoundSpec:
+        """Create the round on every server and return its spec (hand it to the trainers).
+
+        The layout is derived from ``tensors_or_model`` (a model, ``state_dict``,
+        mapping, ``(name, tensor)`` pairs, or a :class:`TensorLayout`). Creating a round
+        that already exists with the same spec succeeds. Raises :class:`InputError` for
+        invalid parameters, :class:`ProtocolError` if a server answers another digest,
+        or the first server error (naming which parties did create the round).
+        """
+        layout = TensorLayout.of(tensors_or_model)
+        deadline_unix = time.time() + deadline_s if deadline_s is not None else 0.0
+        try:
+            spec = RoundSpec(
+                round_id=round_id,
+                tensors=layout.to_tensor_specs(),
+                n_parties=self.cluster.n_parties,
+                precision_bits=precision_bits,
+                bound=bound,
+                min_clients=min_clients,
+                max_clients=max_clients,
+                deadline_unix=deadline_unix,
+                trainers_may_fetch=trainers_may_fetch,
+            )
+        except InvalidArgument as exc:
+            raise InputError(str(exc)) from None
+        t = self._transport
+
+        def create(party: int) -> RoundInfo:
+            try:
+                return t.retrying(
+                    lambda: t.create_round(party, spec), what=f"CreateRound at {party}"
+                )
+            except Conflict:
+                # A retried create whose first attempt went through, or a re-open with
+                # the same spec: accept it if the server holds exactly this spec.
+                info = t.retrying(lambda: t.get_round(party, round_id), what=f"GetRound at {party}")
+                if info.spec_digest != spec.digest:
+                    raise
+                return info
+
+        outcomes = t.each_party(create)
+        errors = [o for o in outcomes.values() if isinstance(o, ClientError)]
+        created = [p for p, o in outcomes.items() if isinstance(o, RoundInfo)]
+        if errors:
+            errors[0].add_note(f"round {round_id!r} was created at parties {created}")
+            raise errors[0]
+        wrong = [
+            p
+            for p, o in outcomes.items()
+            if isinstance(o, RoundInfo) and o.spec_digest != spec.digest
+        ]
+        if wrong:
+            raise ProtocolError(
+                f"round {round_id!r}: parties {wrong} answered a spec digest other than "
+                f"{spec.digest.hex()[:16]}…; the servers do not agree on the spec"
+            )
+        return spec
+
+    def status(self, round_id: str) -> list[RoundInfo]:
+        """Every server's view of the round, by party.
+
+        A server that stays unreachable after retries shows as ``RoundState.UNKNOWN``
+        with the reason; any other server error is raised.
+        """
+        t = self._transport
+        outcomes = t.each_party(
+            lambda p: t.retrying(lambda: t.get_round(p, round_id), what=f"GetRound at {p}")
+        )
+        infos = []
+        for party, outcome in outcomes.items():
+            if isinstance(outcome, RoundInfo):
+                infos.append(outcome)
+            elif getattr(outcome, "transient", False):
+                infos.append(RoundInfo(round_id, party, RoundState.UNKNOWN, reason=str(outcome)))
+            else:
+                raise outcome
+        return infos
+
+    def close(self, round_id: str, wait_s: float = 30.0) -> RoundInfo:
+        """Close the round at the leader and wait until it is COMMITTED or FAILED.
+
+        While the leader answers CLOSING (e.g. a peer is down) or is unreachable, the
+        call is repeated with back-off until ``wait_s`` seconds have passed; then
+        :class:`CloseTimeout` is raised with the last reason. Returns the leader's
+        final :class:`RoundInfo` (``state`` COMMITTED, or FAILED with ``reason``).
+        Other server errors are raised as they come.
+        """
+        t = self._transport
+        deadline = time.monotonic() + wait_s
+        last = ""
+        for retry in itertools.count():
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                info = t.close_round(LEADER, round_id, timeout=min(t.timeout, max(remaining, 1.0)))
+            except RpcFailed as exc:
+                if not exc.transient:
+                    raise
+                last = str(exc)
+            else:
+                if info.state.final:
+                    return info
+                last = f"the leader reports {info.state.name}" + (
+                    f" ({info.reason})" if info.reason else ""
+                )
+            delay = t.retry.backoff(retry)
+            if time.monotonic() + delay >= deadline:
+                break
+            t.sleep(delay)
+        raise CloseTimeout(f"round {round_id!r} did not finish closing within {wait_s}s: {last}")
+
+    def aggregate_ring(self, round_id: str) -> tuple[npt.NDArray[np.uint64], int]:
+        """The revealed sum as ring elements (uint64) and the cohort size.
+
+        Fetches every server's aggregate share, checks that all report the same
+        round, spec digest, cohort digest, cohort size and length, and adds them
+        modulo 2^64. Raises the first server error (e.g. :class:`RoundRejected` if the
+        round is not committed) or :class:`ProtocolError` if the servers disagree.
+        """
+        shares = self._aggregate_shares(round_id)
+        return _ring_sum(shares), shares[0].cohort_size
+
+    def result(self, round_id: str, spec: RoundSpec) -> AggregateResult:
+        """The decoded sum and mean over the round's cohort, in the spec's tensor shapes.
+
+        ``spec`` is what :meth:`open_round` returned; the servers' spec digest must match
+        it. Raises as :meth:`aggregate_ring`, and :class:`ProtocolError` for an empty
+        cohort or a mismatched spec.
+        """
+        if spec.round_id != round_id:
+            raise InputError(f"spec is for round {spec.round_id!r}, not {round_id!r}")
+        shares = self._aggregate_shares(round_id)
+        first = shares[0]
+        if first.spec_digest != spec.digest:
+            raise ProtocolError(
+                f"round {round_id!r}: the servers aggregated under spec digest "
+                f"{first.spec_digest.hex()[:16]}…, not the given spec's {spec.digest.hex()[:16]}…"
+            )
+        if len(first.vector) != spec.length:
+            raise ProtocolError(
+                f"round {round_id!r}: aggregate length {len(first.vector)} does not match "
+                f"the spec ({spec.length})"
+            )
+        if first.cohort_size < 1:
+            raise ProtocolError(f"round {round_id!r}: the servers report an empty cohort")
+        layout = TensorLayout.from_spec(spec)
+        total = spec.fixed_point.decode(_ring_sum(shares))
+        mean = total / float(first.cohort_size)
+        total.flags.writeable = False
+        mean.flags.writeable = False
+        return AggregateResult(
+            round_id=round_id,
+            sum=layout.unflatten(total),
+            mean=layout.unflatten(mean),
+            cohort_size=first.cohort_size,
+            cohort_digest=first.cohort_digest,
+        )
+
+    def _aggregate_shares(self, round_id: str) -> list[AggregateShare]:
+        t = self._transport
+        outcomes = t.each_party(
+            lambda p: t.retrying(
+                lambda: t.aggregate_share(p, round_id), what=f"GetAggregateShare at {p}"
+            )
+        )
+        errors = [o for o in outcomes.values() if isinstance(o, ClientError)]
+        if errors:
+            raise errors[0]
+        shares = [o for o in outcomes.values() if isinstance(o, AggregateShare)]
+        first = shares[0]
+
+        def key(s: AggregateShare) -> tuple[str, bytes, bytes, int, int]:
+            return (s.round_id, s.spec_digest, s.cohort_digest, s.cohort_size, len(s.vector))
+
+        disagree = [s.party for s in shares if key(s) != key(first)]
+        if disagree or first.round_id != round_id:
+            views = "; ".join(
+                f"party {s.party}: round {s.round_id!r}, spec {s.spec_digest.hex()[:12]}…, "
+                f"cohort {s.cohort_size} ({s.cohort_digest.hex()[:12]}…), length {len(s.vector)}"
+                for s in shares
+            )
+            raise ProtocolError(
+                f"round {round_id!r}: the servers' aggregate shares do not agree ({views}); "
+                "nothing was reconstructed"
+            )
+        return shares
+
+
+def _ring_sum(shares: list[AggregateShare]) -> npt.NDArray[np.uint64]:
+    out = zeros(len(shares[0].vector))
+    for s in shares:
+        add_(out, s.vector)
+    return out

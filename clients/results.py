@@ -1,0 +1,117 @@
+"""What client calls return: round status, upload receipts, aggregate results."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+
+class RoundState(enum.Enum):
+    """A round's state at one server (``UNKNOWN``: unspecified or unreachable)."""
+
+    UNKNOWN = 0
+    OPEN = 1
+    CLOSING = 2
+    COMMITTED = 3
+    FAILED = 4
+
+    @property
+    def final(self) -> bool:
+        """Whether the round has finished (committed or failed)."""
+        return self in (RoundState.COMMITTED, RoundState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundInfo:
+    """One server's view of a round."""
+
+    round_id: str
+    party: int
+    state: RoundState
+    spec_digest: bytes = b""
+    received: int = 0
+    cohort_size: int = 0
+    cohort_digest: bytes = b""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadAck:
+    """One server's acknowledgement of one upload."""
+
+    party: int
+    payload_digest: bytes
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The outcome of :meth:`clients.SecureAggregator.submit`.
+
+    The client counts in the round's cohort only if every party acknowledged
+    (:attr:`complete`); a party that failed leaves the client out, which is allowed.
+    """
+
+    round_id: str
+    client_id: str
+    acknowledged: tuple[int, ...]
+    failed: Mapping[int, str]
+    bytes_sent: Mapping[int, int]
+    duration_s: float
+    duplicates: tuple[int, ...] = ()
+    sharing_id: str = ""
+    """Hex of the 16-byte id shared by every party's upload (not secret)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every party acknowledged its share."""
+        return not self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateShare:
+    """One party's aggregate share as received (header fields and the ring vector)."""
+
+    party: int
+    round_id: str
+    cohort_size: int
+    cohort_digest: bytes
+    spec_digest: bytes
+    vector: npt.NDArray[np.uint64] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateResult:
+    """The revealed aggregate of a round: float64 tensors in their original shapes.
+
+    ``sum`` is the exact decoded sum of the cohort's fixed-point inputs; ``mean`` is
+    ``sum / cohort_size``. Arrays are read-only.
+    """
+
+    round_id: str
+    sum: Mapping[str, npt.NDArray[np.float64]] = field(repr=False)
+    mean: Mapping[str, npt.NDArray[np.float64]] = field(repr=False)
+    cohort_size: int
+    cohort_digest: bytes
+
+    def as_torch(self, which: Literal["mean", "sum"] = "mean", dtype: Any = None) -> dict[str, Any]:
+        """The ``mean`` (or ``sum``) as torch tensors, e.g. for ``load_state_dict``.
+
+        ``dtype`` defaults to ``torch.float64``; each tensor owns its memory.
+        """
+        import torch
+
+        source = self.mean if which == "mean" else self.sum
+        target = torch.float64 if dtype is None else dtype
+        return {name: torch.tensor(arr, dtype=target) for name, arr in source.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"AggregateResult(round_id={self.round_id!r}, tensors={list(self.sum)}, "
+            f"cohort_size={self.cohort_size}, cohort_digest={self.cohort_digest.hex()[:16]}…)"
+        )

@@ -1,0 +1,349 @@
+"""gRPC to the cluster's servers: channels, credentials, timeouts, retries, errors.
+
+One channel per party, dialled lazily from the cluster file: plaintext when the
+cluster has no ``[tls]`` table, else TLS with the cluster's CA (and an optional
+client certificate). A bearer token, if given, goes as ``authorization: Bearer …``
+metadata on every call and is never logged or shown. Every call has the cluster's
+``rpc_timeout_s`` deadline. :func:`translate` is the one place where
+``grpc.RpcError`` becomes a :class:`clients.errors.RpcFailed`; :meth:`Transport.retrying`
+retries the transient ones (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) with bounded,
+exponentially growing, jittered back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from clients import wire
+from clients.errors import (
+    ClientError,
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    LimitExceeded,
+    PermissionDenied,
+    RoundNotFound,
+    RoundRejected,
+    RpcFailed,
+    ServerError,
+    Unauthenticated,
+    Unavailable,
+)
+from clients.results import AggregateShare, RoundInfo, UploadAck
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from servers.config import ClusterConfig, load_cluster
+from servers.errors import ConfigError as ServerConfigError
+from servers.spec import RoundSpec
+
+log = logging.getLogger("mpcagg.clients")
+
+T = TypeVar("T")
+
+STATUS_ERRORS: dict[grpc.StatusCode, type[RpcFailed]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: RoundNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: RoundRejected,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.ABORTED: Unavailable,
+}
+"""gRPC status → client error; any other status becomes :class:`ServerError`."""
+
+
+_STUB: Any = pb_grpc.AggregationStub  # generated without annotations
+
+
+def translate(exc: grpc.RpcError, party: int, method: str) -> RpcFailed:
+    """The client error for a failed call (the one translation point)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else ""
+    cls = STATUS_ERRORS.get(code, ServerError)
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return cls(party, method, name, details or "")
+
+
+@contextlib.contextmanager
+def _rpc(party: int, method: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise translate(exc, party, method) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded retries of transient errors: ``attempts`` tries in all, back-off
+    ``initial_backoff_s · multiplier^k`` capped at ``max_backoff_s``, each scaled by a
+    random factor in [0.5, 1] so clients that failed together do not retry together."""
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
+            raise ValueError("back-off times must be >= 0 and the multiplier >= 1")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based)."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**retry)
+        return base * random.uniform(0.5, 1.0)
+
+
+def retry_call(
+    op: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
+    what: str = "call",
+) -> T:
+    """``op()``, retried while it raises a transient :class:`RpcFailed`.
+
+    Stops after ``policy.attempts`` tries, or when the next back-off would pass
+    ``deadline`` (a ``time.monotonic()`` value); then re-raises the last error.
+    """
+    for attempt in range(policy.attempts):
+        try:
+            return op()
+        except RpcFailed as exc:
+            if not exc.transient or attempt + 1 >= policy.attempts:
+                raise
+            delay = policy.backoff(attempt)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
+            log.info("%s: %s; retrying in %.2fs", what, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Secrets:
+    """Token and client key material: not printable, not picklable."""
+
+    __slots__ = ("cert_chain", "metadata", "private_key")
+
+    def __init__(self, token: str | None, cert_chain: bytes | None, private_key: bytes | None):
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token is not None else ()
+        )
+        self.cert_chain = cert_chain
+        self.private_key = private_key
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("client credentials refuse to be pickled")
+
+
+def check_token(token: str | None) -> str | None:
+    """``token`` if it can travel as a header value (visible ASCII, no spaces)."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or not all(33 <= ord(c) <= 126 for c in token):
+        raise ConfigError("token must be a non-empty string of visible ASCII characters")
+    return token
+
+
+def resolve_cluster(cluster: ClusterConfig | str | Path) -> ClusterConfig:
+    """A cluster config, loading it from a file if given a path."""
+    if isinstance(cluster, ClusterConfig):
+        return cluster
+    try:
+        return load_cluster(cluster)
+    except ServerConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class Transport:
+    """Channels to every party of a cluster; thread-safe. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        cluster: ClusterConfig | str | Path,
+        *,
+        token: str | None = None,
+        tls_cert: Path | str | None = None,
+        tls_key: Path | str | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cluster = resolve_cluster(cluster)
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("give both tls_cert and tls_key, or neither")
+        if tls_cert is not None and self.cluster.tls is None:
+            raise ConfigError("tls_cert/tls_key given, but the cluster file has no [tls] table")
+        self._secrets = _Secrets(
+            check_token(token),
+            _read(tls_cert, "client certificate") if tls_cert is not None else None,
+            _read(tls_key, "client key") if tls_key is not None else None,
+        )
+        self.retry = retry or RetryPolicy()
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._channels: dict[int, tuple[grpc.Channel, pb_grpc.AggregationStub]] = {}
+        self._ca: bytes | None = (
+            _read(self.cluster.tls.ca, "cluster CA") if self.cluster.tls is not None else None
+        )
+
+    @property
+    def n_parties(self) -> int:
+        return self.cluster.n_parties
+
+    @property
+    def timeout(self) -> float:
+        return self.cluster.limits.rpc_timeout_s
+
+    def __repr__(self) -> str:
+        tls = "tls" if self._ca is not None else "insecure"
+        return f"Transport(cluster={self.cluster.name!r}, parties={self.n_parties}, {tls})"
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every channel (later calls dial again)."""
+        with self._lock:
+            channels, self._channels = self._channels, {}
+        for channel, _ in channels.values():
+            channel.close()
+
+    # -- calls (one attempt each; wrap in :meth:`retrying`) -----------------------------
+
+    def create_round(self, party: int, spec: RoundSpec) -> RoundInfo:
+        with _rpc(party, "CreateRound"):
+            msg = self._stub(party).CreateRound(
+                wire.create_round_request(spec), **self._call_options()
+            )
+        return wire.round_info(msg)
+
+    def get_round(self, party: int, round_id: str) -> RoundInfo:
+        with _rpc(party, "GetRound"):
+            msg = self._stub(party).GetRound(
+                pb.GetRoundRequest(round_id=round_id), **self._call_options()
+            )
+        return wire.round_info(msg)
+
+    def close_round(self, party: int, round_id: str, timeout: float | None = None) -> RoundInfo:
+        with _rpc(party, "CloseRound"):
+            msg = self._stub(party).CloseRound(
+                pb.CloseRoundRequest(round_id=round_id), **self._call_options(timeout)
+            )
+        return wire.round_info(msg)
+
+    def upload(self, party: int, messages: Iterator[pb.UploadMessage]) -> UploadAck:
+        with _rpc(party, "Upload"):
+            msg = self._stub(party).Upload(messages, **self._call_options())
+        return wire.upload_ack(msg)
+
+    def aggregate_share(self, party: int, round_id: str) -> AggregateShare:
+        with _rpc(party, "GetAggregateShare"):
+            stream = self._stub(party).GetAggregateShare(
+                pb.GetAggregateShareRequest(round_id=round_id), **self._call_options()
+            )
+            try:
+                return wire.read_aggregate_share(
+                    stream, party=party, max_length=self.cluster.limits.max_vector_length
+                )
+            finally:
+                stream.cancel()  # no-op once the stream has ended
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def retrying(
+        self, op: Callable[[], T], *, what: str = "call", deadline: float | None = None
+    ) -> T:
+        """``op()`` retried on transient errors under this transport's policy."""
+        return retry_call(op, self.retry, sleep=self.sleep, deadline=deadline, what=what)
+
+    def each_party(
+        self, op: Callable[[int], T], parties: Sequence[int] | None = None
+    ) -> dict[int, T | ClientError]:
+        """``op(party)`` for every party concurrently; a :class:`ClientError` is returned,
+        not raised, in that party's slot (other exceptions propagate)."""
+        targets = list(range(self.n_parties)) if parties is None else list(parties)
+        if not targets:
+            return {}
+
+        def guarded(party: int) -> T | ClientError:
+            try:
+                return op(party)
+            except ClientError as exc:
+                return exc
+
+        with ThreadPoolExecutor(len(targets), thread_name_prefix="mpcagg-party") as pool:
+            futures = {p: pool.submit(guarded, p) for p in targets}
+            return {p: f.result() for p, f in futures.items()}
+
+    def _call_options(self, timeout: float | None = None) -> dict[str, Any]:
+        return {
+            "timeout": self.timeout if timeout is None else timeout,
+            "metadata": self._secrets.metadata,
+        }
+
+    def _stub(self, party: int) -> Any:
+        with self._lock:
+            entry = self._channels.get(party)
+            if entry is None:
+                channel = self._dial(party)
+                entry = (channel, _STUB(channel))
+                self._channels[party] = entry
+        return entry[1]
+
+    def _dial(self, party: int) -> grpc.Channel:
+        address = self._address(party)
+        limit = self.cluster.limits.max_message_bytes
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ]
+        if self._ca is None:
+            return grpc.insecure_channel(address, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._ca,
+            private_key=self._secrets.private_key,
+            certificate_chain=self._secrets.cert_chain,
+        )
+        return grpc.secure_channel(address, credentials, options=options)
+
+    def _address(self, party: int) -> str:
+        """The party's address; a port of 0 is looked up again in the cluster file."""
+        try:
+            config = self.cluster.party(party)
+        except ServerConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        if config.port == 0 and self.cluster.source is not None:
+            config = resolve_cluster(self.cluster.source).party(party)
+        if config.port == 0:
+            raise Unavailable(party, "dial", "UNAVAILABLE", "its address has port 0 (not started?)")
+        return config.address
+
+
+def _read(path: Path | str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None

@@ -1,0 +1,186 @@
+"""Conversion between the v1 wire messages and client types (with transport, the
+only client module that imports ``*_pb2``)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from clients.errors import ProtocolError
+from clients.results import AggregateShare, RoundInfo, RoundState, UploadAck
+from mpc import SeedShare, Share
+from mpc.ring import DTYPE, ELEMENT_BYTES, to_bytes
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from servers.convert import spec_to_proto
+from servers.spec import RoundSpec
+
+SHARING_ID_BYTES = 16
+
+__all__ = [
+    "SHARING_ID_BYTES",
+    "PartyUpload",
+    "create_round_request",
+    "read_aggregate_share",
+    "round_info",
+    "upload_ack",
+    "upload_messages",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PartyUpload:
+    """One party's share, ready to be streamed: the share and the SHA-256 it is sent with.
+
+    The digest covers the seed's 32 bytes (seed shares) or the full share's
+    little-endian uint64 bytes (full shares). ``repr`` shows neither.
+    """
+
+    share: Share
+    digest: bytes
+
+    @classmethod
+    def from_share(cls, share: Share) -> PartyUpload:
+        return cls(share, hashlib.sha256(_payload(share)).digest())
+
+    @property
+    def party(self) -> int:
+        return self.share.party
+
+    @property
+    def length(self) -> int:
+        return self.share.length
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of share material this upload carries (seed or vector)."""
+        return len(_payload(self.share))
+
+
+def _payload(share: Share) -> memoryview:
+    if isinstance(share, SeedShare):
+        return memoryview(share.seed.expose())
+    return to_bytes(share.vector)
+
+
+def upload_messages(
+    upload: PartyUpload,
+    *,
+    round_id: str,
+    client_id: str,
+    sharing_id: bytes,
+    chunk_bytes: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[pb.UploadMessage]:
+    """The client stream of one upload: the header, then (full shares) the vector in chunks.
+
+    Chunks are at most ``chunk_bytes`` (a positive multiple of 8) and concatenate to
+    the share's little-endian bytes. ``on_progress(n)`` is called with the payload
+    bytes yielded so far. Each call makes a fresh, byte-identical stream, so a retry
+    resends exactly the same data.
+    """
+    if chunk_bytes <= 0 or chunk_bytes % ELEMENT_BYTES:
+        raise ValueError(f"chunk_bytes must be a positive multiple of 8, got {chunk_bytes}")
+    if len(sharing_id) != SHARING_ID_BYTES:
+        raise ValueError(f"sharing_id must be {SHARING_ID_BYTES} bytes, got {len(sharing_id)}")
+    share = upload.share
+    header = pb.UploadHeader(
+        round_id=round_id,
+        client_id=client_id,
+        sharing_id=sharing_id,
+        party=share.party,
+        kind=pb.SEED if isinstance(share, SeedShare) else pb.FULL,
+        length=share.length,
+        payload_digest=upload.digest,
+    )
+    if isinstance(share, SeedShare):
+        header.seed = share.seed.expose()
+        yield pb.UploadMessage(header=header)
+        if on_progress is not None:
+            on_progress(len(header.seed))
+        return
+    yield pb.UploadMessage(header=header)
+    data = _payload(share)
+    for start in range(0, len(data), chunk_bytes):
+        stop = min(start + chunk_bytes, len(data))
+        yield pb.UploadMessage(chunk=bytes(data[start:stop]))
+        if on_progress is not None:
+            on_progress(stop)
+
+
+def create_round_request(spec: RoundSpec) -> pb.CreateRoundRequest:
+    return pb.CreateRoundRequest(spec=spec_to_proto(spec))
+
+
+def round_info(msg: pb.RoundStatus) -> RoundInfo:
+    try:
+        state = RoundState(int(msg.state))
+    except ValueError:
+        state = RoundState.UNKNOWN
+    return RoundInfo(
+        round_id=msg.round_id,
+        party=msg.party,
+        state=state,
+        spec_digest=bytes(msg.spec_digest),
+        received=msg.received,
+        cohort_size=msg.cohort_size,
+        cohort_digest=bytes(msg.cohort_digest),
+        reason=msg.reason,
+    )
+
+
+def upload_ack(msg: pb.UploadReceipt) -> UploadAck:
+    return UploadAck(
+        party=msg.party, payload_digest=bytes(msg.payload_digest), duplicate=msg.duplicate
+    )
+
+
+def read_aggregate_share(
+    messages: Iterable[pb.AggregateShareMessage], *, party: int, max_length: int
+) -> AggregateShare:
+    """Assemble a streamed aggregate share (one header, then chunks of little-endian uint64).
+
+    Raises :class:`ProtocolError` if the header is missing or repeated, names another
+    party, announces more than ``max_length`` elements, or the chunks do not add up to
+    exactly ``length`` elements.
+    """
+    it = iter(messages)
+    first = next(it, None)
+    if first is None or first.WhichOneof("body") != "header":
+        raise ProtocolError(f"party {party}: aggregate share stream did not start with a header")
+    h = first.header
+    if h.party != party:
+        raise ProtocolError(f"party {party}: aggregate share header names party {h.party}")
+    if h.length > max_length:
+        raise ProtocolError(
+            f"party {party}: aggregate share length {h.length} exceeds the limit {max_length}"
+        )
+    vector = np.empty(h.length, dtype=DTYPE)
+    buf = vector.view(np.uint8)
+    filled = 0
+    for msg in it:
+        if msg.WhichOneof("body") != "chunk":
+            raise ProtocolError(f"party {party}: a second header in the aggregate share stream")
+        n = len(msg.chunk)
+        if filled + n > len(buf):
+            raise ProtocolError(
+                f"party {party}: aggregate share chunks exceed the announced length "
+                f"{h.length} ({len(buf)} bytes)"
+            )
+        buf[filled : filled + n] = np.frombuffer(msg.chunk, dtype=np.uint8)
+        filled += n
+    if filled != len(buf):
+        raise ProtocolError(
+            f"party {party}: aggregate share has {filled} bytes, expected {len(buf)} "
+            f"({h.length} elements)"
+        )
+    return AggregateShare(
+        party=party,
+        round_id=h.round_id,
+        cohort_size=h.cohort_size,
+        cohort_digest=bytes(h.cohort_digest),
+        spec_digest=bytes(h.spec_digest),
+        vector=vector,
+    )
