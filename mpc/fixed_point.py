@@ -57,13 +57,16 @@ class FixedPoint:
         """
         arr = _as_float_array(x).reshape(-1)
         scaled = np.multiply(arr, arr.dtype.type(self.scale), dtype=arr.dtype)
-        # trunc(|x·2^f|) must not exceed ``limit`` (an exact integer).
-        limit = _INT63 if bound is None else min(int(self.encoded_bound(bound)), _INT63)
+        # |x| <= bound, checked as |x·2^f| <= bound·2^f (scaling by 2^f is exact), which
+        # also gives trunc(|x·2^f|) <= floor(bound·2^f); and trunc(|x·2^f|) <= 2^63 − 1.
+        if bound is not None:
+            self.encoded_bound(bound)  # validates the bound
+        scaled_bound = math.inf if bound is None else bound * self.scale
         if scaled.size:
             # One pass over the data in the common case; NaN makes the max NaN.
             peak = float(np.max(np.abs(scaled)))
-            if not (math.isfinite(peak) and math.floor(peak) <= limit):
-                _raise_first_bad(arr, scaled, limit, bound)
+            if not (math.isfinite(peak) and peak <= scaled_bound and math.floor(peak) <= _INT63):
+                _raise_first_bad(arr, scaled, bound)
         out: npt.NDArray[np.int64] = scaled.astype(np.int64)  # C cast: truncation toward zero
         return out.view(DTYPE)
 
@@ -76,6 +79,8 @@ class FixedPoint:
         """``floor(bound · 2^f)``: the largest magnitude an encoded input may have."""
         if not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
             raise ParameterError(f"bound must be a finite number > 0, got {bound!r}")
+        if not math.isfinite(bound * self.scale):
+            raise ParameterError(f"bound · 2^{self.precision_bits} must be finite, got {bound!r}")
         return float(math.floor(bound * self.scale))
 
     def max_bound(self, max_clients: int) -> float:
@@ -125,23 +130,16 @@ def _as_float_array(x: Any) -> npt.NDArray[np.floating[Any]]:
     return np.ascontiguousarray(arr)
 
 
-def _raise_first_bad(
-    arr: npt.NDArray[Any], scaled: npt.NDArray[Any], limit: int, bound: float | None
-) -> None:
+def _raise_first_bad(arr: npt.NDArray[Any], scaled: npt.NDArray[Any], bound: float | None) -> None:
+    """Raise for the first value that is non-finite, beyond ``±bound`` or too large."""
     finite = np.isfinite(arr)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise EncodingError(f"value at index {i} is {float(arr[i])!r}; expected a finite number")
-    # Exact "trunc(|v|) > limit" for floats v: if float(limit) rounded up past limit,
-    # no float lies in (limit, float(limit)), so reaching float(limit) is already over.
-    magnitude = np.abs(scaled.astype(np.float64))
-    flimit = float(limit)
-    over = magnitude >= flimit if flimit > limit else np.floor(magnitude) > flimit
-    i = int(np.argmax(over))
-    if bound is not None:
-        raise EncodingError(
-            f"value at index {i} is {float(arr[i])!r}, beyond the round's bound ±{bound!r}"
-        )
-    raise EncodingError(
-        f"value at index {i} is {float(arr[i])!r}; its encoding does not fit in 64 bits"
-    )
+    # trunc(|v|) > 2^63 − 1 for a float v is exactly |v| >= 2^63.
+    too_big = np.abs(scaled.astype(np.float64)) >= 2.0**63
+    beyond = np.zeros_like(finite) if bound is None else np.abs(arr.astype(np.float64)) > bound
+    i = int(np.argmax(~finite | too_big | beyond))
+    value = float(arr[i])
+    if not finite[i]:
+        raise EncodingError(f"value at index {i} is {value!r}; expected a finite number")
+    if beyond[i]:
+        raise EncodingError(f"value at index {i} is {value!r}, beyond the round's bound ±{bound!r}")
+    raise EncodingError(f"value at index {i} is {value!r}; its encoding does not fit in 64 bits")
