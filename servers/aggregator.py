@@ -143,26 +143,31 @@ class UploadSession:
             raise InvalidArgument("payload digest does not match the data received")
         self._writer.sync()
         rnd = self._rnd
+        cid = h.client_id
         with rnd.lock:
             rnd.require(RoundState.OPEN)
+            rnd.committing.add(cid)  # from here a manifest waits for this upload
+        try:
+            # The slow, durable part runs outside the round lock, so uploads overlap.
             self._writer.publish()
             self._agg.storage.record_upload(
                 UploadRow(
-                    h.round_id,
-                    h.client_id,
-                    h.sharing_id,
-                    h.kind,
-                    h.payload_digest,
-                    h.length,
-                    self._total,
+                    h.round_id, cid, h.sharing_id, h.kind, h.payload_digest, h.length, self._total
                 )
             )
+        except BaseException:
+            with rnd.lock:
+                rnd.committing.discard(cid)
+                rnd.changed.notify_all()
+            raise
+        with rnd.lock:
             self._done = True
             rnd.accumulator = self._agg.engine.accumulate(rnd.accumulator, self._share())
-            rnd.uploads[h.client_id] = UploadRecord(
-                h.client_id, h.sharing_id, h.kind, h.payload_digest, self._total
+            rnd.uploads[cid] = UploadRecord(
+                cid, h.sharing_id, h.kind, h.payload_digest, self._total
             )
-            rnd.inflight.discard(h.client_id)
+            rnd.inflight.discard(cid)
+            rnd.committing.discard(cid)
             rnd.changed.notify_all()
         self._agg.metrics_upload(self._total)
         return Receipt(h.round_id, h.client_id, self._agg.party, h.payload_digest, duplicate=False)
@@ -413,9 +418,9 @@ class Aggregator:
                     f"{rnd.spec.digest.hex()[:16]}… for round {round_id!r}"
                 )
             if rnd.state is RoundState.OPEN:
-                self.storage.set_round_state(round_id, RoundState.CLOSING.value)
-                rnd.move(RoundState.CLOSING)
+                self._stop_accepting(rnd)
                 log.info("round %s closing: %d uploads held", round_id, len(rnd.uploads))
+            self._quiesce(rnd)
             ids = tuple(sorted(rnd.uploads)) if rnd.state is not RoundState.COMMITTED else ()
             return Manifest(
                 round_id=round_id,
@@ -433,6 +438,9 @@ class Aggregator:
         if cohort_digest(cohort) != digest:
             raise InvalidArgument("cohort digest does not match the cohort's client ids")
         with rnd.lock:
+            if rnd.state is RoundState.OPEN:
+                self._stop_accepting(rnd)
+            self._quiesce(rnd)  # may release the lock: check the state only after it
             if rnd.state is RoundState.COMMITTED:
                 if rnd.cohort_digest == digest:
                     return self._status(rnd)
@@ -440,9 +448,6 @@ class Aggregator:
                     f"round {round_id!r} is already committed to another cohort; "
                     "an aggregate is never recomputed over a different subset"
                 )
-            if rnd.state is RoundState.OPEN:
-                self.storage.set_round_state(round_id, RoundState.CLOSING.value)
-                rnd.move(RoundState.CLOSING)
             rnd.require(RoundState.CLOSING)
             if len(cohort) < rnd.spec.min_clients:
                 raise RoundNotOpen(
@@ -473,6 +478,28 @@ class Aggregator:
             log.info("round %s committed: cohort of %d", round_id, len(cohort))
             return self._status(rnd)
 
+    def _stop_accepting(self, rnd: Round) -> None:
+        """OPEN → CLOSING (durably), then wait for uploads already being made durable.
+
+        Called with ``rnd.lock`` held; the wait releases it. Uploads that had not
+        reached that point are refused (FAILED_PRECONDITION) and leave nothing behind.
+        """
+        self.storage.set_round_state(rnd.spec.round_id, RoundState.CLOSING.value)
+        rnd.move(RoundState.CLOSING)
+        self._quiesce(rnd)
+
+    def _quiesce(self, rnd: Round) -> None:
+        """Wait (lock held, released while waiting) until no upload is half-recorded."""
+        deadline = time.monotonic() + self.limits.drain_timeout_s
+        while rnd.committing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(
+                    f"round {rnd.spec.round_id!r}: {len(rnd.committing)} uploads are still "
+                    "being made durable; retry the close"
+                )
+            rnd.changed.wait(left)
+
     def decide(self, round_id: str, cohort: tuple[str, ...], digest: bytes) -> None:
         """Leader: durably record the chosen cohort before any party commits to it."""
         rnd = self.get(round_id)
@@ -488,6 +515,7 @@ class Aggregator:
         """Mark the round FAILED (nothing will be revealed) and drop its shares."""
         rnd = self.get(round_id)
         with rnd.lock:
+            self._quiesce(rnd)
             if rnd.state is RoundState.FAILED:
                 return self._status(rnd)
             if rnd.state is RoundState.COMMITTED:

@@ -43,6 +43,9 @@ def server(
     ] = False,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound ports here.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+    ] = None,
 ) -> None:
     """Run one aggregation server, as in production."""
     _logging(log_level)
@@ -50,7 +53,13 @@ def server(
     from servers.server import serve_forever
 
     try:
-        serve_forever(load_cluster(config), party, insecure=insecure, port_file=port_file)
+        serve_forever(
+            load_cluster(config),
+            party,
+            insecure=insecure,
+            port_file=port_file,
+            metrics_port=metrics_port,
+        )
     except ServiceError as exc:
         raise _fail(exc) from None
 

@@ -58,6 +58,7 @@ class Round:
     reason: str = ""
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     inflight: set[str] = field(default_factory=set)
+    committing: set[str] = field(default_factory=set)  # being made durable; manifests wait
     cohort: tuple[str, ...] | None = None
     decided: tuple[str, ...] | None = None  # leader only: cohort chosen, commits under way
     cohort_digest: bytes = b""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import Counter
+from prometheus_client import Counter, start_http_server
 
 from mpc.engines import get_engine
 from protos.mpcagg.v1 import aggregation_pb2_grpc, peer_pb2_grpc
@@ -49,12 +49,11 @@ class RunningServer:
     drain_timeout: float
 
     def stop(self) -> None:
-        """Refuse new work, let in-flight uploads finish (bounded), then stop."""
+        """Refuse new calls, let in-flight ones (uploads) finish within the drain timeout, stop."""
         self.health.enter_graceful_shutdown()
         if self.leader is not None:
             self.leader.stop()
-        self.aggregator.wait_idle(self.drain_timeout)
-        self.grpc_server.stop(grace=min(5.0, self.drain_timeout)).wait(self.drain_timeout + 5)
+        self.grpc_server.stop(grace=self.drain_timeout).wait(self.drain_timeout + 5)
         self.storage.close()
 
 
@@ -161,10 +160,18 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
 
 
 def serve_forever(
-    cluster: ClusterConfig, party: int, *, insecure: bool, port_file: Path | None
+    cluster: ClusterConfig,
+    party: int,
+    *,
+    insecure: bool,
+    port_file: Path | None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
     running = start_server(cluster, party, insecure=insecure)
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1")
+        log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(f"{running.port} {running.peer_port}\n")
