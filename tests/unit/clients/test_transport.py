@@ -146,8 +146,8 @@ def test_channel_options_and_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         seen["creds"] = kw
         return "creds"
 
-    monkeypatch.setattr(tr.grpc, "secure_channel", fake_secure)
-    monkeypatch.setattr(tr.grpc, "ssl_channel_credentials", fake_creds)
+    monkeypatch.setattr(grpc, "secure_channel", fake_secure)
+    monkeypatch.setattr(grpc, "ssl_channel_credentials", fake_creds)
     ca, cert, key = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem"
     ca.write_bytes(b"CA")
     cert.write_bytes(b"CERT")

@@ -1,0 +1,491 @@
+"""The client flow end to end against a tiny fake cluster of in-process gRPC servers.
+
+The fake implements the ``Aggregation`` service minimally: it stores uploads in
+memory, the leader's CloseRound takes the intersection of what every fake holds,
+and each fake serves the sum of its cohort's shares. Servers bind 127.0.0.1:0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from clients import (
+    CloseTimeout,
+    Collector,
+    Conflict,
+    InputError,
+    InvalidInput,
+    LayoutError,
+    ProtocolError,
+    RetryPolicy,
+    RoundRejected,
+    RoundState,
+    RoundStateError,
+    SecureAggregator,
+    UploadFailed,
+)
+from mpc import FixedPoint, FullShare, Seed, SeedShare, Share, SharingContext, full_party_for
+from mpc.engines import NumpyEngine
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from servers.config import ClusterConfig, Limits
+from servers.convert import spec_from_proto
+from servers.spec import RoundSpec, cohort_digest
+from tests.unit.clients import make_cluster
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
+CHUNK = 64
+
+
+@dataclass
+class FakeRound:
+    spec: RoundSpec
+    state: int = pb.OPEN
+    shares: dict[str, Share] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)
+    cohort: list[str] = field(default_factory=list)
+    cohort_digest: bytes = b""
+    reason: str = ""
+
+
+class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
+    def __init__(self, index: int, cluster: FakeCluster) -> None:
+        self.index = index
+        self.cluster = cluster
+        self.rounds: dict[str, FakeRound] = {}
+        self.lock = threading.RLock()
+        self.up = True
+        self.fail_next_uploads = 0
+        self.drop_next_acks = 0
+        self.reject_uploads = ""
+        self.attempts: list[tuple[pb.UploadHeader, bytes]] = []
+        self.metadata: list[dict[str, str]] = []
+
+    # -- helpers -----------------------------------------------------------------------
+    def _round(self, round_id: str, context: Any) -> FakeRound:
+        self.metadata.append(dict(context.invocation_metadata()))
+        r = self.rounds.get(round_id)
+        if r is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown round {round_id!r}")
+        return r
+
+    def _status(self, r: FakeRound) -> pb.RoundStatus:
+        return pb.RoundStatus(
+            round_id=r.spec.round_id,
+            state=r.state,
+            spec_digest=r.spec.digest,
+            received=len(r.shares),
+            cohort_size=len(r.cohort),
+            cohort_digest=r.cohort_digest,
+            reason=r.reason,
+            party=self.index,
+        )
+
+    def commit(self, round_id: str, cohort: list[str]) -> None:
+        with self.lock:
+            r = self.rounds[round_id]
+            if len(cohort) < r.spec.min_clients:
+                r.state = pb.FAILED
+                r.reason = f"cohort of {len(cohort)} is below min_clients {r.spec.min_clients}"
+            else:
+                r.state = pb.COMMITTED
+                r.cohort = cohort
+                r.cohort_digest = cohort_digest(cohort)
+
+    # -- service -----------------------------------------------------------------------
+    def CreateRound(self, request: Any, context: Any) -> pb.RoundStatus:
+        self.metadata.append(dict(context.invocation_metadata()))
+        spec = spec_from_proto(request.spec)
+        with self.lock:
+            existing = self.rounds.get(spec.round_id)
+            if existing is not None and existing.spec.digest != spec.digest:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "round exists with another spec")
+            r = existing or FakeRound(spec)
+            self.rounds[spec.round_id] = r
+            return self._status(r)
+
+    def GetRound(self, request: Any, context: Any) -> pb.RoundStatus:
+        with self.lock:
+            return self._status(self._round(request.round_id, context))
+
+    def Upload(self, request_iterator: Iterator[Any], context: Any) -> pb.UploadReceipt:
+        msgs = list(request_iterator)
+        header = msgs[0].header
+        data = b"".join(m.chunk for m in msgs[1:])
+        with self.lock:
+            self.attempts.append((header, data))
+            if self.fail_next_uploads:
+                self.fail_next_uploads -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "busy, try again")
+            if self.reject_uploads:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.reject_uploads)
+            r = self._round(header.round_id, context)
+            if r.state != pb.OPEN:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
+            payload = header.seed if header.kind == pb.SEED else data
+            digest = hashlib.sha256(payload).digest()
+            if digest != header.payload_digest or header.length != r.spec.length:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "digest or length mismatch")
+            client = header.client_id
+            if client in r.digests:
+                if r.digests[client] != digest:
+                    context.abort(grpc.StatusCode.ALREADY_EXISTS, "another payload")
+                duplicate = True
+            else:
+                duplicate = False
+                share: Share
+                if header.kind == pb.SEED:
+                    ctx = SharingContext(header.round_id, client)
+                    share = SeedShare(self.index, header.length, Seed(header.seed), ctx)
+                else:
+                    vec = np.frombuffer(data, dtype="<u8").copy()
+                    share = FullShare(self.index, vec)
+                r.shares[client] = share
+                r.digests[client] = digest
+                if self.drop_next_acks:  # stored, but the answer is lost
+                    self.drop_next_acks -= 1
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            return pb.UploadReceipt(
+                round_id=header.round_id,
+                client_id=client,
+                party=self.index,
+                payload_digest=digest,
+                duplicate=duplicate,
+            )
+
+    def CloseRound(self, request: Any, context: Any) -> pb.RoundStatus:
+        with self.lock:
+            r = self._round(request.round_id, context)
+            if self.index != 0:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the leader")
+            if r.state in (pb.COMMITTED, pb.FAILED):
+                return self._status(r)
+            down = [p.index for p in self.cluster.parties if not p.up]
+            if down:
+                r.state = pb.CLOSING
+                r.reason = f"waiting for parties {down}"
+                return self._status(r)
+            held = [set(p.rounds[request.round_id].shares) for p in self.cluster.parties]
+            cohort = sorted(set.intersection(*held))
+            for p in self.cluster.parties:
+                p.commit(request.round_id, cohort)
+            return self._status(r)
+
+    def GetAggregateShare(self, request: Any, context: Any) -> Iterator[pb.AggregateShareMessage]:
+        with self.lock:
+            r = self._round(request.round_id, context)
+            if r.state != pb.COMMITTED:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round is not committed")
+            engine = NumpyEngine()
+            acc = engine.zeros(r.spec.length)
+            for client in r.cohort:
+                engine.accumulate(acc, r.shares[client])
+            header = pb.AggregateShareHeader(
+                round_id=r.spec.round_id,
+                party=self.index,
+                length=r.spec.length,
+                cohort_size=len(r.cohort),
+                cohort_digest=r.cohort_digest,
+                spec_digest=r.spec.digest,
+            )
+        yield pb.AggregateShareMessage(header=header)
+        data = acc.tobytes()
+        for i in range(0, len(data), CHUNK):
+            yield pb.AggregateShareMessage(chunk=data[i : i + CHUNK])
+
+
+class FakeCluster:
+    def __init__(self, n: int) -> None:
+        self.parties = [FakeParty(i, self) for i in range(n)]
+        self.servers: list[grpc.Server] = []
+        addresses = []
+        for party in self.parties:
+            server = grpc.server(ThreadPoolExecutor(max_workers=8))
+            pb_grpc.add_AggregationServicer_to_server(party, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            self.servers.append(server)
+            addresses.append(f"127.0.0.1:{port}")
+        self.config: ClusterConfig = make_cluster(
+            addresses, limits=Limits(chunk_bytes=CHUNK, rpc_timeout_s=5.0)
+        )
+
+    def stop(self, index: int) -> None:
+        self.parties[index].up = False
+        self.servers[index].stop(None).wait(5)
+
+    def stop_all(self) -> None:
+        for i in range(len(self.servers)):
+            self.stop(i)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCluster]:
+    cluster = FakeCluster(3)
+    yield cluster
+    cluster.stop_all()
+
+
+def model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(5, 3)
+
+
+def trainer(fake: FakeCluster, client_id: str, **kw: Any) -> SecureAggregator:
+    kw.setdefault("progress", False)
+    return SecureAggregator(fake.config, client_id, retry=FAST, **kw)
+
+
+def collector(fake: FakeCluster) -> Collector:
+    return Collector(fake.config, retry=FAST)
+
+
+def expected_sum(models: list[torch.nn.Module], spec: RoundSpec) -> dict[str, np.ndarray]:
+    fp = FixedPoint(spec.precision_bits)
+    out: dict[str, np.ndarray] = {}
+    for m in models:
+        for name, p in m.named_parameters():
+            decoded = fp.decode(fp.encode(p.detach().numpy(), bound=spec.bound)).reshape(p.shape)
+            out[name] = out.get(name, 0) + decoded
+    return out
+
+
+def test_full_round(fake: FakeCluster) -> None:
+    models = [model(i) for i in range(3)]
+    with collector(fake) as col:
+        spec = col.open_round("r1", models[0].named_parameters(), min_clients=3, bound=10.0)
+        assert spec.n_parties == 3 and spec.length == 18 and spec.bound == 10.0
+        clients = ["alice", "bob", "dave"]
+        for cid, m in zip(clients, models, strict=True):
+            with trainer(fake, cid) as t:
+                receipt = t.submit(spec, m.named_parameters())
+            assert receipt.complete and receipt.acknowledged == (0, 1, 2)
+            assert receipt.round_id == "r1" and receipt.client_id == cid
+            full = full_party_for(cid, 3)
+            assert receipt.bytes_sent[full] > 18 * 8 > receipt.bytes_sent[(full + 1) % 3] > 32
+            assert receipt.duration_s > 0 and len(receipt.sharing_id) == 32
+        assert [s.received for s in col.status("r1")] == [3, 3, 3]
+
+        final = col.close("r1", wait_s=5)
+        assert final.state is RoundState.COMMITTED and final.cohort_size == 3
+        assert {s.state for s in col.status("r1")} == {RoundState.COMMITTED}
+
+        result = col.result("r1", spec)
+        assert result.cohort_size == 3 and result.cohort_digest == cohort_digest(clients)
+        want = expected_sum(models, spec)
+        for name in ("weight", "bias"):
+            np.testing.assert_array_equal(result.sum[name], want[name])
+            np.testing.assert_array_equal(result.mean[name], want[name] / 3)
+            assert result.sum[name].dtype == np.float64
+            assert not result.sum[name].flags.writeable
+        plain = sum(m.weight.detach().double() for m in models)
+        torch.testing.assert_close(result.as_torch("sum")["weight"], plain, atol=3 * 2**-16, rtol=0)
+        assert result.as_torch()["bias"].dtype == torch.float64
+
+        ring, size = col.aggregate_ring("r1")
+        assert ring.dtype == np.uint64 and size == 3
+        np.testing.assert_array_equal(
+            FixedPoint(16).decode(ring), np.concatenate([want["weight"].ravel(), want["bias"]])
+        )
+
+
+def test_state_dict_and_gradients(fake: FakeCluster) -> None:
+    m = model(7)
+    m(torch.randn(4, 5)).pow(2).sum().backward()
+    with collector(fake) as col:
+        spec = col.open_round("grads", m, min_clients=1)
+        with trainer(fake, "alice") as t:
+            assert t.submit(spec, m.named_parameters(), use_grad=True).complete
+        assert col.close("grads", wait_s=5).state is RoundState.COMMITTED
+        result = col.result("grads", spec)
+    fp = FixedPoint(16)
+    grad = fp.decode(fp.encode(m.weight.grad.numpy())).reshape(3, 5)
+    np.testing.assert_array_equal(result.sum["weight"], grad)
+
+
+@pytest.mark.parametrize("failing", ["full", "seed"])
+def test_retry_resends_identical_bytes_with_the_same_sharing_id(
+    fake: FakeCluster, failing: str
+) -> None:
+    full = full_party_for("alice", 3)
+    party = full if failing == "full" else (full + 1) % 3
+    fake.parties[party].fail_next_uploads = 1
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+        with trainer(fake, "alice") as t:
+            receipt = t.submit(spec, model(1).named_parameters())
+    assert receipt.complete and receipt.acknowledged == (0, 1, 2)
+    attempts = fake.parties[party].attempts
+    assert len(attempts) == 2
+    (h1, d1), (h2, d2) = attempts
+    assert h1.SerializeToString() == h2.SerializeToString()
+    assert d1 == d2
+    assert (len(d1) == spec.length * 8) == (failing == "full")
+    ids = {h.sharing_id for p in fake.parties for h, _ in p.attempts}
+    assert ids == {bytes.fromhex(receipt.sharing_id)}
+    one_attempt = pb.UploadMessage(header=h1).ByteSize() + sum(
+        pb.UploadMessage(chunk=d1[i : i + CHUNK]).ByteSize() for i in range(0, len(d1), CHUNK)
+    )
+    assert receipt.bytes_sent[party] == 2 * one_attempt
+
+
+def test_lost_acknowledgement_is_acknowledged_again_as_duplicate(fake: FakeCluster) -> None:
+    fake.parties[0].drop_next_acks = 1
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+        with trainer(fake, "bob") as t:
+            receipt = t.submit(spec, model(1).named_parameters())
+        assert receipt.complete and receipt.duplicates == (0,)
+        assert len(fake.parties[0].attempts) == 2
+        assert col.close("r1", wait_s=5).cohort_size == 1
+
+
+def test_spec_mismatch_uploads_nothing(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    other = RoundSpec(round_id="r1", tensors=spec.tensors, n_parties=3, bound=5.0)
+    fake.parties[1].rounds["r1"].spec = other
+    with trainer(fake, "alice") as t, pytest.raises(ProtocolError, match="party 1 has"):
+        t.submit(spec, model(1).named_parameters())
+    assert all(not p.attempts for p in fake.parties)
+
+
+def test_round_not_open_uploads_nothing(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    fake.parties[2].rounds["r1"].state = pb.CLOSING
+    with trainer(fake, "alice") as t, pytest.raises(RoundStateError, match="party 2: CLOSING"):
+        t.submit(spec, model(1).named_parameters())
+    assert all(not p.attempts for p in fake.parties)
+
+
+def test_unreachable_party_is_reported_and_close_times_out(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+        fake.stop(2)
+        with trainer(fake, "dave") as t:
+            receipt = t.submit(spec, model(1).named_parameters())
+        assert receipt.acknowledged == (0, 1) and not receipt.complete
+        assert list(receipt.failed) == [2] and "UNAVAILABLE" in receipt.failed[2]
+        assert receipt.bytes_sent[2] == 0
+        status = col.status("r1")
+        assert [s.state for s in status] == [RoundState.OPEN, RoundState.OPEN, RoundState.UNKNOWN]
+        with pytest.raises(CloseTimeout, match="CLOSING \\(waiting for parties \\[2\\]\\)"):
+            col.close("r1", wait_s=0.3)
+
+
+def test_all_parties_down_raises_upload_failed(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    fake.stop_all()
+    with trainer(fake, "alice") as t, pytest.raises(UploadFailed) as err:
+        t.submit(spec, model(1).named_parameters())
+    assert sorted(err.value.failures) == [0, 1, 2]
+
+
+def test_invalid_argument_is_raised_with_the_server_message(fake: FakeCluster) -> None:
+    message = "vector length 1000 does not match round spec (4096)"
+    fake.parties[1].reject_uploads = message
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    with trainer(fake, "alice") as t, pytest.raises(InvalidInput) as err:
+        t.submit(spec, model(1).named_parameters())
+    assert (err.value.party, err.value.code, err.value.server_message) == (
+        1,
+        "INVALID_ARGUMENT",
+        message,
+    )
+    assert any("acknowledged by parties [0, 2]" in note for note in err.value.__notes__)
+    assert len(fake.parties[1].attempts) == 1  # not retried
+
+
+def test_token_is_sent_and_never_shown(fake: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.parties[0].fail_next_uploads = 1  # a retry gets logged
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    token = "tok3n.s3cr3t-value"
+    with trainer(fake, "alice", token=token) as t:
+        assert token not in repr(t)
+        t.submit(spec, model(1).named_parameters())
+    uploads = [md for md in fake.parties[1].metadata if "authorization" in md]
+    assert uploads and all(md["authorization"] == f"Bearer {token}" for md in uploads)
+    assert "retrying" in caplog.text and token not in caplog.text
+    assert all("authorization" not in md for md in fake.parties[0].metadata[:1])  # collector
+
+
+def test_resubmission_is_a_conflict(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    with trainer(fake, "alice") as t:
+        t.submit(spec, model(1).named_parameters())
+        with pytest.raises(Conflict, match="another payload"):
+            t.submit(spec, model(1).named_parameters())  # fresh seeds: another payload
+
+
+def test_round_failed_below_min_clients(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=2)
+        with trainer(fake, "alice") as t:
+            t.submit(spec, model(1).named_parameters())
+        final = col.close("r1", wait_s=5)
+        assert final.state is RoundState.FAILED and "below min_clients" in final.reason
+        with pytest.raises(RoundRejected, match="not committed"):
+            col.result("r1", spec)
+
+
+def test_open_round_is_idempotent_but_not_for_another_spec(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+        assert col.open_round("r1", model(0).named_parameters()) == spec
+        with pytest.raises(Conflict) as err:
+            col.open_round("r1", model(0).named_parameters(), bound=5.0)
+    assert err.value.code == "ALREADY_EXISTS"
+
+
+def test_disagreeing_aggregate_shares_are_refused(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+        with trainer(fake, "alice") as t:
+            t.submit(spec, model(1).named_parameters())
+        col.close("r1", wait_s=5)
+        fake.parties[1].rounds["r1"].cohort_digest = b"\x00" * 32
+        with pytest.raises(ProtocolError, match="do not agree"):
+            col.result("r1", spec)
+
+
+def test_progress_bar_on_stderr(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    with trainer(fake, "alice", progress=True) as t:
+        t.submit(spec, model(1).named_parameters())
+    assert "upload r1" in capsys.readouterr().err
+
+
+def test_bad_input_is_refused_before_anything_is_sent(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), bound=1.0)
+    for p in fake.parties:
+        p.metadata.clear()
+    m = model(1)
+    with torch.no_grad():
+        m.bias[2] = 3.0
+    with trainer(fake, "alice") as t:
+        with pytest.raises(InputError, match=r"tensor 'bias': value at index 2 is 3\.0, beyond"):
+            t.submit(spec, m.named_parameters())
+        with pytest.raises(LayoutError, match="missing \\['bias'\\]"):
+            t.submit(spec, {"weight": m.weight})
+    assert all(not p.metadata and not p.attempts for p in fake.parties)
