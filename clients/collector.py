@@ -93,6 +93,8 @@ class Collector:
         or the first server error (naming which parties did create the round).
         """
         layout = TensorLayout.of(tensors_or_model)
+        if deadline_s is not None and not deadline_s > 0:
+            raise InputError(f"deadline_s must be > 0 seconds (or None), got {deadline_s!r}")
         deadline_unix = time.time() + deadline_s if deadline_s is not None else 0.0
         try:
             spec = RoundSpec(

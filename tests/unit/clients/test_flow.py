@@ -456,6 +456,17 @@ def test_open_round_is_idempotent_but_not_for_another_spec(fake: FakeCluster) ->
     assert err.value.code == "ALREADY_EXISTS"
 
 
+def test_open_round_validates_parameters_locally(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        with pytest.raises(InputError, match="allows at most"):
+            col.open_round("r1", model(0), bound=1e12, max_clients=10**6)
+        with pytest.raises(InputError, match="deadline_s must be > 0"):
+            col.open_round("r1", model(0), deadline_s=0)
+        spec = col.open_round("r2", model(0), deadline_s=60)
+        assert spec.deadline_unix > 0
+    assert all("r1" not in p.rounds for p in fake.parties)
+
+
 def test_disagreeing_aggregate_shares_are_refused(fake: FakeCluster) -> None:
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
