@@ -71,14 +71,16 @@ class Limits(_Strict):
 class PartyConfig(_Strict):
     id: int = Field(ge=0, lt=64)
     address: str
-    peer_address: str
+    peer_address: str | None = None  # required by servers; client-only files may omit it
     data_dir: Path | None = None
     cert: Path | None = None
     key: Path | None = None
 
     @field_validator("address", "peer_address")
     @classmethod
-    def _host_port(cls, v: str) -> str:
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"address must be host:port, got {v!r}")
@@ -190,7 +192,8 @@ def dump_cluster(config: ClusterConfig) -> str:
     lines.append("")
     for p in config.ordered_parties():
         lines += ["[[parties]]", f"id = {p.id}", f"address = {_q(p.address)}"]
-        lines.append(f"peer_address = {_q(p.peer_address)}")
+        if p.peer_address is not None:
+            lines.append(f"peer_address = {_q(p.peer_address)}")
         for key in ("data_dir", "cert", "key"):
             value = getattr(p, key)
             if value is not None:

@@ -121,9 +121,9 @@ def peer_clients(cluster: ClusterConfig, me: int, tls: PeerTls | None) -> list[P
 
     def resolver(party: int) -> Callable[[], str]:
         def address() -> str:
-            configured = cluster.party(party).peer_address
+            configured = cluster.party(party).peer_address or ""
             if configured.endswith(":0") and cluster.source is not None:
-                return load_cluster(cluster.source).party(party).peer_address
+                configured = load_cluster(cluster.source).party(party).peer_address or ""
             return configured
 
         return address

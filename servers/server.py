@@ -67,6 +67,9 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
     me = cluster.party(party)
     if me.data_dir is None:
         raise ConfigError(f"party {party} has no data_dir in the cluster file")
+    missing = [p.id for p in cluster.parties if p.peer_address is None]
+    if missing:
+        raise ConfigError(f"servers need peer_address for every party; missing for {missing}")
     tls = cluster.tls
     if tls is None and not insecure:
         raise ConfigError(
@@ -122,6 +125,7 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    assert me.peer_address is not None  # checked above
     if peer_tls is None:
         port = server.add_insecure_port(me.address)
         peer_port = server.add_insecure_port(me.peer_address)
