@@ -1,0 +1,285 @@
+"""Who is counted: partial uploads, retries, conflicts, min_clients, malformed uploads.
+
+One 3-party cluster serves the whole module; every test uses its own round ids.
+Trainer ``k`` of a test uploads ``2^k`` in every coordinate, so the decoded sum is
+a bit mask of exactly the trainers that were counted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import (
+    Conflict,
+    InvalidInput,
+    LayoutError,
+    Receipt,
+    RoundRejected,
+    RoundState,
+    RoundStateError,
+    RpcFailed,
+    wire,
+)
+from mpc import full_party_for
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from servers.spec import RoundSpec
+from tests.integration.conftest import (
+    FAST_RETRY,
+    NO_RETRY,
+    Rig,
+    closed_port,
+    encode_all,
+    eventually,
+    exact_inputs,
+    ring_sum,
+)
+
+LENGTH = 16
+SHAPES = (("w", (LENGTH,)),)
+
+
+def power(k: int, length: int = LENGTH) -> dict[str, np.ndarray]:
+    return {"w": np.full(length, float(2**k))}
+
+
+def encoded_power(spec: RoundSpec, k: int) -> np.ndarray:
+    return spec.fixed_point.encode(power(k, spec.length)["w"], bound=spec.bound)
+
+
+def counted(rig: Rig, spec: RoundSpec) -> set[int]:
+    """The trainers ``k`` whose ``2^k`` the revealed sum covers (checked against the ring)."""
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    decoded = rig.collector.result(spec.round_id, spec).sum["w"]
+    mask = int(decoded[0])
+    np.testing.assert_array_equal(decoded, np.full(spec.length, float(mask)))
+    members = {k for k in range(mask.bit_length()) if mask >> k & 1}
+    expected_ring = spec.fixed_point.encode(np.full(spec.length, float(mask)), bound=spec.bound)
+    np.testing.assert_array_equal(ring, expected_ring)
+    assert cohort == len(members)
+    return members
+
+
+def spool_files(rig: Rig, party: int, round_id: str) -> list[str]:
+    directory = Path(rig.cluster.directory) / f"party-{party}" / "spool" / round_id
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+def test_trainer_reaching_only_two_servers_is_excluded(rig: Rig) -> None:
+    spec = rig.open("partial", SHAPES, min_clients=2)
+    # Trainer 1 sees a cluster whose party 2 listens nowhere: it reaches parties 0 and 1.
+    config = rig.config
+    broken = config.model_copy(
+        update={
+            "parties": [
+                p.model_copy(update={"address": f"127.0.0.1:{closed_port()}"}) if p.id == 2 else p
+                for p in config.parties
+            ]
+        }
+    )
+    assert rig.submit(spec, "partial-0", power(0)).complete
+    receipt = rig.submit(spec, "partial-1", power(1), config=broken, retry=NO_RETRY)
+    assert receipt.acknowledged == (0, 1)
+    assert set(receipt.failed) == {2}
+    assert not receipt.complete
+    assert rig.submit(spec, "partial-2", power(2)).complete
+    # Trainer 3 reaches parties 1 and 2 only (not the leader), at the wire level.
+    shares = rig.shares(spec.round_id, "partial-3", encoded_power(spec, 3))
+    rig.upload(spec.round_id, "partial-3", shares, parties=[1, 2])
+
+    received = {p: s.received for p, s in rig.status(spec.round_id).items()}
+    assert received == {0: 3, 1: 4, 2: 3}
+    info = rig.close(spec.round_id)
+    assert info.state is RoundState.COMMITTED, info.reason
+    assert info.cohort_size == 2
+    assert counted(rig, spec) == {0, 2}
+
+
+def test_identical_retry_is_counted_once(rig: Rig) -> None:
+    spec = rig.open("retry-same", SHAPES, min_clients=2)
+    shares = rig.shares(spec.round_id, "same-0", encoded_power(spec, 0))
+    sharing_id = secrets.token_bytes(wire.SHARING_ID_BYTES)
+    first = rig.upload(spec.round_id, "same-0", shares, range(3), sharing_id)
+    again = rig.upload(spec.round_id, "same-0", shares, range(3), sharing_id)
+    assert not any(ack.duplicate for ack in first.values())
+    assert all(ack.duplicate for ack in again.values())
+    assert {p: a.payload_digest for p, a in again.items()} == {
+        p: a.payload_digest for p, a in first.items()
+    }
+    rig.submit(spec, "same-1", power(1))
+    assert {s.received for s in rig.status(spec.round_id).values()} == {2}
+
+    assert rig.close(spec.round_id).state is RoundState.COMMITTED
+    assert counted(rig, spec) == {0, 1}
+
+
+def test_conflicting_retry_is_refused(rig: Rig) -> None:
+    spec = rig.open("retry-conflict", SHAPES, min_clients=2)
+    shares = rig.shares(spec.round_id, "conflict-0", encoded_power(spec, 0))
+    sharing_id = secrets.token_bytes(wire.SHARING_ID_BYTES)
+    rig.upload(spec.round_id, "conflict-0", shares, range(3), sharing_id)
+
+    # Same sharing id, other payload (another value, fresh seeds): refused by every party.
+    other = rig.shares(spec.round_id, "conflict-0", encoded_power(spec, 4))
+    for party in range(3):
+        with pytest.raises(Conflict) as refused:
+            rig.upload(spec.round_id, "conflict-0", other, [party], sharing_id)
+        assert refused.value.code == "ALREADY_EXISTS"
+        assert refused.value.party == party
+    # Same payload under another sharing id: also a different upload.
+    with pytest.raises(Conflict):
+        rig.upload(spec.round_id, "conflict-0", shares, [0])
+    # The trainer client re-sharing for the same client id is refused too.
+    with pytest.raises(Conflict):
+        rig.submit(spec, "conflict-0", power(5))
+
+    rig.submit(spec, "conflict-1", power(1))
+    assert rig.close(spec.round_id).state is RoundState.COMMITTED
+    assert counted(rig, spec) == {0, 1}
+
+
+def test_below_min_clients_fails_and_reveals_nothing(rig: Rig) -> None:
+    spec = rig.open("too-few", SHAPES, min_clients=3)
+    rig.submit(spec, "few-0", power(0))
+    rig.submit(spec, "few-1", power(1))
+    # A third trainer reaching only the leader does not make the cohort.
+    shares = rig.shares(spec.round_id, "few-2", encoded_power(spec, 2))
+    rig.upload(spec.round_id, "few-2", shares, parties=[0])
+
+    info = rig.close(spec.round_id)
+    assert info.state is RoundState.FAILED
+    assert "below min_clients" in info.reason and "2 clients" in info.reason, info.reason
+    eventually(
+        lambda: rig.all_in(spec.round_id, RoundState.FAILED),
+        timeout=10,
+        what="every party FAILED",
+    )
+    for party in range(3):
+        error = rig.aggregate_share_error(party, spec.round_id)
+        assert isinstance(error, RoundRejected), error
+        assert error.code == "FAILED_PRECONDITION"
+        assert spool_files(rig, party, spec.round_id) == []
+    with pytest.raises(RoundRejected):
+        rig.collector.aggregate_ring(spec.round_id)
+    # Closing again keeps it FAILED; a late trainer is refused.
+    assert rig.close(spec.round_id).state is RoundState.FAILED
+    with pytest.raises(RoundStateError):
+        rig.submit(spec, "few-3", power(3))
+
+
+def test_wrong_vector_length_is_refused_and_nothing_stored(rig: Rig) -> None:
+    spec = rig.open("bad-length", SHAPES, min_clients=1)
+    longer = spec.fixed_point.encode(np.ones(LENGTH + 1))
+    shares = rig.shares(spec.round_id, "long-0", longer)
+    for party in range(3):
+        with pytest.raises(InvalidInput) as refused:
+            rig.upload(spec.round_id, "long-0", shares, [party])
+        assert refused.value.code == "INVALID_ARGUMENT"
+        assert f"vector length {LENGTH + 1} does not match round spec ({LENGTH})" in str(
+            refused.value
+        )
+    # The client library refuses a wrongly shaped tensor before sending anything.
+    with pytest.raises(LayoutError):
+        rig.submit(spec, "long-1", {"w": np.ones(LENGTH + 1)})
+
+    assert {s.received for s in rig.status(spec.round_id).values()} == {0}
+    for party in range(3):
+        assert spool_files(rig, party, spec.round_id) == []
+    # The refused client can still upload a correct share afterwards.
+    assert rig.submit(spec, "long-0", power(2)).complete
+    assert rig.close(spec.round_id).state is RoundState.COMMITTED
+    assert counted(rig, spec) == {2}
+
+
+def test_partial_stream_leaves_nothing_behind(rig: Rig) -> None:
+    spec = rig.open("half-stream", (("w", (4096,)),), min_clients=1)
+    client = "half-0"
+    full_party = full_party_for(client, 3)
+    encoded = spec.fixed_point.encode(np.full(spec.length, 8.0), bound=spec.bound)
+    shares = rig.shares(spec.round_id, client, encoded)
+    messages = list(
+        wire.upload_messages(
+            shares[full_party],
+            round_id=spec.round_id,
+            client_id=client,
+            sharing_id=secrets.token_bytes(wire.SHARING_ID_BYTES),
+            chunk_bytes=4096,
+        )
+    )
+    assert len(messages) == 1 + 8  # header and 8 chunks of 512 elements
+    transport = rig.transport(client)
+
+    # The stream ends cleanly after 3 of 8 chunks.
+    with pytest.raises(InvalidInput, match="upload ended after 12288 bytes"):
+        transport.upload(full_party, iter(messages[:4]))
+
+    # The client breaks off mid-stream (the call is cancelled).
+    def breaks_off() -> Iterator[pb.UploadMessage]:
+        yield from messages[:5]
+        raise ConnectionAbortedError("trainer stops mid-upload")
+
+    with pytest.raises(RpcFailed):
+        transport.upload(full_party, breaks_off())
+
+    def clean() -> bool:
+        status = rig.status(spec.round_id)[full_party]
+        return status.received == 0 and not spool_files(rig, full_party, spec.round_id)
+
+    eventually(clean, timeout=10, what="no trace of the partial uploads")
+    # Nothing is held for the client: its complete upload is new, not a duplicate or a conflict.
+    retrying = rig.transport(client, retry=FAST_RETRY)
+    ack = retrying.retrying(lambda: retrying.upload(full_party, iter(messages)))
+    assert not ack.duplicate
+    others = [p for p in range(3) if p != full_party]
+    rig.upload(spec.round_id, client, shares, others, messages[0].header.sharing_id)
+    assert rig.close(spec.round_id).state is RoundState.COMMITTED
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    assert cohort == 1
+    np.testing.assert_array_equal(ring, encoded)
+
+
+def test_deadline_closes_the_round(rig: Rig) -> None:
+    spec = rig.open("deadline", SHAPES, min_clients=2, deadline_s=2.0)
+    rig.submit(spec, "late-0", power(0))
+    rig.submit(spec, "late-1", power(1))
+    statuses = eventually(
+        lambda: rig.all_in(spec.round_id, RoundState.COMMITTED),
+        timeout=20,
+        interval=0.2,
+        what="the leader to close the round at its deadline",
+    )
+    assert {i.cohort_size for i in statuses.values()} == {2}
+    assert counted(rig, spec) == {0, 1}
+    with pytest.raises(RoundStateError):
+        rig.submit(spec, "late-2", power(2))
+
+
+def test_200_concurrent_trainers_are_all_counted(rig: Rig) -> None:
+    trainers = 200
+    spec = rig.open(
+        "crowd", (("w", (64,)),), min_clients=trainers, max_clients=trainers, deadline_s=None
+    )
+    rng = np.random.default_rng(200)
+    inputs = exact_inputs(rng, trainers, spec.length)
+
+    def submit(k: int) -> Receipt:
+        return rig.submit(spec, f"crowd-{k:03d}", {"w": inputs[k]})
+
+    with ThreadPoolExecutor(16, thread_name_prefix="trainer") as pool:
+        receipts = list(pool.map(submit, range(trainers)))
+    assert all(r.complete for r in receipts), [r.failed for r in receipts if not r.complete]
+    assert {s.received for s in rig.status(spec.round_id).values()} == {trainers}
+
+    info = rig.close(spec.round_id)
+    assert info.state is RoundState.COMMITTED, info.reason
+    assert info.cohort_size == trainers
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    assert cohort == trainers
+    np.testing.assert_array_equal(ring, ring_sum(encode_all(spec, inputs), spec.length))
+    result = rig.collector.result(spec.round_id, spec)
+    np.testing.assert_array_equal(result.sum["w"], np.sum(inputs, axis=0))

@@ -1,0 +1,109 @@
+"""Servers that die: acknowledged uploads survive SIGKILL, a close waits for a down peer.
+
+The module shares one 3-party cluster; every test leaves all parties running.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from clients import CloseTimeout, RoundRejected, RoundState, RoundStateError
+from mpc import full_party_for
+from servers.local import LocalCluster
+from servers.spec import RoundSpec
+from tests.integration.conftest import Rig, encode_all, eventually, exact_inputs, ring_sum
+
+SHAPES = (("w", (32,)),)
+
+
+@pytest.fixture
+def all_up(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """Restarts any party a test left down, so the next test finds all of them running."""
+    yield cluster
+    for party in range(cluster.n_parties):
+        if not cluster.alive(party):
+            cluster.start_party(party, timeout=60.0)
+
+
+def one_full_share_per_party(prefix: str, n: int) -> list[str]:
+    """``n`` client ids, the k-th of which sends its full share (not a seed) to party k."""
+    ids: dict[int, str] = {}
+    k = 0
+    while len(ids) < n:
+        cid = f"{prefix}-{k}"
+        ids.setdefault(full_party_for(cid, n), cid)
+        k += 1
+    return [ids[p] for p in range(n)]
+
+
+def expected(spec: RoundSpec, inputs: list[np.ndarray]) -> np.ndarray:
+    return ring_sum(encode_all(spec, inputs), spec.length)
+
+
+@pytest.mark.parametrize("victim", [0, 2], ids=["leader", "peer"])
+def test_sigkill_after_acknowledged_uploads_loses_nothing(
+    rig: Rig, all_up: LocalCluster, victim: int
+) -> None:
+    cluster = all_up
+    spec = rig.open(f"sigkill-{victim}", SHAPES, min_clients=4)
+    ids = one_full_share_per_party(f"kill{victim}", 3)
+    inputs = exact_inputs(np.random.default_rng(victim), len(ids) + 1, spec.length)
+    for cid, x in zip(ids, inputs, strict=False):
+        assert rig.submit(spec, cid, {"w": x}).complete
+
+    assert cluster.kill_party(victim, signal.SIGKILL) == -signal.SIGKILL
+    cluster.start_party(victim, timeout=60.0)
+    status = rig.status(spec.round_id)[victim]
+    assert status.state is RoundState.OPEN
+    assert status.received == len(ids)
+
+    # The restarted party keeps accumulating on top of what it recovered.
+    assert rig.submit(spec, f"kill{victim}-after", {"w": inputs[-1]}).complete
+    info = rig.close(spec.round_id)
+    assert info.state is RoundState.COMMITTED, info.reason
+    assert info.cohort_size == len(inputs)
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    assert cohort == len(inputs)
+    np.testing.assert_array_equal(ring, expected(spec, inputs))
+
+
+def test_close_with_a_peer_down_waits_and_reveals_nothing(rig: Rig, all_up: LocalCluster) -> None:
+    cluster = all_up
+    spec = rig.open("peer-down", SHAPES, min_clients=2)
+    inputs = exact_inputs(np.random.default_rng(7), 3, spec.length)
+    for k, x in enumerate(inputs):
+        assert rig.submit(spec, f"down-{k}", {"w": x}).complete
+
+    cluster.kill_party(2, signal.SIGKILL)
+    with pytest.raises(CloseTimeout) as waited:
+        rig.close(spec.round_id, wait_s=3.0)
+    message = str(waited.value)
+    assert "party 2" in message and "UNAVAILABLE" in message, message
+
+    # Parties 0 and 1 stopped accepting uploads but reveal nothing with a partial cohort.
+    statuses = rig.status(spec.round_id)
+    assert statuses[2].state is RoundState.UNKNOWN
+    for party in (0, 1):
+        assert statuses[party].state is RoundState.CLOSING
+        assert statuses[party].cohort_size == 0
+        error = rig.aggregate_share_error(party, spec.round_id)
+        assert isinstance(error, RoundRejected), error
+    with pytest.raises(RoundStateError):
+        rig.submit(spec, "down-late", {"w": inputs[0]})
+
+    cluster.start_party(2, timeout=60.0)
+    info = rig.close(spec.round_id, wait_s=20.0)
+    assert info.state is RoundState.COMMITTED, info.reason
+    statuses = eventually(
+        lambda: rig.all_in(spec.round_id, RoundState.COMMITTED), timeout=10, what="all committed"
+    )
+    assert {s.cohort_size for s in statuses.values()} == {len(inputs)}
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    assert cohort == len(inputs)
+    np.testing.assert_array_equal(ring, expected(spec, inputs))
+    result = rig.collector.result(spec.round_id, spec)
+    np.testing.assert_array_equal(result.sum["w"], np.sum(inputs, axis=0))
