@@ -437,6 +437,14 @@ class Aggregator:
         cohort = tuple(sorted(cohort))
         if cohort_digest(cohort) != digest:
             raise InvalidArgument("cohort digest does not match the cohort's client ids")
+        # Checked before anything changes: a refused commit leaves the round as it was.
+        if len(set(cohort)) != len(cohort):
+            raise InvalidArgument("cohort names a client more than once")
+        if len(cohort) < rnd.spec.min_clients:
+            raise RoundNotOpen(
+                f"cohort of {len(cohort)} clients is below min_clients "
+                f"({rnd.spec.min_clients}); refusing to commit round {round_id!r}"
+            )
         with rnd.lock:
             if rnd.state is RoundState.OPEN:
                 self._stop_accepting(rnd)
@@ -449,11 +457,6 @@ class Aggregator:
                     "an aggregate is never recomputed over a different subset"
                 )
             rnd.require(RoundState.CLOSING)
-            if len(cohort) < rnd.spec.min_clients:
-                raise RoundNotOpen(
-                    f"cohort of {len(cohort)} clients is below min_clients "
-                    f"({rnd.spec.min_clients}); refusing to commit round {round_id!r}"
-                )
             missing = [c for c in cohort if c not in rnd.uploads]
             if missing:
                 raise InvalidArgument(

@@ -16,6 +16,7 @@ from servers.pki import client_from_auth_context, party_from_auth_context
 from servers.tokens import Identity, Role, TokenVerifier
 
 BEARER = "bearer "
+LEADER = 0
 
 
 class Authenticator:
@@ -82,6 +83,18 @@ class PeerAuthenticator:
                 "trainer and collector credentials are not accepted here"
             )
         return party
+
+    def require_leader(self, context: grpc.ServicerContext) -> None:
+        """Round coordination (manifests, commits, failures) comes only from party 0.
+
+        Any other party holding a valid certificate may not close, commit or fail
+        rounds on its peers: one compromised non-leader cannot steer another's cohort.
+        """
+        party = self.require_party(context)
+        if party is not None and party != LEADER:
+            raise PermissionDenied(
+                f"peer calls come from the leader (party {LEADER}); party {party} may not make them"
+            )
 
 
 def _auth_context(context: grpc.ServicerContext) -> Any:

@@ -108,6 +108,7 @@ class AggregationService(pb_grpc.AggregationServicer):
     def Upload(
         self, request_iterator: Iterator[pb.UploadMessage], context: grpc.ServicerContext
     ) -> pb.UploadReceipt:
+        self._auth.require(context, "trainer")  # before reading anything the caller sent
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
             raise InvalidArgument("an upload starts with a header message; got a chunk or nothing")
@@ -134,14 +135,16 @@ class AggregationService(pb_grpc.AggregationServicer):
         self, request: pb.GetAggregateShareRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AggregateShareMessage]:
         ident = self._auth.require(context, "collector", "trainer")
-        status, vector = self._agg.aggregate_share(request.round_id)
         if ident is not None and ident.role == "trainer":
+            # Decided before the round's state is looked at, so a trainer learns nothing
+            # from the answer about a round it may not fetch.
             rnd = self._agg.get(request.round_id)
             if not rnd.spec.trainers_may_fetch or ident.client_id not in (rnd.cohort or ()):
                 raise PermissionDenied(
                     "only the collector, or a cohort trainer when the round allows it, "
                     "may fetch aggregate shares"
                 )
+        status, vector = self._agg.aggregate_share(request.round_id)
         yield pb.AggregateShareMessage(
             header=pb.AggregateShareHeader(
                 round_id=status.round_id,
@@ -184,7 +187,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     def Manifest(
         self, request: peer_pb2.ManifestRequest, context: grpc.ServicerContext
     ) -> peer_pb2.ManifestReply:
-        self._auth.require_party(context)
+        self._auth.require_leader(context)
         m = self._agg.manifest(request.round_id, request.spec_digest)
         return peer_pb2.ManifestReply(
             round_id=m.round_id,
@@ -200,7 +203,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     def Commit(
         self, request: peer_pb2.CommitRequest, context: grpc.ServicerContext
     ) -> pb.RoundStatus:
-        self._auth.require_party(context)
+        self._auth.require_leader(context)
         spec_digest = self._agg.get(request.round_id).spec.digest
         if request.spec_digest != spec_digest:
             raise InvalidArgument("commit names a different round spec than this party holds")
@@ -209,5 +212,5 @@ class PeerService(peer_pb2_grpc.PeerServicer):
 
     @grpc_errors
     def Fail(self, request: peer_pb2.FailRequest, context: grpc.ServicerContext) -> pb.RoundStatus:
-        self._auth.require_party(context)
+        self._auth.require_leader(context)
         return status_to_proto(self._agg.fail(request.round_id, request.reason))
