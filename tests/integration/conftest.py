@@ -144,6 +144,11 @@ class Rig:
     def close(self, round_id: str, wait_s: float = 20.0) -> RoundInfo:
         return self.collector.close(round_id, wait_s=wait_s)
 
+    def spool_files(self, party: int, round_id: str) -> list[str]:
+        """Names of the files party ``party`` keeps for ``round_id`` (shares, temporaries)."""
+        directory = self.cluster.directory / f"party-{party}" / "spool" / round_id
+        return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
     # -- trainers through the real client ----------------------------------------------
 
     def trainer(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,11 +62,6 @@ def counted(rig: Rig, spec: RoundSpec) -> set[int]:
     np.testing.assert_array_equal(ring, expected_ring)
     assert cohort == len(members)
     return members
-
-
-def spool_files(rig: Rig, party: int, round_id: str) -> list[str]:
-    directory = Path(rig.cluster.directory) / f"party-{party}" / "spool" / round_id
-    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
 
 
 def test_trainer_reaching_only_two_servers_is_excluded(rig: Rig) -> None:
@@ -163,7 +157,7 @@ def test_below_min_clients_fails_and_reveals_nothing(rig: Rig) -> None:
         error = rig.aggregate_share_error(party, spec.round_id)
         assert isinstance(error, RoundRejected), error
         assert error.code == "FAILED_PRECONDITION"
-        assert spool_files(rig, party, spec.round_id) == []
+        assert rig.spool_files(party, spec.round_id) == []
     with pytest.raises(RoundRejected):
         rig.collector.aggregate_ring(spec.round_id)
     # Closing again keeps it FAILED; a late trainer is refused.
@@ -189,7 +183,7 @@ def test_wrong_vector_length_is_refused_and_nothing_stored(rig: Rig) -> None:
 
     assert {s.received for s in rig.status(spec.round_id).values()} == {0}
     for party in range(3):
-        assert spool_files(rig, party, spec.round_id) == []
+        assert rig.spool_files(party, spec.round_id) == []
     # The refused client can still upload a correct share afterwards.
     assert rig.submit(spec, "long-0", power(2)).complete
     assert rig.close(spec.round_id).state is RoundState.COMMITTED
@@ -228,7 +222,7 @@ def test_partial_stream_leaves_nothing_behind(rig: Rig) -> None:
 
     def clean() -> bool:
         status = rig.status(spec.round_id)[full_party]
-        return status.received == 0 and not spool_files(rig, full_party, spec.round_id)
+        return status.received == 0 and not rig.spool_files(full_party, spec.round_id)
 
     eventually(clean, timeout=10, what="no trace of the partial uploads")
     # Nothing is held for the client: its complete upload is new, not a duplicate or a conflict.

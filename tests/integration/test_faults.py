@@ -5,17 +5,27 @@ The module shares one 3-party cluster; every test leaves all parties running.
 
 from __future__ import annotations
 
+import secrets
 import signal
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from clients import CloseTimeout, RoundRejected, RoundState, RoundStateError
+from clients import CloseTimeout, RoundRejected, RoundState, RoundStateError, RpcFailed, wire
 from mpc import full_party_for
+from protos.mpcagg.v1 import aggregation_pb2 as pb
 from servers.local import LocalCluster
 from servers.spec import RoundSpec
-from tests.integration.conftest import Rig, encode_all, eventually, exact_inputs, ring_sum
+from tests.integration.conftest import (
+    RPC_TIMEOUT_S,
+    Rig,
+    encode_all,
+    eventually,
+    exact_inputs,
+    ring_sum,
+)
 
 SHAPES = (("w", (32,)),)
 
@@ -69,6 +79,71 @@ def test_sigkill_after_acknowledged_uploads_loses_nothing(
     ring, cohort = rig.collector.aggregate_ring(spec.round_id)
     assert cohort == len(inputs)
     np.testing.assert_array_equal(ring, expected(spec, inputs))
+
+    # A committed round survives SIGKILL too: the same aggregate share is served again.
+    cluster.kill_party(victim, signal.SIGKILL)
+    cluster.start_party(victim, timeout=60.0)
+    status = rig.status(spec.round_id)[victim]
+    assert status.state is RoundState.COMMITTED
+    assert status.cohort_size == len(inputs)
+    assert rig.spool_files(victim, spec.round_id) == ["aggregate.bin"]
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    np.testing.assert_array_equal(ring, expected(spec, inputs))
+
+
+def test_sigkill_mid_upload_leaves_no_trace(rig: Rig, all_up: LocalCluster) -> None:
+    cluster = all_up
+    spec = rig.open("mid-upload", (("w", (4096,)),), min_clients=1)
+    client = one_full_share_per_party("mid", 3)[1]  # sends its full share to party 1
+    encoded = spec.fixed_point.encode(np.full(spec.length, 3.0), bound=spec.bound)
+    shares = rig.shares(spec.round_id, client, encoded)
+    messages = list(
+        wire.upload_messages(
+            shares[1],
+            round_id=spec.round_id,
+            client_id=client,
+            sharing_id=secrets.token_bytes(wire.SHARING_ID_BYTES),
+            chunk_bytes=4096,
+        )
+    )
+    release = threading.Event()
+
+    def stalls() -> Iterator[pb.UploadMessage]:
+        yield from messages[:3]
+        release.wait(RPC_TIMEOUT_S)
+        yield from messages[3:]
+
+    outcome: dict[str, object] = {}
+
+    def upload() -> None:
+        try:
+            outcome["ack"] = rig.transport(client).upload(1, stalls())
+        except RpcFailed as exc:
+            outcome["error"] = exc
+
+    uploader = threading.Thread(target=upload, name="stalled-upload")
+    uploader.start()
+    try:
+        eventually(
+            lambda: any(n.endswith(".tmp") for n in rig.spool_files(1, spec.round_id)),
+            timeout=10,
+            what="the upload to be spooling",
+        )
+        cluster.kill_party(1, signal.SIGKILL)
+    finally:
+        release.set()
+        uploader.join(RPC_TIMEOUT_S + 5)
+    assert not uploader.is_alive()
+    assert isinstance(outcome.get("error"), RpcFailed), outcome
+
+    cluster.start_party(1, timeout=60.0)
+    assert rig.status(spec.round_id)[1].received == 0
+    assert rig.spool_files(1, spec.round_id) == []
+    rig.upload(spec.round_id, client, shares, range(3))
+    assert rig.close(spec.round_id).state is RoundState.COMMITTED
+    ring, cohort = rig.collector.aggregate_ring(spec.round_id)
+    assert cohort == 1
+    np.testing.assert_array_equal(ring, encoded)
 
 
 def test_close_with_a_peer_down_waits_and_reveals_nothing(rig: Rig, all_up: LocalCluster) -> None:
