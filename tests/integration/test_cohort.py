@@ -239,8 +239,10 @@ def test_partial_stream_leaves_nothing_behind(rig: Rig) -> None:
 
 def test_deadline_closes_the_round(rig: Rig) -> None:
     spec = rig.open("deadline", SHAPES, min_clients=2, deadline_s=2.0)
+    too_few = rig.open("deadline-too-few", SHAPES, min_clients=2, deadline_s=2.0)
     rig.submit(spec, "late-0", power(0))
     rig.submit(spec, "late-1", power(1))
+    rig.submit(too_few, "lone-0", power(0))
     statuses = eventually(
         lambda: rig.all_in(spec.round_id, RoundState.COMMITTED),
         timeout=20,
@@ -251,6 +253,16 @@ def test_deadline_closes_the_round(rig: Rig) -> None:
     assert counted(rig, spec) == {0, 1}
     with pytest.raises(RoundStateError):
         rig.submit(spec, "late-2", power(2))
+
+    failed = eventually(
+        lambda: rig.all_in(too_few.round_id, RoundState.FAILED),
+        timeout=10,
+        interval=0.2,
+        what="the leader to fail the under-populated round at its deadline",
+    )
+    assert "below min_clients" in failed[0].reason, failed[0].reason
+    for party in range(3):
+        assert isinstance(rig.aggregate_share_error(party, too_few.round_id), RoundRejected)
 
 
 def test_200_concurrent_trainers_are_all_counted(rig: Rig) -> None:

@@ -62,14 +62,21 @@ def test_sigkill_after_acknowledged_uploads_loses_nothing(
     spec = rig.open(f"sigkill-{victim}", SHAPES, min_clients=4)
     ids = one_full_share_per_party(f"kill{victim}", 3)
     inputs = exact_inputs(np.random.default_rng(victim), len(ids) + 1, spec.length)
-    for cid, x in zip(ids, inputs, strict=False):
+    for cid, x in zip(ids[:-1], inputs, strict=False):
         assert rig.submit(spec, cid, {"w": x}).complete
+    # The last one at the wire level, so it can retry byte-identically after the restart.
+    raw = rig.shares(spec.round_id, ids[-1], encode_all(spec, [inputs[len(ids) - 1]])[0])
+    sharing_id = secrets.token_bytes(wire.SHARING_ID_BYTES)
+    acks = rig.upload(spec.round_id, ids[-1], raw, range(3), sharing_id)
 
     assert cluster.kill_party(victim, signal.SIGKILL) == -signal.SIGKILL
     cluster.start_party(victim, timeout=60.0)
     status = rig.status(spec.round_id)[victim]
     assert status.state is RoundState.OPEN
     assert status.received == len(ids)
+    again = rig.upload(spec.round_id, ids[-1], raw, [victim], sharing_id)[victim]
+    assert again.duplicate
+    assert again.payload_digest == acks[victim].payload_digest
 
     # The restarted party keeps accumulating on top of what it recovered.
     assert rig.submit(spec, f"kill{victim}-after", {"w": inputs[-1]}).complete
@@ -169,6 +176,12 @@ def test_close_with_a_peer_down_waits_and_reveals_nothing(rig: Rig, all_up: Loca
         assert isinstance(error, RoundRejected), error
     with pytest.raises(RoundStateError):
         rig.submit(spec, "down-late", {"w": inputs[0]})
+
+    # The leader itself restarting in the middle changes nothing: it resumes CLOSING.
+    cluster.kill_party(0, signal.SIGKILL)
+    cluster.start_party(0, timeout=60.0)
+    leader = rig.status(spec.round_id)[0]
+    assert (leader.state, leader.received) == (RoundState.CLOSING, len(inputs))
 
     cluster.start_party(2, timeout=60.0)
     info = rig.close(spec.round_id, wait_s=20.0)
