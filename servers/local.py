@@ -155,6 +155,10 @@ class LocalCluster:
             codes[party] = self.kill_party(party, signal.SIGTERM, timeout)
         return codes
 
+    def pid(self, party: int) -> int:
+        """The process id of party ``party``'s server; ``KeyError`` if it was not started."""
+        return self._procs[party].pid
+
     def alive(self, party: int) -> bool:
         proc = self._procs.get(party)
         return proc is not None and proc.poll() is None

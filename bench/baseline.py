@@ -1,0 +1,469 @@
+"""The plaintext baseline: one gRPC server that sums trainers' int64 fixed-point vectors.
+
+What secure aggregation is compared against: the same gRPC stack (grpcio, TLS with
+a development CA, bearer tokens verified per call, the same message types
+``UploadMessage``/``AggregateShareMessage`` with ``kind = FULL``, the same chunk
+size and server options), but one server, no secret sharing, no digests, no
+cohort agreement. By default nothing is written to disk (what a plain in-memory
+aggregation server does); ``--durable-dir`` spools and fsyncs each upload before
+acknowledging it, as the real servers do, to separate the cost of durability from
+the cost of security.
+
+Service ``mpcagg.bench.v1.PlainAggregation`` (generic handlers, no new proto):
+
+- ``Upload(stream UploadMessage) -> UploadReceipt``: header (kind FULL) then chunks,
+  added in place into the round's uint64 accumulator (created on first upload).
+- ``Close(GetRoundRequest) -> RoundStatus``: stop accepting; ``received`` uploads.
+- ``GetSum(GetAggregateShareRequest) -> stream AggregateShareMessage``: the sum,
+  chunked like ``GetAggregateShare``; the round is forgotten afterwards.
+
+Run as ``python -m bench.baseline --port-file F [--ca … --cert … --key … --token-public-key …]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from servers.config import Limits
+
+SERVICE = "mpcagg.bench.v1.PlainAggregation"
+CLUSTER_NAME = "baseline"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- server side
+
+
+@dataclass
+class _PlainRound:
+    acc: RingVector
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    received: int = 0
+    closed: bool = False
+
+
+class PlainAggregation:
+    """The servicer: rounds keyed by id, each one uint64 accumulator."""
+
+    def __init__(
+        self, verifier: Any | None, limits: Limits, durable_dir: Path | None = None
+    ) -> None:
+        self._verifier = verifier
+        self._limits = limits
+        self._durable_dir = durable_dir
+        self._rounds: dict[str, _PlainRound] = {}
+        self._lock = threading.Lock()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Upload": grpc.stream_unary_rpc_method_handler(
+                    self.upload,
+                    request_deserializer=pb.UploadMessage.FromString,
+                    response_serializer=pb.UploadReceipt.SerializeToString,
+                ),
+                "Close": grpc.unary_unary_rpc_method_handler(
+                    self.close,
+                    request_deserializer=pb.GetRoundRequest.FromString,
+                    response_serializer=pb.RoundStatus.SerializeToString,
+                ),
+                "GetSum": grpc.unary_stream_rpc_method_handler(
+                    self.get_sum,
+                    request_deserializer=pb.GetAggregateShareRequest.FromString,
+                    response_serializer=pb.AggregateShareMessage.SerializeToString,
+                ),
+            },
+        )
+
+    def _identify(self, context: grpc.ServicerContext) -> str | None:
+        if self._verifier is None:
+            return None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                try:
+                    return str(self._verifier.verify(value.split(" ", 1)[-1]).client_id)
+                except Exception as exc:  # Unauthenticated, with the reason
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
+        raise AssertionError("unreachable")
+
+    def upload(
+        self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
+        caller = self._identify(context)
+        first = next(requests, None)
+        if first is None or first.WhichOneof("body") != "header" or first.header.kind != pb.FULL:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected a FULL upload header")
+        h = first.header
+        if caller is not None and caller != h.client_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "token names another client")
+        if not 0 < h.length <= self._limits.max_vector_length:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad length {h.length}")
+        with self._lock:
+            rnd = self._rounds.get(h.round_id)
+            if rnd is None:
+                rnd = self._rounds[h.round_id] = _PlainRound(np.zeros(h.length, dtype=DTYPE))
+        if rnd.closed or len(rnd.acc) != h.length:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round closed or length differs")
+        spool = _Spool(self._durable_dir, h.round_id, h.client_id) if self._durable_dir else None
+        offset = 0
+        for msg in requests:
+            chunk = msg.chunk
+            n = len(chunk) // ELEMENT_BYTES
+            if len(chunk) % ELEMENT_BYTES or offset + n > h.length:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk beyond the declared length")
+            if spool is not None:
+                spool.write(chunk)
+            part = np.frombuffer(chunk, dtype=DTYPE)
+            with rnd.lock:  # np.add releases the GIL: concurrent adds must not interleave
+                target = rnd.acc[offset : offset + n]
+                np.add(target, part, out=target)
+            offset += n
+        if offset != h.length:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload shorter than declared")
+        if spool is not None:
+            spool.finish()
+        with rnd.lock:
+            rnd.received += 1
+        return pb.UploadReceipt(round_id=h.round_id, client_id=h.client_id, party=0)
+
+    def close(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundStatus:
+        self._identify(context)
+        with self._lock:
+            rnd = self._rounds.get(request.round_id)
+        if rnd is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown round {request.round_id!r}")
+        with rnd.lock:
+            rnd.closed = True
+            received = rnd.received
+        return pb.RoundStatus(
+            round_id=request.round_id, state=pb.COMMITTED, received=received, cohort_size=received
+        )
+
+    def get_sum(
+        self, request: pb.GetAggregateShareRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AggregateShareMessage]:
+        self._identify(context)
+        with self._lock:
+            rnd = self._rounds.pop(request.round_id, None)
+        if rnd is None or not rnd.closed:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round unknown or not closed")
+        if self._durable_dir is not None:
+            _Spool.sweep(self._durable_dir, request.round_id)
+        yield pb.AggregateShareMessage(
+            header=pb.AggregateShareHeader(
+                round_id=request.round_id,
+                party=0,
+                length=len(rnd.acc),
+                cohort_size=rnd.received,
+            )
+        )
+        raw = rnd.acc.data.cast("B")
+        step = self._limits.chunk_bytes
+        for start in range(0, len(raw), step):
+            yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + step]))
+
+
+class _Spool:
+    """Write-then-fsync of one upload, renamed into place and the directory fsync'ed."""
+
+    def __init__(self, root: Path, round_id: str, client_id: str) -> None:
+        self.dir = root / round_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.final = self.dir / f"{client_id}.full"
+        self.tmp = self.dir / f"{client_id}.tmp"
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def finish(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        os.replace(self.tmp, self.final)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    @staticmethod
+    def sweep(root: Path, round_id: str) -> None:
+        directory = root / round_id
+        if directory.is_dir():
+            for path in directory.iterdir():
+                path.unlink(missing_ok=True)
+            directory.rmdir()
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Run the baseline server until SIGTERM."""
+    limits = Limits()
+    verifier = None
+    if args.token_public_key:
+        from servers.credentials import load_token_public_key
+        from servers.tokens import TokenVerifier
+
+        verifier = TokenVerifier(load_token_public_key(args.token_public_key), cluster=CLUSTER_NAME)
+    options = [
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_streams + 8),
+        options=options,
+        maximum_concurrent_rpcs=limits.max_concurrent_streams,
+    )
+    durable = Path(args.durable_dir) if args.durable_dir else None
+    server.add_generic_rpc_handlers((PlainAggregation(verifier, limits, durable).handler(),))
+    if args.cert:
+        creds = grpc.ssl_server_credentials(
+            [(Path(args.key).read_bytes(), Path(args.cert).read_bytes())]
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port_file = Path(args.port_file)
+    tmp = port_file.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(port_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop(grace=2).wait(5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--token-public-key")
+    parser.add_argument("--durable-dir")
+    serve(parser.parse_args(argv))
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class BaselineCredentials:
+    """TLS and token material of the baseline server (a dev CA of its own)."""
+
+    ca: bytes
+    cert: Path
+    key: Path
+    token_public_key: Path
+    issuer: Any  # servers.tokens.TokenIssuer
+
+    @classmethod
+    def provision(cls, directory: Path) -> BaselineCredentials:
+        from servers.credentials import load_token_signing_key, provision_dev
+        from servers.tokens import TokenIssuer
+
+        creds = provision_dev(directory, 1)
+        return cls(
+            ca=creds.ca_cert.read_bytes(),
+            cert=creds.parties[0].cert,
+            key=creds.parties[0].key,
+            token_public_key=creds.token_public_key,
+            issuer=TokenIssuer(load_token_signing_key(creds.token_signing_key)),
+        )
+
+    def token(self, client_id: str, role: str = "trainer") -> str:
+        return str(self.issuer.issue(client_id, role, 3600.0, CLUSTER_NAME))
+
+
+class BaselineServer:
+    """The baseline server process (use as a context manager)."""
+
+    def __init__(
+        self, directory: Path, creds: BaselineCredentials | None, durable: bool = False
+    ) -> None:
+        self.directory = Path(directory)
+        self.creds = creds
+        self.durable = durable
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> BaselineServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        port_file = self.directory / "baseline.port"
+        port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "bench.baseline", "--port-file", str(port_file)]
+        if self.creds is not None:
+            cmd += ["--cert", str(self.creds.cert), "--key", str(self.creds.key)]
+            cmd += ["--token-public-key", str(self.creds.token_public_key)]
+        if self.durable:
+            cmd += ["--durable-dir", str(self.directory / "spool")]
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
+        log = open(self.directory / "baseline.log", "ab")  # noqa: SIM115 - owned by the child
+        self._proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log_text = (self.directory / "baseline.log").read_text(errors="replace")
+                raise RuntimeError(f"the baseline server did not start; log:\n{log_text[-3000:]}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text().split()[0])
+        channel = self.channel()
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(deadline - time.monotonic(), 1))
+        finally:
+            channel.close()
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._proc = None
+
+    def channel(self, address: str | None = None) -> grpc.Channel:
+        """A new channel (one per trainer, as each secure trainer dials its own)."""
+        limit = Limits().max_message_bytes
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ]
+        target = address or self.address
+        if self.creds is None:
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(
+            target, grpc.ssl_channel_credentials(root_certificates=self.creds.ca), options=options
+        )
+
+
+def upload_stream(
+    round_id: str, client_id: str, vector: RingVector, chunk_bytes: int
+) -> Iterator[pb.UploadMessage]:
+    """The baseline upload: a FULL header, then the vector's bytes in ``chunk_bytes`` chunks
+    (as :func:`clients.wire.upload_messages` chunks a full share)."""
+    yield pb.UploadMessage(
+        header=pb.UploadHeader(
+            round_id=round_id, client_id=client_id, party=0, kind=pb.FULL, length=len(vector)
+        )
+    )
+    data = vector.data.cast("B")
+    for start in range(0, len(data), chunk_bytes):
+        yield pb.UploadMessage(chunk=bytes(data[start : start + chunk_bytes]))
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def upload(
+    channel: grpc.Channel,
+    round_id: str,
+    client_id: str,
+    token: str | None,
+    vector: RingVector,
+    chunk_bytes: int,
+    timeout: float = 120.0,
+) -> int:
+    """Upload one trainer's vector; returns the serialized bytes of the messages sent."""
+    sent = 0
+
+    def counted() -> Iterator[pb.UploadMessage]:
+        nonlocal sent
+        for msg in upload_stream(round_id, client_id, vector, chunk_bytes):
+            sent += msg.ByteSize()
+            yield msg
+
+    call = channel.stream_unary(
+        f"/{SERVICE}/Upload",
+        request_serializer=pb.UploadMessage.SerializeToString,
+        response_deserializer=pb.UploadReceipt.FromString,
+    )
+    call(counted(), timeout=timeout, metadata=_metadata(token))
+    return sent
+
+
+def close(channel: grpc.Channel, round_id: str, token: str | None) -> int:
+    """Close the round; returns how many uploads the server summed."""
+    call = channel.unary_unary(
+        f"/{SERVICE}/Close",
+        request_serializer=pb.GetRoundRequest.SerializeToString,
+        response_deserializer=pb.RoundStatus.FromString,
+    )
+    reply = call(pb.GetRoundRequest(round_id=round_id), timeout=60, metadata=_metadata(token))
+    return int(reply.received)
+
+
+def fetch_sum(channel: grpc.Channel, round_id: str, token: str | None) -> RingVector:
+    """The round's sum as ring elements (the round is forgotten by the server)."""
+    call = channel.unary_stream(
+        f"/{SERVICE}/GetSum",
+        request_serializer=pb.GetAggregateShareRequest.SerializeToString,
+        response_deserializer=pb.AggregateShareMessage.FromString,
+    )
+    stream = call(
+        pb.GetAggregateShareRequest(round_id=round_id), timeout=120, metadata=_metadata(token)
+    )
+    out: RingVector | None = None
+    offset = 0
+    for msg in stream:
+        if msg.WhichOneof("body") == "header":
+            out = np.empty(msg.header.length, dtype=DTYPE)
+        else:
+            assert out is not None, "the sum stream starts with a header"
+            raw = out.data.cast("B")
+            raw[offset : offset + len(msg.chunk)] = msg.chunk
+            offset += len(msg.chunk)
+    assert out is not None and offset == out.nbytes, "incomplete sum stream"
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""The round-latency benchmark: secure rounds on a real local cluster against the plaintext
+baseline on the same gRPC stack, over a grid of (trainers N, parameters d, parties n).
+
+For each cell: a fresh :class:`servers.local.LocalCluster` (n server processes on
+127.0.0.1, TLS and tokens on, numpy engine) and the baseline server (started once
+per run, :mod:`bench.baseline`); one warm-up round of each mode, in which trainer 0
+dials through counting relays (:mod:`bench.wireprobe`: bytes on the wire), then the
+measured rounds, secure and plaintext alternating so that a noisy neighbour hurts
+both alike. Server CPU and peak RSS are read per round (:mod:`bench.procstats`).
+The last measured round's secure sum must equal the plaintext server's sum and the
+locally computed one exactly; a mismatch is recorded (``check.exact``), not hidden.
+
+Then the accumulate path of both engines (:mod:`bench.engines`), optionally the
+pytest-benchmark micro suite, and the files: results.json, results.csv, PNG plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bench import engines as engine_bench
+from bench import grid, report
+from bench.baseline import BaselineCredentials, BaselineServer
+from bench.grid import Cell, Plan
+from bench.procstats import ProcessMeter
+from bench.rounds import PlainRounds, RoundTiming, SecureRounds, TrainerInputs
+from bench.wireprobe import CountingRelay
+from servers.config import ClusterConfig, Limits
+from servers.local import LocalCluster
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+TOKEN_TTL_S = 24 * 3600.0
+ENGINE_REPEATS = 5
+ENGINES_EST_S = 25.0
+MICRO_EST_S = 90.0
+
+Log = Callable[[str], None]
+
+
+def default_out() -> Path:
+    return RESULTS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run(
+    plan: Plan,
+    out: Path,
+    argv: Sequence[str] = (),
+    *,
+    workdir: Path | None = None,
+    plots: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run ``plan``, write everything to ``out``, print the summary; returns the results."""
+    started = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work_root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+    chunk_bytes = Limits().chunk_bytes
+    results: dict[str, Any] = {
+        "schema": report.SCHEMA,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": report.command_line(argv),
+        "machine": report.machine_info(),
+        "settings": _settings(plan, chunk_bytes),
+        "cells": [],
+        "engines": [],
+        "micro": None,
+    }
+    decisions = [(cell, grid.skip_reason(cell, plan, work_root)) for cell in plan.cells()]
+    runnable = [c for c, reason in decisions if reason is None]
+    for cell, reason in decisions:
+        if reason is not None:
+            log(f"skip {cell.label}: {reason}")
+    estimate = sum(grid.cell_seconds(c, plan) for c in runnable)
+    estimate += ENGINES_EST_S if plan.engines else 0.0
+    estimate += MICRO_EST_S if plan.micro else 0.0
+    log(
+        f"{len(runnable)} of {len(decisions)} cells to run "
+        f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, "
+        f"{plan.trainer_threads} trainer threads); expected duration ~{_duration(estimate)} "
+        f"on a 2-core machine; results in {out}"
+    )
+    bar = tqdm(
+        total=round(estimate),
+        unit="s",
+        desc="bench",
+        disable=not sys.stderr.isatty(),
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]",
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="mpcagg-bench-", dir=work_root) as tmp,
+        ThreadPoolExecutor(plan.trainer_threads, thread_name_prefix="trainer") as pool,
+    ):
+        creds = BaselineCredentials.provision(Path(tmp) / "baseline-certs")
+        with BaselineServer(Path(tmp) / "baseline", creds, plan.baseline_durable) as plain:
+            for cell, reason in decisions:
+                if reason is not None:
+                    results["cells"].append(_skipped(cell, reason))
+                    continue
+                try:
+                    result = run_cell(cell, plan, Path(tmp), plain, creds, pool, chunk_bytes)
+                except Exception as exc:
+                    result = _skipped(cell, f"{type(exc).__name__}: {exc}", status="error")
+                    result["traceback"] = traceback.format_exc()
+                results["cells"].append(result)
+                bar.update(round(grid.cell_seconds(cell, plan)))
+                tqdm.write(_cell_line(result), file=sys.stdout)
+                report.write(out, results)  # a long run leaves its progress behind
+    if plan.engines:
+        bar.set_description("engines")
+        results["engines"] = engine_bench.run(list(plan.engine_dims), ENGINE_REPEATS)
+        bar.update(round(ENGINES_EST_S))
+    if plan.micro:
+        bar.set_description("micro")
+        results["micro"] = run_micro(out)
+        bar.update(round(MICRO_EST_S))
+    bar.close()
+    results["duration_s"] = time.monotonic() - started
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    json_path, csv_path = report.write(out, results)
+    written = [json_path, csv_path]
+    if plots:
+        from bench import plots as plotting
+
+        written += plotting.write_all(out, results)
+    log("")
+    log(report.table(results))
+    log("")
+    log(
+        f"wrote {', '.join(p.name for p in written)} to {out} in {_duration(results['duration_s'])}"
+    )
+    return results
+
+
+def run_cell(
+    cell: Cell,
+    plan: Plan,
+    tmp: Path,
+    plain_server: BaselineServer,
+    creds: BaselineCredentials,
+    pool: ThreadPoolExecutor,
+    chunk_bytes: int,
+) -> dict[str, Any]:
+    """Warm-up and measured rounds of one cell, both modes; the cell's result entry."""
+    inputs = TrainerInputs.generate(cell.trainers, cell.dim)
+    ids = [f"trainer-{i:04d}" for i in range(cell.trainers)]
+    directory = tmp / f"cell-n{cell.parties}-N{cell.trainers}-d{cell.dim}"
+    rounds: list[RoundTiming] = []
+    wire: dict[str, Any] = {}
+    client = {"client": os.getpid()}
+    try:
+        with LocalCluster(
+            directory, cell.parties, tls=True, engine="numpy", log_level="WARNING"
+        ) as cluster:
+            config = cluster.config
+            tokens = [cluster.token(i, "trainer", TOKEN_TTL_S) for i in ids]
+            pids = {f"party-{p}": cluster.pid(p) for p in range(cell.parties)}
+            secure = SecureRounds(
+                cell,
+                config,
+                tokens,
+                cluster.token("collector", "collector", TOKEN_TTL_S),
+                inputs,
+                pool,
+                ProcessMeter({**pids, **client}),
+            )
+            plain = PlainRounds(
+                cell,
+                plain_server,
+                [creds.token(i) for i in ids],
+                creds.token("collector", "collector"),
+                inputs,
+                pool,
+                ProcessMeter({"baseline": plain_server.pid, **client}),
+                chunk_bytes,
+            )
+            relays = [CountingRelay(p.address) for p in config.ordered_parties()]
+            plain_relay = CountingRelay(plain_server.address)
+            try:
+                for w in range(plan.warmup):
+                    probe = w == 0
+                    rounds.append(
+                        secure.run(
+                            w, warmup=True, probe=_relayed(config, relays) if probe else None
+                        )
+                    )
+                    rounds.append(
+                        plain.run(w, warmup=True, probe=plain_relay.address if probe else None)
+                    )
+                time.sleep(0.1)  # let the relays count the last TLS close records
+                wire = _wire(cell, relays, plain_relay)
+                for r in range(plan.rounds_for(cell)):
+                    rounds.append(secure.run(plan.warmup + r, warmup=False))
+                    rounds.append(plain.run(plan.warmup + r, warmup=False))
+            finally:
+                secure.close()
+                plain.close()
+                for relay in [*relays, plain_relay]:
+                    relay.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return _cell_result(cell, rounds, inputs, wire)
+
+
+def _relayed(config: ClusterConfig, relays: Sequence[CountingRelay]) -> ClusterConfig:
+    parties = [
+        p.model_copy(update={"address": relay.address})
+        for p, relay in zip(config.ordered_parties(), relays, strict=True)
+    ]
+    return config.model_copy(update={"parties": parties})
+
+
+def _wire(cell: Cell, relays: Sequence[CountingRelay], plain: CountingRelay) -> dict[str, Any]:
+    int64 = 8 * cell.dim
+    up = sum(r.up_bytes for r in relays)
+    return {
+        "int64_bytes": int64,
+        "target_bytes": int64 + 1024,
+        "secure_wire_up_bytes": up,
+        "secure_wire_down_bytes": sum(r.down_bytes for r in relays),
+        "secure_connections": sum(r.connections for r in relays),
+        "plaintext_wire_up_bytes": plain.up_bytes,
+        "plaintext_wire_down_bytes": plain.down_bytes,
+        "plaintext_connections": plain.connections,
+        "secure_over_int64": up / int64,
+        "secure_over_plaintext": up / plain.up_bytes if plain.up_bytes else None,
+    }
+
+
+def _cell_result(
+    cell: Cell, rounds: list[RoundTiming], inputs: TrainerInputs, wire: dict[str, Any]
+) -> dict[str, Any]:
+    secure_rounds = [r for r in rounds if r.mode == "secure"]
+    plain_rounds = [r for r in rounds if r.mode == "plaintext"]
+    for r in rounds:
+        if r.cohort != cell.trainers:
+            raise RuntimeError(f"{r.mode} round {r.index} summed {r.cohort} of {cell.trainers}")
+    secure = report.summarize(secure_rounds, cell.trainers)
+    plain = report.summarize(plain_rounds, cell.trainers)
+    wire["secure_payload_bytes"] = secure["payload_bytes"]
+    wire["plaintext_payload_bytes"] = plain["payload_bytes"]
+    wire["secure_payload_within_target"] = secure["payload_bytes"] <= wire["target_bytes"]
+    wire["secure_wire_within_target"] = wire["secure_wire_up_bytes"] <= wire["target_bytes"]
+    check = report.check(secure_rounds[-1].result, plain_rounds[-1].result, inputs.expected_sum())
+    return {
+        "trainers": cell.trainers,
+        "dim": cell.dim,
+        "parties": cell.parties,
+        "label": cell.label,
+        "status": "ok",
+        "reason": None,
+        "rounds": len([r for r in secure_rounds if not r.warmup]),
+        "secure": secure,
+        "plaintext": plain,
+        "ratio": secure["median_s"] / plain["median_s"],
+        "ratio_p95": secure["p95_s"] / plain["p95_s"],
+        "wire": wire,
+        "check": check,
+        "round_list": [r.as_dict() for r in rounds],
+    }
+
+
+def _skipped(cell: Cell, reason: str, status: str = "skipped") -> dict[str, Any]:
+    return {
+        "trainers": cell.trainers,
+        "dim": cell.dim,
+        "parties": cell.parties,
+        "label": cell.label,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def run_micro(out: Path) -> dict[str, Any]:
+    """``pytest bench/test_micro.py --benchmark-only``; its JSON goes to ``out/micro.json``."""
+    path = out / "micro.json"
+    cmd = [
+        sys.executable, "-m", "pytest", "bench/test_micro.py", "--benchmark-only",
+        "-q", "-p", "no:cacheprovider", f"--benchmark-json={path}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT)
+    entry: dict[str, Any] = {"command": " ".join(cmd), "returncode": proc.returncode, "json": None}
+    if path.exists():
+        data = json.loads(path.read_text())
+        entry["json"] = path.name
+        entry["benchmarks"] = [
+            {
+                "group": b.get("group"),
+                "name": b["name"],
+                "median_s": b["stats"]["median"],
+                "min_s": b["stats"]["min"],
+                "rounds": b["stats"]["rounds"],
+                "extra_info": b.get("extra_info", {}),
+            }
+            for b in data.get("benchmarks", [])
+        ]
+    return entry
+
+
+def _settings(plan: Plan, chunk_bytes: int) -> dict[str, Any]:
+    settings = dataclasses.asdict(plan)
+    settings.update(
+        engine="numpy",
+        tls=True,
+        tokens=True,
+        chunk_bytes=chunk_bytes,
+        trainers_run_as=(
+            f"a thread pool of {plan.trainer_threads} threads in the benchmark process; "
+            "each trainer dials its own channels per round"
+        ),
+        baseline=(
+            "one gRPC server process (bench.baseline), same TLS, tokens, message types and "
+            "chunking; int64 fixed point summed in memory"
+            + ("; each upload spooled and fsync'ed" if plan.baseline_durable else "")
+        ),
+        p95="numpy percentile (linear interpolation) over the measured rounds",
+    )
+    return settings
+
+
+def _cell_line(c: dict[str, Any]) -> str:
+    if c["status"] != "ok":
+        return f"{c['label']}: {c['status']} ({c['reason']})"
+    s, p = c["secure"], c["plaintext"]
+    return (
+        f"{c['label']}: secure {s['median_s']:.3f} s (p95 {s['p95_s']:.3f}), plaintext "
+        f"{p['median_s']:.3f} s, ratio {c['ratio']:.2f}×, exact {c['check']['exact']}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

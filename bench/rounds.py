@@ -1,0 +1,320 @@
+"""One timed round, secure or plaintext, with simulated trainers in a thread pool.
+
+Trainers run in the benchmark process, ``trainer_threads`` at a time. That is enough
+to keep 2 cores busy without being client-bound: the heavy client work releases the
+GIL (numpy's fixed-point encode and subtraction, AES-CTR in OpenSSL, SHA-256 over
+large buffers), and uploads are I/O in gRPC's C core. Whether that held is reported
+per round (``client_cpu_s``, the benchmark process's CPU time during the round).
+Every trainer dials its own channels (as devices of a fleet do), so connection set-up
+and TLS handshakes are part of its upload time, in both modes.
+
+A round's latency runs from the first trainer starting to encode until the collector
+holds the decoded sum, and splits into four wall-clock phases that add up to it:
+
+- ``share_s`` and ``upload_s``: the trainer phase (first start → last acknowledgement),
+  apportioned by the trainers' summed encode+share time versus their summed
+  upload time (phases of different trainers overlap);
+- ``close_s``: close → commit (leader's cohort agreement; a no-op close for plaintext);
+- ``reveal_s``: fetching the aggregate share(s), summing and decoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench import baseline
+from bench.grid import Cell
+from bench.procstats import ProcessMeter, ProcessRound
+from clients import Collector, SecureAggregator
+from clients.results import Receipt, RoundState
+from mpc import FixedPoint
+from mpc.ring import DTYPE, RingVector
+from servers.config import ClusterConfig
+
+PRECISION_BITS = 16
+BOUND = 1.0
+"""Per-coordinate bound of the round; inputs are N(0, 0.01²), far inside it."""
+TENSOR = "w"
+DISTINCT_INPUTS = 4
+"""Distinct input vectors; trainer i sends input i mod 4 (inputs are not the cost)."""
+
+for _name in ("_encode", "_share"):
+    if not callable(getattr(SecureAggregator, _name, None)):  # pragma: no cover
+        raise ImportError(
+            f"bench.rounds times SecureAggregator.{_name}, which no longer exists; "
+            "update _TimedAggregator"
+        )
+
+
+@dataclass
+class RoundTiming:
+    """One round of one mode."""
+
+    mode: str  # "secure" | "plaintext"
+    index: int
+    warmup: bool
+    total_s: float
+    share_s: float
+    upload_s: float
+    close_s: float
+    reveal_s: float
+    trainer_share_s: float
+    """Mean per trainer: encode + share (+ share digests) — the client's CPU work."""
+    trainer_upload_s: float
+    """Mean per trainer: the rest of its submit (dial, round check, streams, acks)."""
+    payload_bytes: float
+    """Mean per trainer: serialized upload messages, all parties."""
+    cohort: int
+    processes: list[ProcessRound] = field(default_factory=list)
+    result: Any = field(default=None, repr=False)
+    """The decoded float64 sum (kept only for the last measured round)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "index": self.index,
+            "warmup": self.warmup,
+            "total_s": self.total_s,
+            "share_s": self.share_s,
+            "upload_s": self.upload_s,
+            "close_s": self.close_s,
+            "reveal_s": self.reveal_s,
+            "trainer_share_s": self.trainer_share_s,
+            "trainer_upload_s": self.trainer_upload_s,
+            "payload_bytes": self.payload_bytes,
+            "cohort": self.cohort,
+            "processes": [p.as_dict() for p in self.processes],
+        }
+
+
+@dataclass(frozen=True)
+class TrainerInputs:
+    """The trainers' float32 updates and the exact expected ring sum."""
+
+    vectors: tuple[np.ndarray, ...]
+    trainers: int
+    fixed_point: FixedPoint
+
+    @classmethod
+    def generate(cls, trainers: int, dim: int, seed: int = 0) -> TrainerInputs:
+        rng = np.random.default_rng(seed)  # benchmark data, not secret
+        k = min(trainers, DISTINCT_INPUTS)
+        vectors = tuple(
+            (rng.standard_normal(dim, dtype=np.float32) * np.float32(0.01)) for _ in range(k)
+        )
+        return cls(vectors, trainers, FixedPoint(PRECISION_BITS))
+
+    def of(self, trainer: int) -> np.ndarray:
+        return self.vectors[trainer % len(self.vectors)]
+
+    def expected_ring(self) -> RingVector:
+        """Σ_i encode(x_i) mod 2^64, computed locally."""
+        total = np.zeros(len(self.vectors[0]), dtype=DTYPE)
+        for k, vec in enumerate(self.vectors):
+            count = len(range(k, self.trainers, len(self.vectors)))
+            enc = self.fixed_point.encode(vec, bound=BOUND)
+            total += enc * np.uint64(count)
+        return total
+
+    def expected_sum(self) -> np.ndarray:
+        return self.fixed_point.decode(self.expected_ring())
+
+
+class _TimedAggregator(SecureAggregator):
+    """The real trainer client, timing its encode and share steps (CPU work)."""
+
+    cpu_s = 0.0
+
+    def _encode(self, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return super()._encode(*args, **kwargs)
+        finally:
+            self.cpu_s += time.perf_counter() - t
+
+    def _share(self, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return super()._share(*args, **kwargs)
+        finally:
+            self.cpu_s += time.perf_counter() - t
+
+
+@dataclass
+class _TrainerRun:
+    share_s: float
+    total_s: float
+    payload_bytes: int
+
+
+def _run_trainers(
+    pool: ThreadPoolExecutor, trainers: int, task: Callable[[int], _TrainerRun]
+) -> tuple[float, list[_TrainerRun]]:
+    """Run every trainer; returns (wall time from first start to last ack, runs)."""
+    t0 = time.perf_counter()
+    runs = list(pool.map(task, range(trainers)))
+    return time.perf_counter() - t0, runs
+
+
+def _split(wall: float, runs: Sequence[_TrainerRun]) -> tuple[float, float, float, float]:
+    """(share wall, upload wall, mean share per trainer, mean upload per trainer)."""
+    share = sum(r.share_s for r in runs)
+    upload = sum(r.total_s - r.share_s for r in runs)
+    frac = share / (share + upload) if share + upload > 0 else 0.0
+    return wall * frac, wall * (1 - frac), share / len(runs), upload / len(runs)
+
+
+class SecureRounds:
+    """Rounds on a real cluster: real trainer and collector clients."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        config: ClusterConfig,
+        tokens: Sequence[str | None],
+        collector_token: str | None,
+        inputs: TrainerInputs,
+        pool: ThreadPoolExecutor,
+        meter: ProcessMeter,
+    ) -> None:
+        self.cell = cell
+        self.config = config
+        self.tokens = tokens
+        self.inputs = inputs
+        self.pool = pool
+        self.meter = meter
+        self.collector = Collector(config, token=collector_token)
+
+    def close(self) -> None:
+        self.collector.disconnect()
+
+    def run(self, index: int, *, warmup: bool, probe: ClusterConfig | None = None) -> RoundTiming:
+        """One round; with ``probe``, trainer 0 dials through that (relayed) config."""
+        cell = self.cell
+        rid = f"bench-{index:03d}"
+        spec = self.collector.open_round(
+            rid,
+            {TENSOR: np.zeros(cell.dim, dtype=np.float32)},
+            min_clients=cell.trainers,
+            max_clients=cell.trainers,
+            bound=BOUND,
+            precision_bits=PRECISION_BITS,
+        )
+
+        def trainer(i: int) -> _TrainerRun:
+            config = probe if (probe is not None and i == 0) else self.config
+            agg = _TimedAggregator(config, f"trainer-{i:04d}", self.tokens[i], progress=False)
+            try:
+                receipt: Receipt = agg.submit(spec, {TENSOR: self.inputs.of(i)})
+            finally:
+                agg.disconnect()
+            if not receipt.complete:
+                raise RuntimeError(f"trainer {i} was not acknowledged by every party: {receipt}")
+            return _TrainerRun(agg.cpu_s, receipt.duration_s, sum(receipt.bytes_sent.values()))
+
+        self.meter.start()
+        wall, runs = _run_trainers(self.pool, cell.trainers, trainer)
+        t1 = time.perf_counter()
+        info = self.collector.close(rid, wait_s=600.0)
+        t2 = time.perf_counter()
+        if info.state is not RoundState.COMMITTED:
+            raise RuntimeError(f"round {rid} did not commit: {info.state.name} {info.reason}")
+        result = self.collector.result(rid, spec)
+        t3 = time.perf_counter()
+        processes = self.meter.stop()
+        share_w, upload_w, share_t, upload_t = _split(wall, runs)
+        return RoundTiming(
+            mode="secure",
+            index=index,
+            warmup=warmup,
+            total_s=wall + (t3 - t1),
+            share_s=share_w,
+            upload_s=upload_w,
+            close_s=t2 - t1,
+            reveal_s=t3 - t2,
+            trainer_share_s=share_t,
+            trainer_upload_s=upload_t,
+            payload_bytes=float(np.mean([r.payload_bytes for r in runs])),
+            cohort=result.cohort_size,
+            processes=processes,
+            result=result.sum[TENSOR],
+        )
+
+
+class PlainRounds:
+    """Rounds against the baseline server: encode, upload int64 fixed point, sum."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        server: baseline.BaselineServer,
+        tokens: Sequence[str | None],
+        collector_token: str | None,
+        inputs: TrainerInputs,
+        pool: ThreadPoolExecutor,
+        meter: ProcessMeter,
+        chunk_bytes: int,
+    ) -> None:
+        self.cell = cell
+        self.server = server
+        self.tokens = tokens
+        self.collector_token = collector_token
+        self.inputs = inputs
+        self.pool = pool
+        self.meter = meter
+        self.chunk_bytes = chunk_bytes
+        self._collector = server.channel()
+
+    def close(self) -> None:
+        self._collector.close()
+
+    def run(self, index: int, *, warmup: bool, probe: str | None = None) -> RoundTiming:
+        """One round; with ``probe`` (an address), trainer 0 dials it instead."""
+        cell = self.cell
+        rid = f"plain-{cell.trainers}-{cell.dim}-{cell.parties}-{index:03d}"
+        fp = self.inputs.fixed_point
+
+        def trainer(i: int) -> _TrainerRun:
+            t0 = time.perf_counter()
+            encoded = fp.encode(self.inputs.of(i), bound=BOUND)
+            t1 = time.perf_counter()
+            channel = self.server.channel(probe if (probe is not None and i == 0) else None)
+            try:
+                sent = baseline.upload(
+                    channel, rid, f"trainer-{i:04d}", self.tokens[i], encoded, self.chunk_bytes
+                )
+            finally:
+                channel.close()
+            return _TrainerRun(t1 - t0, time.perf_counter() - t0, sent)
+
+        self.meter.start()
+        wall, runs = _run_trainers(self.pool, cell.trainers, trainer)
+        t1 = time.perf_counter()
+        received = baseline.close(self._collector, rid, self.collector_token)
+        t2 = time.perf_counter()
+        total = fp.decode(baseline.fetch_sum(self._collector, rid, self.collector_token))
+        t3 = time.perf_counter()
+        processes = self.meter.stop()
+        share_w, upload_w, share_t, upload_t = _split(wall, runs)
+        return RoundTiming(
+            mode="plaintext",
+            index=index,
+            warmup=warmup,
+            total_s=wall + (t3 - t1),
+            share_s=share_w,
+            upload_s=upload_w,
+            close_s=t2 - t1,
+            reveal_s=t3 - t2,
+            trainer_share_s=share_t,
+            trainer_upload_s=upload_t,
+            payload_bytes=float(np.mean([r.payload_bytes for r in runs])),
+            cohort=received,
+            processes=processes,
+            result=total,
+        )
