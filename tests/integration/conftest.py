@@ -51,7 +51,7 @@ FloatArray = npt.NDArray[np.float64]
 
 @contextlib.contextmanager
 def running_cluster(directory: Path, n_parties: int = 3, **kwargs: Any) -> Iterator[LocalCluster]:
-    """A started cluster under ``directory``, stopped (and its logs shown on failure) after."""
+    """A started cluster under ``directory`` (logs in ``party-<i>.log``), stopped after."""
     kwargs.setdefault("log_level", "WARNING")
     cluster = LocalCluster(directory, n_parties, limits=LIMITS, **kwargs)
     try:
