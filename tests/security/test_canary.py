@@ -1,0 +1,407 @@
+"""Canaries: nothing secret is ever logged, put into an error message or shown by a repr.
+
+Known values are planted where secrets live: the trainers' updates (a distinctive
+fixed-point pattern), their seeds (``mpc.Seed.generate`` patched to hand out seeds we
+chose, so the full shares and every seed-expanded share are known too), the bearer
+tokens, and the servers' private keys. A round then runs on a cluster logging at
+DEBUG, a series of refused requests is provoked, and every server log line, every
+client error (message, server details, notes), client-side log record and the repr of
+every client object, spec, receipt, status and result is scanned for each secret in
+hex, decimal, base64 (standard and URL-safe) and Python-repr forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+
+import servers.server
+from clients import ClientError, Collector, SecureAggregator
+from clients.wire import PartyUpload
+from mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from servers.spec import RoundSpec
+from tests.security.conftest import RPC_S, SecureEnv, full_upload, start_env
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUND = "canary"
+TRAINERS = ("canary-a", "canary-b", "canary-c")
+LENGTH = 6
+BASE = 0x0BADC0FFEE  # encoded value of the first coordinate: ~765 thousand
+SCALE = 1 << 16
+
+
+def _update(k: int) -> np.ndarray:
+    """Trainer k's update: exact binary fractions whose encodings are BASE + pattern."""
+    ints = np.array([BASE + k * 0x1111 + j * 0x10101 for j in range(LENGTH)], dtype=np.int64)
+    ints[-1] = -ints[-1]  # one negative value: its encoding wraps to 2^64 - v
+    return ints.astype(np.float64) / SCALE
+
+
+def _seed(label: str) -> bytes:
+    return hashlib.sha256(f"canary seed {label}".encode()).digest()
+
+
+# --- the forms a secret could leak in ----------------------------------------------------
+
+
+def _b64_forms(data: bytes) -> set[str]:
+    forms = set()
+    for enc in (base64.b64encode, base64.urlsafe_b64encode):
+        text = enc(data).decode()
+        forms |= {text, text.rstrip("=")}
+    return forms
+
+
+def _bytes_forms(data: bytes) -> set[str]:
+    """Hex, base64, decimal and repr of ``data`` and of each of its 8-byte words."""
+    forms = {data.hex(), data.hex().upper(), repr(data)[2:-1], str(list(data[:8]))[1:-1]}
+    forms |= _b64_forms(data)
+    forms |= {str(int.from_bytes(data, order)) for order in ("big", "little")}
+    for i in range(0, len(data) - 7, 8):
+        forms |= _word_forms(int.from_bytes(data[i : i + 8], "little"))
+        forms.add(data[i : i + 8].hex())
+    return forms
+
+
+def _word_forms(value: int) -> set[str]:
+    """A uint64 ring element as decimal (unsigned and signed), hex, and base64 of its bytes."""
+    signed = value - (1 << 64) if value >= 1 << 63 else value
+    raw = value.to_bytes(8, "little")
+    forms = {str(value), str(signed), f"{value:x}", f"{value:016x}", f"{value:X}", raw.hex()}
+    return forms | _b64_forms(raw) | _b64_forms(value.to_bytes(8, "big"))
+
+
+def _vector_forms(vector: np.ndarray) -> set[str]:
+    data = np.ascontiguousarray(vector, dtype="<u8").tobytes()
+    forms = _b64_forms(data) | {data.hex()}
+    for v in vector.tolist():
+        forms |= _word_forms(int(v))
+    return forms
+
+
+@dataclass
+class Secrets:
+    """Every planted secret, by name, with the strings that would reveal it."""
+
+    forms: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, name: str, forms: set[str]) -> None:
+        # Very short renderings (e.g. a small decimal) would match by chance.
+        self.forms.setdefault(name, set()).update(f for f in forms if len(f) >= 8)
+
+    def leaks(self, text: str) -> list[str]:
+        return sorted(
+            f"{name}: {form!r}"
+            for name, forms in self.forms.items()
+            for form in forms
+            if form in text
+        )
+
+
+@dataclass
+class Observed:
+    """Everything the canary run produced that a human or a log pipeline could see."""
+
+    secrets: Secrets
+    server_logs: dict[int, str]
+    errors: dict[str, str]
+    reprs: dict[str, str]
+    client_logs: str
+
+
+def _error_text(exc: BaseException) -> str:
+    parts = [str(exc), repr(exc), *getattr(exc, "__notes__", [])]
+    parts += [str(getattr(exc, name, "")) for name in ("server_message", "failures")]
+    if isinstance(exc, grpc.RpcError):
+        parts += [str(exc.details()), str(exc.debug_error_string())]  # type: ignore[attr-defined]
+    return "\n".join(parts)
+
+
+def _provoke(errors: dict[str, str], name: str, call: Callable[[], object]) -> None:
+    try:
+        call()
+    except (ClientError, grpc.RpcError) as exc:
+        errors[name] = _error_text(exc)
+    else:
+        raise AssertionError(f"{name}: expected a refusal")
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    directory = tmp_path_factory.mktemp("canary")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRPC_VERBOSITY", "debug")  # the C core logs at debug too
+        for env in start_env(directory, log_level="DEBUG"):
+            yield _run(env, mp, directory)
+
+
+def _run(env: SecureEnv, mp: pytest.MonkeyPatch, directory: Path) -> Observed:
+    secrets = Secrets()
+    errors: dict[str, str] = {}
+    reprs: dict[str, str] = {}
+    handler = _ListHandler()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        _round(env, mp, secrets, errors, reprs)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    certs = directory / "certs"
+    for key_file in sorted(certs.glob("*key*.pem")):
+        if "public" in key_file.name:
+            continue
+        body = [ln for ln in key_file.read_text().splitlines() if not ln.startswith("-----")]
+        secrets.add(f"private key {key_file.name}", {"".join(body), *body})
+    env.cluster.stop(timeout=20.0)  # flush and close the logs before reading them
+    logs = {i: env.cluster.log_text(i) for i in range(env.n)}
+    return Observed(secrets, logs, errors, reprs, "\n".join(handler.lines))
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.lines.append(text)
+
+
+def _round(
+    env: SecureEnv,
+    mp: pytest.MonkeyPatch,
+    secrets: Secrets,
+    errors: dict[str, str],
+    reprs: dict[str, str],
+) -> None:
+    cluster = env.cluster
+    cfg = cluster.config
+    tokens = {cid: cluster.token(cid) for cid in TRAINERS}
+    collector_token = cluster.token("collector", "collector")
+    for name, token in [*tokens.items(), ("collector", collector_token)]:
+        assert token is not None
+        secrets.add(f"token {name}", {token, token.split(".")[1]})
+
+    planted: list[bytes] = []
+
+    def generate(cls: type[Seed]) -> Seed:
+        seed = _seed(f"#{len(planted)}")
+        planted.append(seed)
+        return Seed(seed)
+
+    mp.setattr(Seed, "generate", classmethod(generate))
+
+    collector = Collector(cfg, token=collector_token)
+    spec = collector.open_round(
+        ROUND, {"w": np.zeros(LENGTH)}, min_clients=2, max_clients=8, bound=4e6
+    )
+    total = np.zeros(LENGTH)
+    receipts = []
+    for k, cid in enumerate(TRAINERS):
+        update = _update(k)
+        total += update
+        before = len(planted)
+        with SecureAggregator(cfg, cid, tokens[cid], progress=False) as trainer:
+            receipts.append(trainer.submit(spec, {"w": update}))
+            reprs[f"trainer {cid}"] = repr(trainer)
+        seeds = planted[before:]
+        assert len(seeds) == env.n - 1, "the trainer drew its seeds through Seed.generate"
+        _plant_shares(secrets, spec, cid, update, seeds, reprs)
+
+    # Refusals a trainer or collector can run into; each message is kept for the scan.
+    other = 2 * _update(0)
+    with SecureAggregator(cfg, TRAINERS[0], tokens[TRAINERS[0]], progress=False) as trainer:
+        before = len(planted)
+        _provoke(errors, "conflicting re-upload", lambda: trainer.submit(spec, {"w": other}))
+        _plant_shares(secrets, spec, TRAINERS[0], other, planted[before:], reprs)
+    tampered = str(tokens[TRAINERS[1]])[:-2] + "AA"
+    with SecureAggregator(cfg, TRAINERS[1], tampered, progress=False) as trainer:
+        _provoke(errors, "tampered token", lambda: trainer.submit(spec, {"w": _update(1)}))
+    impostor = SecureAggregator(cfg, "canary-z", tokens[TRAINERS[2]], progress=False)
+    _provoke(errors, "someone else's token", lambda: impostor.submit(spec, {"w": _update(2)}))
+    impostor.disconnect()
+    _provoke(errors, "result before commit", lambda: collector.result(ROUND, spec))
+    _raw_refusals(env, secrets, errors, tokens)
+
+    closed = collector.close(ROUND, wait_s=20)
+    result = collector.result(ROUND, spec)
+    assert np.array_equal(result.sum["w"], total), "the canary round is exact"
+    with SecureAggregator(cfg, TRAINERS[2], tokens[TRAINERS[2]], progress=False) as late:
+        _provoke(errors, "upload after commit", lambda: late.submit(spec, {"w": _update(2)}))
+    trainer_fetch = Collector(cfg, client_id=TRAINERS[0], token=tokens[TRAINERS[0]])
+    _provoke(errors, "trainer fetches", lambda: trainer_fetch.aggregate_ring(ROUND))
+    for party in range(env.n):  # what the collector receives
+        msgs = list(
+            env.agg(party).GetAggregateShare(
+                pb.GetAggregateShareRequest(round_id=ROUND),
+                metadata=(("authorization", f"Bearer {collector_token}"),),
+                timeout=RPC_S,
+            )
+        )
+        vector = np.frombuffer(b"".join(m.chunk for m in msgs[1:]), dtype="<u8")
+        secrets.add(f"aggregate share of party {party}", _vector_forms(vector))
+
+    reprs |= {
+        "collector": repr(collector),
+        "trainer-fetch collector": repr(trainer_fetch),
+        "spec": repr(spec),
+        "closed": repr(closed),
+        "status": repr(collector.status(ROUND)),
+        "result": repr(result),
+        "receipts": repr(receipts),
+        "config": repr(cfg),
+    }
+    collector.disconnect()
+    trainer_fetch.disconnect()
+
+
+def _plant_shares(
+    secrets: Secrets,
+    spec: RoundSpec,
+    cid: str,
+    update: np.ndarray,
+    seeds: list[bytes],
+    reprs: dict[str, str],
+) -> None:
+    """Record the update, its seeds and every share it was split into as secrets."""
+    encoded = spec.fixed_point.encode(update, bound=spec.bound)
+    secrets.add(f"{cid} update", _vector_forms(encoded) | {repr(float(x)) for x in update})
+    for i, seed in enumerate(seeds):
+        secrets.add(f"{cid} seed {i}", _bytes_forms(seed))
+    shares = share(
+        encoded,
+        spec.n_parties,
+        full_party_for(cid, spec.n_parties),
+        [Seed(s) for s in seeds],
+        SharingContext(spec.round_id, cid),
+    )
+    for s in shares:
+        if isinstance(s, FullShare):
+            secrets.add(f"{cid} full share", _vector_forms(s.vector))
+        else:
+            assert isinstance(s, SeedShare)
+            secrets.add(f"{cid} expanded share for party {s.party}", _vector_forms(s.expand()))
+        reprs[f"{cid} share {s.party}"] = repr(s) + repr(PartyUpload.from_share(s))
+
+
+def _raw_refusals(
+    env: SecureEnv, secrets: Secrets, errors: dict[str, str], tokens: dict[str, str | None]
+) -> None:
+    """Malformed uploads whose payload is secret material: errors must not echo it."""
+    cid = "canary-raw"
+    md = env.md(cid)
+    stub = env.agg(1)
+    seed = _seed("raw")
+    secrets.add("raw seed", _bytes_forms(seed))
+    data = hashlib.sha512(b"canary raw share").digest()[:48]  # six ring elements
+    secrets.add("raw full share", _vector_forms(np.frombuffer(data, dtype="<u8")))
+
+    def upload(name: str, msgs: list[pb.UploadMessage], metadata: Any = md) -> None:
+        _provoke(errors, name, lambda: stub.Upload(iter(msgs), metadata=metadata, timeout=RPC_S))
+
+    def seed_header(seed_bytes: bytes, **kw: Any) -> pb.UploadHeader:
+        fields: dict[str, Any] = {
+            "round_id": ROUND,
+            "client_id": cid,
+            "sharing_id": b"\x05" * 16,
+            "party": 1,
+            "kind": pb.SEED,
+            "length": LENGTH,
+            "payload_digest": hashlib.sha256(seed_bytes).digest(),
+            "seed": seed_bytes,
+        }
+        return pb.UploadHeader(**{**fields, **kw})
+
+    upload("seed too long", [pb.UploadMessage(header=seed_header(seed + b"!"))])
+    upload("seed too short", [pb.UploadMessage(header=seed_header(seed[:31]))])
+    upload("seed on a full share", [pb.UploadMessage(header=seed_header(seed, kind=pb.FULL))])
+    upload(
+        "seed digest mismatch",
+        [pb.UploadMessage(header=seed_header(seed, payload_digest=b"\x00" * 32))],
+    )
+    upload(
+        "seed then chunk",
+        [pb.UploadMessage(header=seed_header(seed)), pb.UploadMessage(chunk=data)],
+    )
+    full = full_upload(ROUND, cid, 1, data)
+    upload("full share past its length", [*full, pb.UploadMessage(chunk=data[:8])])
+    upload("full share truncated", full[:-1])
+    wrong = full_upload(ROUND, cid, 1, data)
+    wrong[0].header.payload_digest = hashlib.sha256(data[::-1]).digest()
+    upload("full share digest mismatch", wrong)
+    upload("seed as a bearer token", full, (("authorization", f"Bearer {seed.hex()}"),))
+    upload(
+        "share bytes as a token", full, (("authorization", f"Bearer {data.hex()}.{seed.hex()}"),)
+    )
+    token = tokens[TRAINERS[0]]
+    upload("token of another client", full, (("authorization", f"Bearer {token}"),))
+
+
+# --- the scans -----------------------------------------------------------------------------
+
+
+def test_the_canaries_are_planted(observed: Observed) -> None:
+    """The scan can find what it looks for: the secrets are where the test put them."""
+    names = set(observed.secrets.forms)
+    assert {f"{c} full share" for c in TRAINERS} <= names
+    assert sum(name.startswith("canary-a seed") for name in names) >= 2
+    assert any(name.startswith("token") for name in names)
+    assert any(name.startswith("private key party-0") for name in names)
+    assert len(observed.errors) >= 15
+    # Positive control: a text holding a seed in any of the forms is caught.
+    seed = _seed("#0")
+    for form in (seed.hex(), base64.b64encode(seed).decode(), repr(seed)):
+        assert observed.secrets.leaks(f"oops {form}")
+
+
+@pytest.mark.parametrize("party", [0, 1, 2])
+def test_server_logs_hold_no_secret(observed: Observed, party: int) -> None:
+    log = observed.server_logs[party]
+    assert "round canary created" in log, "the log is the one the round ran against"
+    leaks = observed.secrets.leaks(log)
+    assert not leaks, f"party {party} logged: {leaks[:5]}"
+
+
+def test_client_errors_hold_no_secret(observed: Observed) -> None:
+    leaky = {name: observed.secrets.leaks(text) for name, text in observed.errors.items()}
+    assert not {name: found for name, found in leaky.items() if found}
+    # The errors are the refusals they should be, and say why.
+    assert "ALREADY_EXISTS" in observed.errors["conflicting re-upload"]
+    assert "UNAUTHENTICATED" in observed.errors["tampered token"]
+    assert "PERMISSION_DENIED" in observed.errors["someone else's token"]
+    assert re.search(r"32 bytes", observed.errors["seed too long"])
+
+
+def test_reprs_hold_no_secret(observed: Observed) -> None:
+    leaky = {name: observed.secrets.leaks(text) for name, text in observed.reprs.items()}
+    assert not {name: found for name, found in leaky.items() if found}
+    assert "Seed(..)" in observed.reprs["canary-a share 0"] + observed.reprs["canary-a share 1"]
+
+
+def test_client_logs_hold_no_secret(observed: Observed) -> None:
+    assert not observed.secrets.leaks(observed.client_logs)
+
+
+def test_metrics_have_no_labels_that_could_carry_secrets() -> None:
+    metrics = [m for m in vars(servers.server).values() if isinstance(m, MetricWrapperBase)]
+    assert metrics
+    for metric in metrics:
+        assert set(metric._labelnames) <= {"party", "method", "code", "state"}
