@@ -1,6 +1,6 @@
 """``python -m bench [--quick | --full] [--micro] [--out DIR] [grid overrides]``.
 
-Presets: ``--quick`` (N=10, d ∈ {1e4, 1e5}, n=3, 2 measured rounds: about a minute),
+Presets: ``--quick`` (N ∈ {10, 100}, d ∈ {1e4, 1e5}, n=3, 3 measured rounds: under a minute),
 the default grid (N ∈ {10, 100, 1000}, d ∈ {1e4 … 1e7}, n ∈ {3, 5}, 5 measured
 rounds, cells over 20 minutes skipped) and ``--full`` (the default grid without the
 time limit; cells that cannot fit disk or memory are still skipped, with the reason).

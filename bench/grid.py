@@ -30,7 +30,7 @@ import psutil
 GiB = 1 << 30
 
 # Duration model constants (2-core AMD EPYC VM, TLS on, numpy engine; both modes).
-ROUND_FIXED_S = 0.25
+ROUND_FIXED_S = 0.1
 """Per round: open, close, commit, reveal, bookkeeping."""
 TRAINER_FIXED_S = 0.012
 """Per trainer: channels, TLS handshakes, round check, acknowledgements."""
@@ -38,7 +38,7 @@ THROUGHPUT_BPS = 150e6
 """Share bytes per second into the servers, all parties together, end to end."""
 CELL_FIXED_S = 3.0
 """Per cell: start the cluster, warm up connections, stop it."""
-PLAIN_FRACTION = 0.6
+PLAIN_FRACTION = 0.3
 """A plaintext round costs about this fraction of a secure one."""
 
 
@@ -92,10 +92,10 @@ class Plan:
 PRESETS: dict[str, Plan] = {
     "quick": Plan(
         preset="quick",
-        trainers=(10,),
+        trainers=(10, 100),
         dims=(10**4, 10**5),
         parties=(3,),
-        rounds=2,
+        rounds=3,
         engine_dims=(10**5, 10**6),
     ),
     "default": Plan(
