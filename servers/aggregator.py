@@ -503,6 +503,13 @@ class Aggregator:
                 )
             rnd.changed.wait(left)
 
+    def note(self, round_id: str, reason: str) -> None:
+        """Say what a CLOSING round waits for (shown in its status; not persisted)."""
+        rnd = self.get(round_id)
+        with rnd.lock:
+            if rnd.state is RoundState.CLOSING:
+                rnd.reason = reason
+
     def decide(self, round_id: str, cohort: tuple[str, ...], digest: bytes) -> None:
         """Leader: durably record the chosen cohort before any party commits to it."""
         rnd = self.get(round_id)

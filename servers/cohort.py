@@ -43,36 +43,43 @@ class Leader:
     def close(self, round_id: str) -> Status:
         """Close ``round_id``; raises :class:`servers.errors.Unavailable` if a peer is down."""
         with self._lock_for(round_id):
-            rnd = self._agg.get(round_id)
-            status = self._agg.status(round_id)
-            if status.state is RoundState.COMMITTED:
-                return status
-            if status.state is RoundState.FAILED:
-                self._fail_peers(round_id, status.reason, strict=False)
-                return status
-            spec = rnd.spec
-            cohort = rnd.decided
-            if cohort is None:
-                manifests = [self._agg.manifest(round_id, spec.digest)]
-                manifests += [p.manifest(round_id, spec.digest) for p in self._peers]
-                failed = [m for m in manifests if m.state is RoundState.FAILED]
-                if failed:
-                    return self._fail(round_id, f"party {failed[0].party} reports the round FAILED")
-                cohort = _intersection(manifests)
-                if len(cohort) < spec.min_clients:
-                    held = ", ".join(f"party {m.party}: {len(m.client_ids)}" for m in manifests)
-                    return self._fail(
-                        round_id,
-                        f"cohort of {len(cohort)} clients is below min_clients "
-                        f"({spec.min_clients}); uploads held: {held}",
-                    )
-                self._agg.decide(round_id, cohort, cohort_digest(cohort))
-            digest = cohort_digest(cohort)
-            for peer in self._peers:
-                peer.commit(round_id, cohort, digest, spec.digest)
-            status = self._agg.commit(round_id, cohort, digest)
-            log.info("round %s committed on all %d parties", round_id, len(self._peers) + 1)
+            try:
+                return self._close(round_id)
+            except ServiceError as exc:
+                self._agg.note(round_id, f"waiting: {exc}")
+                raise
+
+    def _close(self, round_id: str) -> Status:
+        rnd = self._agg.get(round_id)
+        status = self._agg.status(round_id)
+        if status.state is RoundState.COMMITTED:
             return status
+        if status.state is RoundState.FAILED:
+            self._fail_peers(round_id, status.reason, strict=False)
+            return status
+        spec = rnd.spec
+        cohort = rnd.decided
+        if cohort is None:
+            manifests = [self._agg.manifest(round_id, spec.digest)]
+            manifests += [p.manifest(round_id, spec.digest) for p in self._peers]
+            failed = [m for m in manifests if m.state is RoundState.FAILED]
+            if failed:
+                return self._fail(round_id, f"party {failed[0].party} reports the round FAILED")
+            cohort = _intersection(manifests)
+            if len(cohort) < spec.min_clients:
+                held = ", ".join(f"party {m.party}: {len(m.client_ids)}" for m in manifests)
+                return self._fail(
+                    round_id,
+                    f"cohort of {len(cohort)} clients is below min_clients "
+                    f"({spec.min_clients}); uploads held: {held}",
+                )
+            self._agg.decide(round_id, cohort, cohort_digest(cohort))
+        digest = cohort_digest(cohort)
+        for peer in self._peers:
+            peer.commit(round_id, cohort, digest, spec.digest)
+        status = self._agg.commit(round_id, cohort, digest)
+        log.info("round %s committed on all %d parties", round_id, len(self._peers) + 1)
+        return status
 
     def _fail(self, round_id: str, reason: str) -> Status:
         status = self._agg.fail(round_id, reason)

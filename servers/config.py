@@ -162,7 +162,7 @@ def parse_cluster(text: str, base: Path, source: Path | None = None) -> ClusterC
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: "
-            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+            + ("unknown key" if e["type"] == "extra_forbidden" else _msg(e["msg"]))
             for e in exc.errors()
         )
         raise ConfigError(f"cluster file {source or '<text>'} is invalid: {problems}") from None
@@ -200,6 +200,10 @@ def dump_cluster(config: ClusterConfig) -> str:
                 lines.append(f"{key} = {_q(str(value))}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _msg(text: str) -> str:
+    return text.removeprefix("Value error, ")
 
 
 def _q(s: str) -> str:

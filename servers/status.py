@@ -70,12 +70,22 @@ def grpc_errors(method: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
+        except grpc.RpcError as exc:
+            # Raised by a request stream the client cancelled or broke off: not a
+            # server fault. The handler has already cleaned up (e.g. aborted the upload).
+            log.info("%s: the client went away mid-call (%s)", method.__name__, _short(exc))
+            context.abort(grpc.StatusCode.CANCELLED, "the request stream ended abnormally")
         except Exception as exc:
             if _is_abort(exc):
                 raise
             abort(context, exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _short(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code.name if code is not None else type(exc).__name__
 
 
 def grpc_stream_errors(method: F) -> F:
