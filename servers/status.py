@@ -56,8 +56,20 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in handler", exc_info=exc)
         context.abort(code, "internal server error")
-    context.abort(code, str(exc))
+    context.abort(code, bounded(str(exc)))
     raise AssertionError("unreachable")  # context.abort raises
+
+
+MAX_DETAIL_CHARS = 1000
+"""Status details travel as a trailer (clients refuse metadata beyond ~8 KiB). Messages
+quote caller input (round ids, client ids), so they are cut here rather than grow with it."""
+
+
+def bounded(detail: str) -> str:
+    """``detail``, shortened to :data:`MAX_DETAIL_CHARS` characters."""
+    if len(detail) <= MAX_DETAIL_CHARS:
+        return detail
+    return detail[: MAX_DETAIL_CHARS - 1] + "…"
 
 
 F = TypeVar("F", bound=Callable[..., Any])
