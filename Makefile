@@ -10,8 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps crypten==0.4.1
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# CrypTen's metadata names packages it does not use (sklearn, torchvision, ...).
+	$(BIN)/pip install --quiet --no-deps crypten==0.4.1
 	touch $(STAMP)
 
 venv: $(STAMP)
