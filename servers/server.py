@@ -30,6 +30,9 @@ from servers.tokens import TokenVerifier
 
 log = logging.getLogger("mpcagg.server")
 
+CONTROL_RPCS = 16
+"""Worker threads beyond the upload cap, for everything that is not an upload."""
+
 UPLOAD_BYTES = Counter("mpcagg_upload_bytes", "Share bytes durably received")
 UPLOADS = Counter("mpcagg_uploads", "Uploads durably received")
 
@@ -107,15 +110,24 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    # Uploads are capped by the servicer at max_concurrent_streams with a clear error; the
+    # rest of the pool keeps health checks, status queries and peer calls answered while
+    # uploads are at their cap. gRPC's own limit is only a backstop beyond that.
+    workers = limits.max_concurrent_streams + CONTROL_RPCS
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=limits.max_concurrent_streams + 8, thread_name_prefix="rpc"
-        ),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=options,
-        maximum_concurrent_rpcs=limits.max_concurrent_streams,
+        maximum_concurrent_rpcs=workers,
     )
     aggregation_pb2_grpc.add_AggregationServicer_to_server(
-        AggregationService(aggregator, Authenticator(verifier), leader, limits.chunk_bytes), server
+        AggregationService(
+            aggregator,
+            Authenticator(verifier),
+            leader,
+            limits.chunk_bytes,
+            max_uploads=limits.max_concurrent_streams,
+        ),
+        server,
     )
     peer_pb2_grpc.add_PeerServicer_to_server(
         PeerService(

@@ -7,6 +7,7 @@ status codes in one place.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
 from servers.aggregator import Aggregator, Receipt, Status, UploadHeader, UploadSession
 from servers.auth import Authenticator, PeerAuthenticator
 from servers.convert import spec_from_proto
-from servers.errors import InvalidArgument, PermissionDenied, RoundNotOpen
+from servers.errors import InvalidArgument, LimitExceeded, PermissionDenied, RoundNotOpen
 from servers.round import RoundState
 from servers.status import grpc_errors, grpc_stream_errors
 
@@ -76,7 +77,13 @@ def receipt_to_proto(r: Receipt) -> pb.UploadReceipt:
 
 
 class AggregationService(pb_grpc.AggregationServicer):
-    """Client- and collector-facing RPCs."""
+    """Client- and collector-facing RPCs.
+
+    At most ``max_uploads`` upload streams run at once (``[limits]
+    max_concurrent_streams``); one more is refused at once with RESOURCE_EXHAUSTED, so
+    trainers holding streams open cannot starve health checks, status queries or the
+    leader's peer calls, which gRPC's own server-wide limit would also refuse.
+    """
 
     def __init__(
         self,
@@ -84,11 +91,14 @@ class AggregationService(pb_grpc.AggregationServicer):
         auth: Authenticator,
         leader: Leader | None,
         chunk_bytes: int,
+        max_uploads: int | None = None,
     ) -> None:
         self._agg = aggregator
         self._auth = auth
         self._leader = leader
         self._chunk = chunk_bytes
+        self._max_uploads = max_uploads
+        self._upload_slots = threading.BoundedSemaphore(max_uploads or 1)
 
     @grpc_errors
     def CreateRound(
@@ -109,6 +119,21 @@ class AggregationService(pb_grpc.AggregationServicer):
         self, request_iterator: Iterator[pb.UploadMessage], context: grpc.ServicerContext
     ) -> pb.UploadReceipt:
         self._auth.require(context, "trainer")  # before reading anything the caller sent
+        if self._max_uploads is None:
+            return self._upload(request_iterator, context)
+        if not self._upload_slots.acquire(blocking=False):
+            raise LimitExceeded(
+                f"this server already runs max_concurrent_streams ({self._max_uploads}) "
+                "uploads; retry shortly"
+            )
+        try:
+            return self._upload(request_iterator, context)
+        finally:
+            self._upload_slots.release()
+
+    def _upload(
+        self, request_iterator: Iterator[pb.UploadMessage], context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
             raise InvalidArgument("an upload starts with a header message; got a chunk or nothing")

@@ -30,6 +30,7 @@ from tests.security.conftest import (
     create_round,
     error_of,
     full_upload,
+    manifest_req,
     seed_upload,
     spec_msg,
     start_env,
@@ -159,27 +160,36 @@ def _held_upload(
 
 
 def test_max_concurrent_streams(env: SecureEnv) -> None:
+    """Two upload streams held open fill the cap: a third upload is refused with a message
+    naming the limit, while health checks, status queries and peer calls still get in."""
     create_round(env, _spec("streams", 4, min_clients=1))
     release = threading.Event()
     held = [_held_upload(env, "streams", f"h{i}", release) for i in range(2)]
     try:
+        probe = seed_upload("streams", "probe", 1, 4)
+        probe[0].header.payload_digest = b"\x00" * 32  # refused if it ever gets in
         deadline = time.monotonic() + 20
-        code = grpc.StatusCode.OK
-        probe = pb.GetRoundRequest(round_id="streams")
-        md = env.collector_md()
-        while time.monotonic() < deadline:
-            # Succeeds until both held streams are in; from then on every call is refused.
-            code = code_of(lambda: env.agg(1).GetRound(probe, metadata=md, timeout=RPC_S))
-            if code is not grpc.StatusCode.OK:
-                break
-            time.sleep(0.05)
-        assert code is EXHAUSTED, "a third call was admitted beyond max_concurrent_streams"
-        _exhausted(lambda: _upload(env, seed_upload("streams", "h9", 1, 4), "h9"))
+        err = error_of(lambda: _upload(env, probe, "probe"))
+        while err.code() is not EXHAUSTED and time.monotonic() < deadline:
+            assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+            time.sleep(0.05)  # the held streams have not both reached the server yet
+            err = error_of(lambda: _upload(env, probe, "probe"))
+        assert err.code() is EXHAUSTED, "a third upload was admitted beyond the limit"
+        assert "max_concurrent_streams (2)" in (err.details() or "")
+        # Everything else is still answered while the uploads are at their cap.
+        env.assert_all_serving()
+        status = env.agg(1).GetRound(
+            pb.GetRoundRequest(round_id="streams"), metadata=env.collector_md(), timeout=RPC_S
+        )
+        assert status.state == pb.OPEN
+        peer = env.peer(1, peer=True, client=env.party_pair(0))
+        assert code_of(lambda: peer.Manifest(manifest_req(), timeout=RPC_S)) is (
+            grpc.StatusCode.NOT_FOUND
+        )
     finally:
         release.set()
     for future in held:
         assert future.result(timeout=RPC_S).party == 1
-    env.assert_all_serving()
     assert _upload(env, seed_upload("streams", "h9", 1, 4), "h9").party == 1
 
 
