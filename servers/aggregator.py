@@ -561,7 +561,9 @@ class Aggregator:
 
 def _write_durable(path: Path, vector: RingVector) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    # An aggregate share is share material: owner-only, like the spooled uploads.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # a leftover .tmp keeps its old mode otherwise
         f.write(vector.data.cast("B"))
         f.flush()
         os.fsync(f.fileno())

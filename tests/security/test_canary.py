@@ -120,6 +120,8 @@ class Observed:
     errors: dict[str, str]
     reprs: dict[str, str]
     client_logs: str
+    share_files: dict[str, int]
+    """Mode of every file under the parties' spool directories, before and after commit."""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -152,13 +154,14 @@ def _run(env: SecureEnv, mp: pytest.MonkeyPatch, directory: Path) -> Observed:
     secrets = Secrets()
     errors: dict[str, str] = {}
     reprs: dict[str, str] = {}
+    share_files: dict[str, int] = {}
     handler = _ListHandler()
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        _round(env, mp, secrets, errors, reprs)
+        _round(env, mp, secrets, errors, reprs, share_files)
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -170,7 +173,7 @@ def _run(env: SecureEnv, mp: pytest.MonkeyPatch, directory: Path) -> Observed:
         secrets.add(f"private key {key_file.name}", {"".join(body), *body})
     env.cluster.stop(timeout=20.0)  # flush and close the logs before reading them
     logs = {i: env.cluster.log_text(i) for i in range(env.n)}
-    return Observed(secrets, logs, errors, reprs, "\n".join(handler.lines))
+    return Observed(secrets, logs, errors, reprs, "\n".join(handler.lines), share_files)
 
 
 class _ListHandler(logging.Handler):
@@ -191,6 +194,7 @@ def _round(
     secrets: Secrets,
     errors: dict[str, str],
     reprs: dict[str, str],
+    share_files: dict[str, int],
 ) -> None:
     cluster = env.cluster
     cfg = cluster.config
@@ -241,8 +245,10 @@ def _round(
     _provoke(errors, "result before commit", lambda: collector.result(ROUND, spec))
     _raw_refusals(env, secrets, errors, tokens)
 
+    share_files |= _spool_modes(cluster.directory, "open")
     closed = collector.close(ROUND, wait_s=20)
     result = collector.result(ROUND, spec)
+    share_files |= _spool_modes(cluster.directory, "committed")
     assert np.array_equal(result.sum["w"], total), "the canary round is exact"
     with SecureAggregator(cfg, TRAINERS[2], tokens[TRAINERS[2]], progress=False) as late:
         _provoke(errors, "upload after commit", lambda: late.submit(spec, {"w": _update(2)}))
@@ -271,6 +277,14 @@ def _round(
     }
     collector.disconnect()
     trainer_fetch.disconnect()
+
+
+def _spool_modes(directory: Path, when: str) -> dict[str, int]:
+    return {
+        f"{when}: {path.relative_to(directory)}": path.stat().st_mode & 0o777
+        for path in sorted(directory.glob("party-*/spool/**/*"))
+        if path.is_file()
+    }
 
 
 def _plant_shares(
@@ -398,6 +412,13 @@ def test_reprs_hold_no_secret(observed: Observed) -> None:
 
 def test_client_logs_hold_no_secret(observed: Observed) -> None:
     assert not observed.secrets.leaks(observed.client_logs)
+
+
+def test_share_material_on_disk_is_owner_only(observed: Observed) -> None:
+    files = observed.share_files
+    assert any(name.startswith("open:") for name in files), "uploads were spooled"
+    assert any(name.endswith("aggregate.bin") for name in files), "aggregates were written"
+    assert {name: oct(mode) for name, mode in files.items() if mode & 0o077} == {}
 
 
 def test_metrics_have_no_labels_that_could_carry_secrets() -> None:
