@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.metrics import MetricWrapperBase
 
 import servers.server
@@ -31,7 +33,10 @@ from clients import ClientError, Collector, SecureAggregator
 from clients.wire import PartyUpload
 from mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
 from protos.mpcagg.v1 import aggregation_pb2 as pb
+from servers.credentials import create_ca
+from servers.logs import RedactFilter
 from servers.spec import RoundSpec
+from servers.tokens import TokenIssuer
 from tests.security.conftest import RPC_S, SecureEnv, full_upload, start_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -426,3 +431,25 @@ def test_metrics_have_no_labels_that_could_carry_secrets() -> None:
     assert metrics
     for metric in metrics:
         assert set(metric._labelnames) <= {"party", "method", "code", "state"}
+
+
+def test_the_log_redaction_filter_catches_tokens_and_keys() -> None:
+    """The last line of defence in every server's log handler (servers.logs.configure)."""
+    token = TokenIssuer(Ed25519PrivateKey.generate()).issue("t1", "trainer", 60, "c")
+    key_pem = create_ca().key_pem.decode()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactFilter())
+    logger = logging.getLogger("mpcagg.test.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("metadata: authorization: Bearer %s", token)
+        logger.warning("raw token %s in a message", token)
+        logger.warning("a key:\n%s", key_pem)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert text.count("<redacted>") == 3
+    assert token not in text and token.split(".")[1] not in text
+    assert "PRIVATE KEY" not in text and key_pem.splitlines()[1] not in text
