@@ -46,14 +46,10 @@ class Collector:
         client_id: str = "collector",
         token: str | None = None,
         *,
-        tls_cert: Path | str | None = None,
-        tls_key: Path | str | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.client_id = client_id
-        self._transport = Transport(
-            cluster, token=token, tls_cert=tls_cert, tls_key=tls_key, retry=retry
-        )
+        self._transport = Transport(cluster, token=token, retry=retry)
 
     @property
     def cluster(self) -> ClusterConfig:

@@ -44,8 +44,8 @@ class SecureAggregator:
     ``cluster`` is a :class:`ClusterConfig` or the path of the cluster file;
     ``token`` the trainer's bearer token (sent on every call, never shown);
     ``progress`` shows a byte progress bar on stderr (default: when stderr is a
-    terminal). ``tls_cert``/``tls_key`` present a client certificate on TLS
-    clusters. Use as a context manager, or call :meth:`disconnect`.
+    terminal). On TLS clusters the server is verified against the cluster CA.
+    Use as a context manager, or call :meth:`disconnect`.
     """
 
     def __init__(
@@ -55,8 +55,6 @@ class SecureAggregator:
         token: str | None = None,
         *,
         progress: bool | None = None,
-        tls_cert: Path | str | None = None,
-        tls_key: Path | str | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         try:
@@ -64,9 +62,7 @@ class SecureAggregator:
         except InvalidArgument as exc:
             raise InputError(str(exc)) from None
         self.progress = progress
-        self._transport = Transport(
-            cluster, token=token, tls_cert=tls_cert, tls_key=tls_key, retry=retry
-        )
+        self._transport = Transport(cluster, token=token, retry=retry)
 
     @property
     def cluster(self) -> ClusterConfig:

@@ -138,16 +138,14 @@ def retry_call(
 
 
 class _Secrets:
-    """Token and client key material: not printable, not picklable."""
+    """The bearer token: not printable, not picklable."""
 
-    __slots__ = ("cert_chain", "metadata", "private_key")
+    __slots__ = ("metadata",)
 
-    def __init__(self, token: str | None, cert_chain: bytes | None, private_key: bytes | None):
+    def __init__(self, token: str | None):
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token is not None else ()
         )
-        self.cert_chain = cert_chain
-        self.private_key = private_key
 
     def __repr__(self) -> str:
         return "<redacted>"
@@ -183,21 +181,11 @@ class Transport:
         cluster: ClusterConfig | str | Path,
         *,
         token: str | None = None,
-        tls_cert: Path | str | None = None,
-        tls_key: Path | str | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cluster = resolve_cluster(cluster)
-        if (tls_cert is None) != (tls_key is None):
-            raise ConfigError("give both tls_cert and tls_key, or neither")
-        if tls_cert is not None and self.cluster.tls is None:
-            raise ConfigError("tls_cert/tls_key given, but the cluster file has no [tls] table")
-        self._secrets = _Secrets(
-            check_token(token),
-            _read(tls_cert, "client certificate") if tls_cert is not None else None,
-            _read(tls_key, "client key") if tls_key is not None else None,
-        )
+        self._secrets = _Secrets(check_token(token))
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self._lock = threading.Lock()
@@ -322,11 +310,7 @@ class Transport:
         ]
         if self._ca is None:
             return grpc.insecure_channel(address, options=options)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self._ca,
-            private_key=self._secrets.private_key,
-            certificate_chain=self._secrets.cert_chain,
-        )
+        credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
         return grpc.secure_channel(address, credentials, options=options)
 
     def _address(self, party: int) -> str:

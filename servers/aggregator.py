@@ -282,6 +282,11 @@ class Aggregator:
                 f"round vector length {spec.length} exceeds this server's limit "
                 f"({self.limits.max_vector_length})"
             )
+        if spec.min_clients < self.limits.min_cohort:
+            raise InvalidArgument(
+                f"min_clients {spec.min_clients} is below this server's minimum cohort "
+                f"({self.limits.min_cohort}); a smaller cohort could reveal one trainer's update"
+            )
         if spec.max_clients > self.limits.max_clients_per_round:
             raise LimitExceeded(
                 f"max_clients {spec.max_clients} exceeds this server's limit "

@@ -47,6 +47,7 @@ class TlsConfig(_Strict):
 
 
 class Limits(_Strict):
+    min_cohort: int = Field(default=2, ge=1)  # floor on every round's min_clients
     max_vector_length: int = Field(default=100_000_000, ge=1)
     max_clients_per_round: int = Field(default=100_000, ge=1)
     max_concurrent_streams: int = Field(default=64, ge=1)

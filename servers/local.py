@@ -140,11 +140,7 @@ class LocalCluster:
         """Send ``sig`` to one server and wait for it to exit; returns its exit code."""
         proc = self._procs.pop(party)
         proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(timeout=10)
+        return _reap(proc, timeout)
 
     def stop(self, timeout: float = 30.0) -> dict[int, int]:
         """SIGTERM every server (drain), SIGKILL what remains; returns exit codes."""
@@ -152,7 +148,7 @@ class LocalCluster:
         for party in list(self._procs):
             self._procs[party].send_signal(signal.SIGTERM)
         for party in list(self._procs):
-            codes[party] = self.kill_party(party, signal.SIGTERM, timeout)
+            codes[party] = _reap(self._procs.pop(party), timeout)
         return codes
 
     def pid(self, party: int) -> int:
@@ -221,6 +217,15 @@ class LocalCluster:
                 channel.close()
             time.sleep(0.1)
         raise ConfigError(f"party {party} did not become healthy in time")
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for ``proc`` to exit (SIGKILL after ``timeout``); its exit code."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -42,7 +42,9 @@ from servers.local import LocalCluster
 from servers.spec import RoundSpec
 
 RPC_TIMEOUT_S = 10.0
-LIMITS: dict[str, Any] = {"rpc_timeout_s": RPC_TIMEOUT_S, "drain_timeout_s": 2.0}
+# min_cohort 1: some tests watch a single upload; the default floor (2) is tested in
+# tests/security.
+LIMITS: dict[str, Any] = {"rpc_timeout_s": RPC_TIMEOUT_S, "drain_timeout_s": 2.0, "min_cohort": 1}
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5)
 NO_RETRY = RetryPolicy(attempts=1)
 

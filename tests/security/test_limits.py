@@ -39,6 +39,7 @@ from tests.security.conftest import (
 pytestmark = pytest.mark.timeout(120)
 
 LIMITS: dict[str, Any] = {
+    "min_cohort": 1,
     "max_vector_length": 64,
     "max_clients_per_round": 4,
     "max_concurrent_streams": 2,

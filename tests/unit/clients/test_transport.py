@@ -148,25 +148,15 @@ def test_channel_options_and_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
     monkeypatch.setattr(grpc, "secure_channel", fake_secure)
     monkeypatch.setattr(grpc, "ssl_channel_credentials", fake_creds)
-    ca, cert, key = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem"
+    ca = tmp_path / "ca.pem"
     ca.write_bytes(b"CA")
-    cert.write_bytes(b"CERT")
-    key.write_bytes(b"KEY")
     c = cluster(tls=TlsConfig(ca=ca), limits=Limits(max_message_bytes=3 << 20))
-    with tr.Transport(c, tls_cert=cert, tls_key=key) as t:
+    with tr.Transport(c) as t:
         t._stub(1)
     assert seen["address"] == "127.0.0.1:50052"
     assert seen["options"]["grpc.max_send_message_length"] == 3 << 20
     assert seen["options"]["grpc.max_receive_message_length"] == 3 << 20
-    assert seen["creds"] == {
-        "root_certificates": b"CA",
-        "private_key": b"KEY",
-        "certificate_chain": b"CERT",
-    }
-    with pytest.raises(ConfigError, match="both tls_cert and tls_key"):
-        tr.Transport(c, tls_cert=cert)
-    with pytest.raises(ConfigError, match="no \\[tls\\] table"):
-        tr.Transport(cluster(), tls_cert=cert, tls_key=key)
+    assert seen["creds"] == {"root_certificates": b"CA"}
     with pytest.raises(ConfigError, match="cannot read cluster CA"):
         tr.Transport(cluster(tls=TlsConfig(ca=tmp_path / "missing.pem")))
 

@@ -18,7 +18,7 @@ from mpc.engines import NumpyEngine
 from servers.aggregator import Aggregator, Manifest, UploadHeader, UploadSession
 from servers.cohort import Leader
 from servers.config import Limits
-from servers.errors import Unavailable
+from servers.errors import InvalidArgument, NotFound, Unavailable
 from servers.round import RoundState
 from servers.spec import RoundSpec, TensorSpec, cohort_digest
 from servers.storage import Storage
@@ -173,3 +173,11 @@ def test_below_min_clients_fails_everywhere(tmp_path: Path, spec: RoundSpec) -> 
     assert all(a.status("r").state is RoundState.FAILED for a in aggs)
     leftovers = [f for p in range(N) for f in (tmp_path / f"p{p}" / "spool" / "r").glob("*")]
     assert leftovers == [], "a failed round keeps no shares on disk"
+
+
+def test_each_server_refuses_a_round_below_its_minimum_cohort(tmp_path: Path) -> None:
+    agg = _aggregator(tmp_path, 1)  # default limits: min_cohort = 2
+    with pytest.raises(InvalidArgument, match=r"min_clients 1 is below this server's minimum"):
+        agg.create_round(RoundSpec("tiny", (TensorSpec("w", (LENGTH,)),), N, min_clients=1))
+    with pytest.raises(NotFound):
+        agg.status("tiny")
