@@ -4,6 +4,9 @@ transport that imports ``*_pb2``."""
 from __future__ import annotations
 
 from protos.mpcagg.v1 import aggregation_pb2 as pb
+from servers.aggregator import Receipt, Status, UploadHeader
+from servers.errors import InvalidArgument
+from servers.round import RoundState
 from servers.spec import RoundSpec, TensorSpec
 
 
@@ -34,3 +37,63 @@ def spec_to_proto(spec: RoundSpec) -> pb.RoundSpec:
         deadline_unix=spec.deadline_unix,
         trainers_may_fetch=spec.trainers_may_fetch,
     )
+
+
+_KINDS = {pb.SEED: "seed", pb.FULL: "full"}
+_STATES = {
+    RoundState.OPEN: pb.OPEN,
+    RoundState.CLOSING: pb.CLOSING,
+    RoundState.COMMITTED: pb.COMMITTED,
+    RoundState.FAILED: pb.FAILED,
+}
+
+
+def status_to_proto(s: Status) -> pb.RoundStatus:
+    return pb.RoundStatus(
+        round_id=s.round_id,
+        state=state_to_proto(s.state),
+        spec_digest=s.spec_digest,
+        received=s.received,
+        cohort_size=s.cohort_size,
+        cohort_digest=s.cohort_digest,
+        reason=s.reason,
+        party=s.party,
+    )
+
+
+def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
+    kind = _KINDS.get(h.kind)
+    if kind is None:
+        raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind}")
+    return UploadHeader(
+        round_id=h.round_id,
+        client_id=h.client_id,
+        sharing_id=h.sharing_id,
+        party=h.party,
+        kind=kind,
+        length=h.length,
+        payload_digest=h.payload_digest,
+        seed=h.seed,
+    )
+
+
+def receipt_to_proto(r: Receipt) -> pb.UploadReceipt:
+    return pb.UploadReceipt(
+        round_id=r.round_id,
+        client_id=r.client_id,
+        party=r.party,
+        payload_digest=r.payload_digest,
+        duplicate=r.duplicate,
+    )
+
+
+def state_to_proto(state: RoundState) -> pb.RoundState.ValueType:
+    return _STATES[state]
+
+
+def state_from_proto(value: int) -> RoundState:
+    """The domain state; an unknown wire value reads as FAILED (never as revealable)."""
+    for state, wire in _STATES.items():
+        if wire == value:
+            return state
+    return RoundState.FAILED

@@ -11,10 +11,8 @@ import grpc
 from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
 from servers.aggregator import Manifest
 from servers.config import ClusterConfig, load_cluster
-from servers.round import RoundState
+from servers.convert import state_from_proto
 from servers.status import error_from_code
-
-_STATES = {1: RoundState.OPEN, 2: RoundState.CLOSING, 3: RoundState.COMMITTED, 4: RoundState.FAILED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +86,7 @@ class PeerClient:
             party=reply.party,
             client_ids=tuple(reply.client_ids),
             checksum=reply.checksum,
-            state=_STATES.get(reply.state, RoundState.FAILED),
+            state=state_from_proto(reply.state),
             cohort_digest=reply.cohort_digest,
         )
 

@@ -16,64 +16,22 @@ import grpc
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from servers.aggregator import Aggregator, Receipt, Status, UploadHeader, UploadSession
+from servers.aggregator import Aggregator, Receipt, UploadSession
 from servers.auth import Authenticator, PeerAuthenticator
-from servers.convert import spec_from_proto
+from servers.convert import (
+    header_from_proto,
+    receipt_to_proto,
+    spec_from_proto,
+    state_to_proto,
+    status_to_proto,
+)
 from servers.errors import InvalidArgument, LimitExceeded, PermissionDenied, RoundNotOpen
-from servers.round import RoundState
 from servers.status import grpc_errors, grpc_stream_errors
 
 if TYPE_CHECKING:
     from servers.cohort import Leader
 
 log = logging.getLogger("mpcagg.service")
-
-_KINDS = {pb.SEED: "seed", pb.FULL: "full"}
-_STATES = {
-    RoundState.OPEN: pb.OPEN,
-    RoundState.CLOSING: pb.CLOSING,
-    RoundState.COMMITTED: pb.COMMITTED,
-    RoundState.FAILED: pb.FAILED,
-}
-
-
-def status_to_proto(s: Status) -> pb.RoundStatus:
-    return pb.RoundStatus(
-        round_id=s.round_id,
-        state=_STATES[s.state],
-        spec_digest=s.spec_digest,
-        received=s.received,
-        cohort_size=s.cohort_size,
-        cohort_digest=s.cohort_digest,
-        reason=s.reason,
-        party=s.party,
-    )
-
-
-def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
-    kind = _KINDS.get(h.kind)
-    if kind is None:
-        raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind}")
-    return UploadHeader(
-        round_id=h.round_id,
-        client_id=h.client_id,
-        sharing_id=h.sharing_id,
-        party=h.party,
-        kind=kind,
-        length=h.length,
-        payload_digest=h.payload_digest,
-        seed=h.seed,
-    )
-
-
-def receipt_to_proto(r: Receipt) -> pb.UploadReceipt:
-    return pb.UploadReceipt(
-        round_id=r.round_id,
-        client_id=r.client_id,
-        party=r.party,
-        payload_digest=r.payload_digest,
-        duplicate=r.duplicate,
-    )
 
 
 class AggregationService(pb_grpc.AggregationServicer):
@@ -220,7 +178,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             client_ids=list(m.client_ids),
             count=len(m.client_ids),
             checksum=m.checksum,
-            state=_STATES[m.state],
+            state=state_to_proto(m.state),
             cohort_digest=m.cohort_digest,
         )
 
