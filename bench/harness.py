@@ -46,7 +46,7 @@ from servers.local import LocalCluster
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 TOKEN_TTL_S = 24 * 3600.0
-ENGINE_REPEATS = 5
+ENGINE_REPEATS = 7
 ENGINES_EST_S = 25.0
 MICRO_EST_S = 90.0
 

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 
 PHASES = (
@@ -62,7 +63,7 @@ def write_all(out: Path, results: dict[str, Any]) -> list[Path]:
 
 
 def _title(fig: Figure, text: str) -> None:
-    fig.suptitle(text, fontsize=12)
+    fig.suptitle(text, fontsize=12, y=1.0 + 0.04 * text.count("\n") + 0.02)
 
 
 def _parties(cells: Sequence[dict[str, Any]]) -> list[int]:
@@ -89,15 +90,17 @@ def latency_vs(
         for color, v in zip(colors, values, strict=True):
             line = sorted((c for c in mine if c[line_key] == v), key=lambda c: c[x_key])
             xs = [c[x_key] for c in line]
-            label = f"{'d' if line_key == 'dim' else 'N'}={_si(v)}"
+            label = f"d={_si(v)}" if line_key == "dim" else f"N={v}"
             secure = [c["secure"]["median_s"] for c in line]
             p95 = [c["secure"]["p95_s"] for c in line]
             ax.plot(xs, secure, "o-", color=color, label=f"{label} secure")
             ax.vlines(xs, secure, p95, color=color, alpha=0.5)
             ax.plot(xs, [c["plaintext"]["median_s"] for c in line], "s--", color=color,
                     alpha=0.7, label=f"{label} plaintext")  # fmt: skip
-        if x_key == "dim" and mine:
-            _slope_guide(ax, [c[x_key] for c in mine], [c["secure"]["median_s"] for c in mine])
+            if len(xs) > 1:  # what linear growth from this line's first point looks like
+                guide = [secure[0] * x / xs[0] for x in xs]
+                ax.plot(xs, guide, ":", color=color, alpha=0.6, linewidth=1)
+        ax.plot([], [], ":", color="grey", label=f"∝ {x_label.split()[-1]} from first point")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(x_label)
@@ -105,51 +108,73 @@ def latency_vs(
         ax.set_title(f"n = {n} parties")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    _title(fig, f"Round latency vs {x_label} (secure solid, plaintext dashed)")
+    _title(fig, f"Round latency vs {x_label}\nsecure solid, plaintext dashed")
     return fig
-
-
-def _slope_guide(ax: Any, xs: list[float], ys: list[float]) -> None:
-    """A grey ∝ x line through the smallest-x point (what linear scaling looks like)."""
-    i = int(np.argmin(xs))
-    x = np.array([min(xs), max(xs)], dtype=float)
-    if x[0] == x[1]:
-        return
-    ax.plot(x, ys[i] * x / x[0], color="grey", linestyle=":", label="∝ d (from smallest)")
 
 
 def scaling(cells: list[dict[str, Any]]) -> Figure | None:
-    """Latency against N·d; the linear fit (slope 1 in log-log) through the secure cells."""
+    """Cost per trainer-parameter (latency / N·d) against N·d.
+
+    Linear growth in N·d with fixed costs shows as a falling or flat curve; a cell
+    whose cost per element rises by more than 25 % over the next smaller d (same N, n)
+    or the next smaller N (same d, n) grows super-linearly and is labelled in red.
+    """
     if not cells:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    nd = np.array([c["trainers"] * c["dim"] for c in cells], dtype=float)
-    secure = np.array([c["secure"]["median_s"] for c in cells])
-    plain = np.array([c["plaintext"]["median_s"] for c in cells])
-    markers = {n: m for n, m in zip(_parties(cells), "o^sD", strict=False)}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"secure": "#4C72B0", "plaintext": "#DD8452"}
+    markers = dict(zip(_parties(cells), "o^sD", strict=False))
+    for mode, color in colors.items():
+        for n, marker in markers.items():
+            for N in sorted({c["trainers"] for c in cells}):
+                line = sorted(
+                    (c for c in cells if c["parties"] == n and c["trainers"] == N),
+                    key=lambda c: c["dim"],
+                )
+                xs = [c["trainers"] * c["dim"] for c in line]
+                ys = [c[mode]["median_s"] / x * 1e9 for c, x in zip(line, xs, strict=True)]
+                filled = mode == "secure"
+                ax.plot(xs, ys, marker=marker, color=color, alpha=0.8,
+                        linestyle="-" if filled else "--",
+                        markerfacecolor=color if filled else "none")  # fmt: skip
+    for c in cells:
+        worse = _superlinear(c, cells)
+        if worse:
+            x = c["trainers"] * c["dim"]
+            ax.annotate(f"{c['label']}: {worse}", (x, c["secure"]["median_s"] / x * 1e9),
+                        fontsize=7, color="red")  # fmt: skip
+    for mode, color in colors.items():
+        ax.plot([], [], color=color, linestyle="-" if mode == "secure" else "--", label=mode)
     for n, marker in markers.items():
-        sel = np.array([c["parties"] == n for c in cells])
-        ax.scatter(nd[sel], secure[sel], marker=marker, color="#4C72B0", label=f"secure n={n}")
-        ax.scatter(nd[sel], plain[sel], marker=marker, facecolors="none", edgecolors="#DD8452",
-                   label=f"plaintext n={n} run")  # fmt: skip
-    # Fit latency = a + b·N·d on the secure cells (least squares, b >= 0).
-    if len(cells) >= 2 and len(set(nd)) >= 2:
-        b, a = np.polyfit(nd, secure, 1)
-        a, b = max(a, 0.0), max(b, 0.0)
-        xs = np.logspace(np.log10(nd.min()), np.log10(nd.max()), 50)
-        ax.plot(xs, a + b * xs, color="grey", linestyle=":",
-                label=f"linear fit {a:.2f} s + {b * 1e9:.2f} s per 1e9 N·d")  # fmt: skip
-        for c, x, y in zip(cells, nd, secure, strict=True):
-            if y > 2 * (a + b * x):
-                ax.annotate(f"{c['label']} super-linear", (x, y), fontsize=7, color="red")
+        ax.plot([], [], marker=marker, color="grey", linestyle="none", label=f"n = {n}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("N · d (trainers × parameters)")
-    ax.set_ylabel("round latency, median (s)")
+    ax.set_xlabel("N · d (trainers × parameters); lines join cells of the same N")
+    ax.set_ylabel("latency / (N·d), ns per trainer-parameter")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    _title(fig, "Does latency grow linearly in N·d?")
+    ax.legend(fontsize=8)
+    _title(fig, "Linear in N·d? Cost per element should fall or stay flat")
     return fig
+
+
+def _superlinear(cell: dict[str, Any], cells: list[dict[str, Any]]) -> str:
+    """'d×k: cost/elem ×r' if the per-element cost rose > 25 % from the next smaller cell."""
+
+    def cost(c: dict[str, Any]) -> float:
+        return float(c["secure"]["median_s"]) / (c["trainers"] * c["dim"])
+
+    notes = []
+    for key, other in (("dim", "trainers"), ("trainers", "dim")):
+        smaller = [
+            c for c in cells
+            if c["parties"] == cell["parties"] and c[other] == cell[other] and c[key] < cell[key]
+        ]  # fmt: skip
+        if smaller:
+            prev = max(smaller, key=lambda c: c[key])
+            rise = cost(cell) / cost(prev)
+            if rise > 1.25:
+                notes.append(f"{'d' if key == 'dim' else 'N'} up, cost/elem ×{rise:.2f}")
+    return "; ".join(notes)
 
 
 def ratio_heatmap(cells: list[dict[str, Any]]) -> Figure | None:
@@ -163,8 +188,10 @@ def ratio_heatmap(cells: list[dict[str, Any]]) -> Figure | None:
         1, len(parties), figsize=(1.6 * len(dims) * len(parties) + 2.5, 1.0 * len(trainers) + 2),
         squeeze=False,
     )  # fmt: skip
-    cmap = plt.get_cmap("RdYlGn_r").copy()
+    bounds = [1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0]
+    cmap = plt.get_cmap("RdYlGn_r", len(bounds) - 1).copy()
     cmap.set_bad("#DDDDDD")
+    norm = BoundaryNorm(bounds, cmap.N)
     image = None
     for ax, n in zip(axes[0], parties, strict=True):
         grid = np.full((len(trainers), len(dims)), np.nan)
@@ -178,10 +205,11 @@ def ratio_heatmap(cells: list[dict[str, Any]]) -> Figure | None:
                 text[i, j] = f"{c['ratio']:.2f}×"
             else:
                 text[i, j] = c["status"]
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=1.0, vmax=3.0,
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm,
                           origin="lower", aspect="auto")  # fmt: skip
         for (i, j), label in text.items():
-            ax.text(j, i, label, ha="center", va="center", fontsize=9)
+            ax.text(j, i, label, ha="center", va="center", fontsize=9,
+                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})  # fmt: skip
         ax.set_xticks(range(len(dims)), [_si(d) for d in dims])
         ax.set_yticks(range(len(trainers)), [str(t) for t in trainers])
         ax.set_xlabel("parameters d")
@@ -189,8 +217,13 @@ def ratio_heatmap(cells: list[dict[str, Any]]) -> Figure | None:
         ax.set_title(f"n = {n} parties")
     if image is not None:
         bar = fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9)
-        bar.set_label("secure / plaintext (targets: ≤ 1.5× at N=100, d=1e6; ≤ 2×)")
-    _title(fig, "Cost of security: secure / plaintext round latency (median)")
+        bar.set_ticks(bounds[:-1], labels=[f"{b:g}×" for b in bounds[:-1]])
+        bar.set_label("secure / plaintext")
+    _title(
+        fig,
+        "Cost of security: secure / plaintext round latency (median)\n"
+        "targets: ≤ 1.5× at N=100, d=1e6, n=3; ≤ 2× everywhere",
+    )
     return fig
 
 

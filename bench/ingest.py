@@ -1,0 +1,598 @@
+"""Where a server's ingest time goes: ``python -m bench.ingest [--quick] [--out DIR]``.
+
+Three measurements, all on loopback with the client in a child process:
+
+1. ``sink``: a gRPC server that discards upload chunks — the ceiling of the transport
+   itself (TLS on and off; chunk size 1, 2, 4 MiB; 1, 2, 4 parallel streams).
+2. ``server``: the real aggregation server (party 0 of a 3-party cluster, TLS and
+   tokens, numpy engine) started in this process, receiving full shares through the
+   real client wire path; each ``Upload`` call runs under its own cProfile, so the
+   handler's time splits into receiving (gRPC: TLS, HTTP/2, protobuf parse and the
+   wait for the client), SHA-256, the copy into the upload buffer, the spool write,
+   fsync, publish (rename + directory fsync), SQLite and the accumulate.
+3. ``stages``: each stage alone on 2 MiB chunks (SHA-256, memcpy, page-cache write,
+   write + fsync), the ceilings the server path runs into.
+4. ``pipelines``: the handler's per-upload work without the network, as it is and
+   with the alternatives suggested (spool as mmap, fallocate, a writer thread).
+
+Nothing here changes the server: the profiler wraps ``AggregationService.Upload``
+from the outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import pstats
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+MiB = 1 << 20
+SINK = "/mpcagg.bench.v1.Sink/Upload"
+
+
+# --------------------------------------------------------------------------- client (child)
+
+
+def _drive(kind: str, args: dict[str, Any], queue: Any) -> None:
+    """Child process: ``streams`` threads upload ``uploads`` vectors; reports GB/s."""
+    from clients import wire
+    from clients.transport import Transport
+    from mpc import FullShare
+    from mpc.ring import DTYPE
+    from protos.mpcagg.v1 import aggregation_pb2 as pb
+
+    vec = np.random.default_rng(1).integers(0, 2**63, args["dim"], dtype=np.uint64).astype(DTYPE)
+    upload = wire.PartyUpload.from_share(FullShare(party=0, vector=vec))
+    chunk = args["chunk_bytes"]
+
+    def messages(i: int) -> Iterator[Any]:
+        return wire.upload_messages(
+            upload,
+            round_id=args.get("round_id", "sink"),
+            client_id=f"ingest-{i:04d}",
+            sharing_id=secrets.token_bytes(16),
+            chunk_bytes=chunk,
+        )
+
+    if kind == "sink":
+        options = [("grpc.max_send_message_length", 8 * MiB)]
+        ca = args.get("ca")
+        channels = [
+            grpc.secure_channel(args["address"], grpc.ssl_channel_credentials(ca), options=options)
+            if ca
+            else grpc.insecure_channel(args["address"], options=options)
+            for _ in range(args["streams"])
+        ]
+
+        def send(i: int) -> None:
+            call = channels[i % len(channels)].stream_unary(
+                SINK,
+                request_serializer=pb.UploadMessage.SerializeToString,
+                response_deserializer=pb.UploadReceipt.FromString,
+            )
+            call(messages(i), timeout=600)
+
+    else:
+        transports = [
+            Transport(args["cluster"], token=args["tokens"][i]) for i in range(args["uploads"])
+        ]
+
+        def send(i: int) -> None:
+            transports[i].upload(0, messages(i))
+
+    send(0)  # warm-up: connection, TLS handshake, first-call costs (not counted)
+    n = args["uploads"]
+    cpu0 = sum(os.times()[:2])
+    t0 = time.perf_counter()
+    with futures.ThreadPoolExecutor(args["streams"]) as pool:
+        list(pool.map(send, range(1, n)))
+    wall = time.perf_counter() - t0
+    client_cpu = sum(os.times()[:2]) - cpu0
+    nbytes = (n - 1) * vec.nbytes
+    queue.put({"wall_s": wall, "bytes": nbytes, "client_cpu_s_per_gb": client_cpu / nbytes * 1e9})
+
+
+def _run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Drive uploads from a child process; adds this (server) process's CPU per GB."""
+    cpu0 = os.times()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_drive, args=(kind, args, queue))
+    proc.start()
+    try:
+        result: dict[str, Any] = queue.get(timeout=900)
+    finally:
+        proc.join(timeout=30)
+    result["gb_per_s"] = result["bytes"] / result["wall_s"] / 1e9
+    # Includes the warm-up upload (one of ``uploads``), hence the larger denominator.
+    total = result["bytes"] * args["uploads"] / (args["uploads"] - 1)
+    cpu1 = os.times()
+    result["server_user_s_per_gb"] = (cpu1.user - cpu0.user) / total * 1e9
+    result["server_sys_s_per_gb"] = (cpu1.system - cpu0.system) / total * 1e9
+    result["server_cpu_s_per_gb"] = result["server_user_s_per_gb"] + result["server_sys_s_per_gb"]
+    return result
+
+
+# --------------------------------------------------------------------------- 1. sink
+
+
+def _sink_server(tls: tuple[bytes, bytes] | None) -> tuple[grpc.Server, int]:
+    from protos.mpcagg.v1 import aggregation_pb2 as pb
+
+    def upload(requests: Iterator[Any], context: Any) -> Any:
+        for _ in requests:
+            pass
+        return pb.UploadReceipt()
+
+    handler = grpc.method_handlers_generic_handler(
+        "mpcagg.bench.v1.Sink",
+        {
+            "Upload": grpc.stream_unary_rpc_method_handler(
+                upload,
+                request_deserializer=pb.UploadMessage.FromString,
+                response_serializer=pb.UploadReceipt.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(16), options=[("grpc.max_receive_message_length", 8 * MiB)]
+    )
+    server.add_generic_rpc_handlers((handler,))
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
+    server.start()
+    return server, port
+
+
+def sink(creds: Any, dim: int, uploads: int, quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    key_cert = (creds.parties[0].key.read_bytes(), creds.parties[0].cert.read_bytes())
+    chunks = (2,) if quick else (1, 2, 4)
+    streams = (1, 2) if quick else (1, 2, 4)
+    for tls in (True, False):
+        server, port = _sink_server(key_cert if tls else None)
+        try:
+            for chunk_mib in chunks:
+                for s in streams:
+                    args = {
+                        "address": f"127.0.0.1:{port}",
+                        "ca": creds.ca_cert.read_bytes() if tls else None,
+                        "dim": dim,
+                        "uploads": uploads,
+                        "streams": s,
+                        "chunk_bytes": chunk_mib * MiB,
+                    }
+                    r = _run_child("sink", args)
+                    rows.append({"tls": tls, "chunk_mib": chunk_mib, "streams": s, **r})
+                    print(
+                        f"  sink tls={tls!s:5} chunk {chunk_mib} MiB streams {s}: "
+                        f"{r['gb_per_s']:.2f} GB/s; CPU s/GB: server "
+                        f"{r['server_cpu_s_per_gb']:.2f}, client {r['client_cpu_s_per_gb']:.2f}"
+                    )
+        finally:
+            server.stop(0)
+    return rows
+
+
+# --------------------------------------------------------------------------- 2. real server
+
+PROFILES: list[cProfile.Profile] = []
+_LOCK = threading.Lock()
+
+
+def _profiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            prof.disable()
+            with _LOCK:
+                PROFILES.append(prof)
+
+    return wrapper
+
+
+# (label, predicate on (file, function name), use cumulative time?)
+CATEGORIES: list[tuple[str, Callable[[str, str], bool], bool]] = [
+    ("receive: wait for + parse the next chunk (gRPC)",
+     lambda f, n: n == "__next__" and "grpc" in f, True),
+    ("sha256", lambda f, n: "update" in n and "HASH" in n, False),
+    ("copy into the upload buffer (UploadSession._write)",
+     lambda f, n: n == "_write" and "aggregator" in f, False),
+    ("spool write (os.write)", lambda f, n: n == "<built-in method posix.write>", False),
+    ("fsync (file and directory)", lambda f, n: n == "<built-in method posix.fsync>", False),
+    ("rename (os.replace)", lambda f, n: n == "<built-in method posix.replace>", False),
+    ("sqlite", lambda f, n: "sqlite3.Connection" in n, False),
+    ("accumulate (engine)", lambda f, n: n == "accumulate" and "engine" in f, True),
+    ("round lock waits", lambda f, n: "acquire" in n and "RLock" in n, False),
+]  # fmt: skip
+
+
+def _categorize(stats: pstats.Stats, total: float) -> list[dict[str, Any]]:
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    rows = []
+    for label, match, cumulative in CATEGORIES:
+        seconds = 0.0
+        for (file, _line, name), (_cc, _nc, tt, ct, _callers) in raw.items():
+            if match(file, name):
+                seconds += ct if cumulative else tt
+        rows.append(
+            {"stage": label, "seconds": seconds, "fraction": seconds / total if total else 0}
+        )
+    return rows
+
+
+def server(
+    creds: Any,
+    workdir: Path,
+    dim: int,
+    uploads: int,
+    streams_list: tuple[int, ...],
+    *,
+    profile: bool,
+) -> dict[str, Any]:
+    """Uploads into a real party 0; with ``profile``, each Upload call under cProfile."""
+    from clients.transport import Transport
+    from servers.config import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
+    from servers.credentials import load_token_signing_key
+    from servers.server import start_server
+    from servers.service import AggregationService
+    from servers.spec import RoundSpec, TensorSpec
+    from servers.tokens import TokenIssuer
+
+    workdir = workdir / ("profiled" if profile else "unprofiled")
+    original = AggregationService.Upload
+    if profile:  # before start: the servicer's methods are bound at registration
+        AggregationService.Upload = _profiled(original)  # type: ignore[method-assign]
+    parties = [
+        PartyConfig(
+            id=i,
+            address="127.0.0.1:0",
+            peer_address="127.0.0.1:0",
+            data_dir=workdir / f"party-{i}",
+            cert=creds.parties[i].cert,
+            key=creds.parties[i].key,
+        )
+        for i in range(3)
+    ]
+    config = ClusterConfig(
+        name="ingest",
+        tls=TlsConfig(ca=creds.ca_cert, token_public_key=creds.token_public_key),
+        parties=parties,
+    )
+    issuer = TokenIssuer(load_token_signing_key(creds.token_signing_key))
+    results: dict[str, Any] = {"runs": []}
+    running = start_server(config, 0)
+    try:
+        live = config.model_copy(
+            update={
+                "parties": [
+                    parties[0].model_copy(update={"address": f"127.0.0.1:{running.port}"}),
+                    *parties[1:],
+                ]
+            }
+        )
+        cluster_file = workdir / "cluster.toml"
+        cluster_file.write_text(dump_cluster(live))
+        collector = Transport(
+            cluster_file, token=issuer.issue("collector", "collector", 3600, "ingest")
+        )
+        for k, streams in enumerate(streams_list):
+            rid = f"ingest-{k}"
+            spec = RoundSpec(
+                round_id=rid,
+                tensors=(TensorSpec("w", (dim,)),),
+                n_parties=3,
+                precision_bits=16,
+                bound=1.0,
+                min_clients=2,
+                max_clients=uploads,
+                deadline_unix=0.0,
+                trainers_may_fetch=False,
+            )
+            collector.create_round(0, spec)
+            PROFILES.clear()
+            args = {
+                "cluster": str(cluster_file),
+                "tokens": [
+                    issuer.issue(f"ingest-{i:04d}", "trainer", 3600, "ingest")
+                    for i in range(uploads)
+                ],
+                "round_id": rid,
+                "dim": dim,
+                "uploads": uploads,
+                "streams": streams,
+                "chunk_bytes": config.limits.chunk_bytes,
+            }
+            r = _run_child("server", args)
+            label = "profiled" if profile else "unprofiled"
+            print(
+                f"  real server ({label}), {streams} stream(s): {r['gb_per_s']:.2f} GB/s; "
+                f"CPU s/GB: server {r['server_user_s_per_gb']:.2f} user + "
+                f"{r['server_sys_s_per_gb']:.2f} sys, client {r['client_cpu_s_per_gb']:.2f}"
+            )
+            if not profile:
+                results["runs"].append({"streams": streams, **r})
+                continue
+            measured = PROFILES[1:]  # the first upload is the warm-up
+            stats = pstats.Stats(measured[0])
+            for prof in measured[1:]:
+                stats.add(prof)
+            handler = sum(
+                ct
+                for (f, _l, n), (_a, _b, _t, ct, _c) in stats.stats.items()  # type: ignore[attr-defined]
+                if n == "Upload" and "service" in f
+            )
+            run = {
+                "streams": streams,
+                **r,
+                "handler_s": handler,
+                "stages": _categorize(stats, handler),
+            }
+            results["runs"].append(run)
+            for st in run["stages"]:
+                print(
+                    f"    {st['stage']:<52} {st['seconds']:7.3f} s  {100 * st['fraction']:5.1f} %"
+                )
+        collector.close()
+    finally:
+        running.stop()
+        AggregationService.Upload = original  # type: ignore[method-assign]
+    return results
+
+
+# --------------------------------------------------------------------------- 3. stages
+
+
+def stages(workdir: Path, total: int = 512 * MiB, chunk: int = 2 * MiB) -> list[dict[str, Any]]:
+    buf = os.urandom(chunk)
+    n = total // chunk
+    rows = []
+
+    def timed(label: str, fn: Callable[[], None]) -> None:
+        t = time.perf_counter()
+        fn()
+        s = time.perf_counter() - t
+        rows.append({"stage": label, "gb_per_s": total / s / 1e9})
+        print(f"  {label:<40} {total / s / 1e9:6.2f} GB/s")
+
+    def sha() -> None:
+        h = hashlib.sha256()
+        for _ in range(n):
+            h.update(buf)
+
+    target = np.empty(chunk // 8, dtype=np.uint64)
+
+    def copy() -> None:
+        raw = target.data.cast("B")
+        for _ in range(n):
+            raw[:] = buf
+
+    def write(sync: bool) -> Callable[[], None]:
+        def run() -> None:
+            path = workdir / "stage.bin"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            for _ in range(n):
+                os.write(fd, buf)
+            if sync:
+                os.fsync(fd)
+            os.close(fd)
+            path.unlink()
+
+        return run
+
+    timed("sha256 (hashlib, one thread)", sha)
+    timed("copy 2 MiB chunks into a numpy buffer", copy)
+    timed("page-cache write (os.write, no fsync)", write(False))
+    timed("write + fsync (durable spool)", write(True))
+    return rows
+
+
+def pipelines(
+    workdir: Path, upload_bytes: int, uploads: int = 4, repeats: int = 3
+) -> list[dict[str, Any]]:
+    """The server's per-upload work on 2 MiB chunks, as it is and as it could be (no network).
+
+    Every variant hashes (SHA-256), makes the upload durable (unless ``memory only``)
+    and adds it into a long-lived accumulator.
+
+    ``current``: a fresh ``np.empty`` upload buffer per upload, each chunk copied into
+    it and ``os.write``-n to the spool; fsync; add the buffer.
+    ``pooled buffer``: the same with one reused (already faulted-in) upload buffer.
+    ``read back``: no upload buffer: write the spool, fsync, then read the spool back
+    (page cache) through a reused 8 MiB scratch buffer and add piece by piece.
+    ``writer thread``: as current, the spool writes on a second thread (overlapped).
+    ``fallocate``: as current, the spool's blocks reserved up front.
+    ``mmap``: the spool file is the buffer (ftruncate + mmap): one copy, no write calls.
+    ``pooled + O_DIRECT``: one reused page-aligned buffer; each 8 MiB of it, once
+    filled, is written with ``O_DIRECT`` (no page-cache copy); fsync; add the buffer.
+    ``memory only``: as current without the spool (what a non-durable server pays).
+    """
+    import mmap
+    import queue
+
+    chunk = 2 * MiB
+    data = [os.urandom(chunk) for _ in range(4)]
+    n = upload_bytes // chunk
+    total = n * chunk
+    acc = np.zeros(total // 8, dtype=np.uint64)
+    pooled = np.zeros(total // 8, dtype=np.uint64)
+    scratch = np.zeros(8 * MiB // 8, dtype=np.uint64)
+    aligned = mmap.mmap(-1, total)  # page-aligned, for O_DIRECT
+    aligned[:] = bytes(total)  # fault it in once, as a long-lived pool buffer would be
+
+    def add(vec: np.ndarray) -> None:
+        np.add(acc, vec, out=acc)
+
+    def one(variant: str, path: Path) -> None:
+        h = hashlib.sha256()
+        buf = pooled if variant == "pooled buffer" else np.empty(total // 8, dtype=np.uint64)
+        raw = buf.data.cast("B")
+        if variant == "memory only":
+            for i in range(n):
+                c = data[i % 4]
+                h.update(c)
+                raw[i * chunk : (i + 1) * chunk] = c
+            add(buf)
+            return
+        if variant == "pooled + O_DIRECT":
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+            view = memoryview(aligned)
+            try:
+                written = 0
+                for i in range(n):
+                    c = data[i % 4]
+                    h.update(c)
+                    view[i * chunk : (i + 1) * chunk] = c
+                    end = (i + 1) * chunk
+                    if end - written >= 8 * MiB or i == n - 1:
+                        written += os.write(fd, view[written:end])
+                os.fsync(fd)
+                add(np.frombuffer(aligned, dtype=np.uint64))
+            finally:
+                os.close(fd)
+                path.unlink()
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if variant == "mmap":
+                os.ftruncate(fd, total)
+                with mmap.mmap(fd, total) as mm:
+                    for i in range(n):
+                        c = data[i % 4]
+                        h.update(c)
+                        mm[i * chunk : (i + 1) * chunk] = c
+                    mm.flush()
+                    add(np.frombuffer(mm, dtype=np.uint64))
+                os.fsync(fd)
+                return
+            if variant == "fallocate":
+                os.posix_fallocate(fd, 0, total)
+            q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+            writer = None
+            if variant == "writer thread":
+
+                def drain() -> None:
+                    while (item := q.get()) is not None:
+                        os.write(fd, item)
+
+                writer = threading.Thread(target=drain)
+                writer.start()
+            for i in range(n):
+                c = data[i % 4]
+                h.update(c)
+                if variant != "read back":
+                    raw[i * chunk : (i + 1) * chunk] = c
+                if writer is not None:
+                    q.put(c)
+                else:
+                    os.write(fd, c)
+            if writer is not None:
+                q.put(None)
+                writer.join()
+            os.fsync(fd)
+            if variant == "read back":
+                sraw = scratch.data.cast("B")
+                offset = 0
+                while offset < total:
+                    got = os.preadv(fd, [sraw], offset)
+                    k = got // 8
+                    target = acc[offset // 8 : offset // 8 + k]
+                    np.add(target, scratch[:k], out=target)
+                    offset += got
+            else:
+                add(buf)
+        finally:
+            os.close(fd)
+            path.unlink()
+
+    rows = []
+    variants = (
+        "current",
+        "pooled buffer",
+        "read back",
+        "writer thread",
+        "fallocate",
+        "mmap",
+        "pooled + O_DIRECT",
+        "memory only",
+    )
+    for variant in variants:
+        rates, cpus = [], []
+        for _ in range(repeats):
+            c0 = os.times()
+            t = time.perf_counter()
+            for u in range(uploads):
+                one(variant, workdir / f"pipe-{u}.tmp")
+            c1 = os.times()
+            gb = uploads * total / 1e9
+            rates.append(gb / (time.perf_counter() - t))
+            cpus.append((c1.user - c0.user + c1.system - c0.system) / gb)
+        rate, cpu = float(np.median(rates)), float(np.median(cpus))
+        rows.append({"variant": variant, "gb_per_s": rate, "cpu_s_per_gb": cpu, "runs": rates})
+        print(
+            f"  {variant:<18} {rate:6.2f} GB/s, {cpu:5.2f} CPU-s/GB  "
+            f"(runs: {', '.join(f'{r:.2f}' for r in rates)})"
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer sink variants, smaller data")
+    parser.add_argument("--out", type=Path, help="write ingest.json here")
+    parser.add_argument("--dim", type=int, default=10**7, help="elements per upload (8 bytes each)")
+    parser.add_argument(
+        "--uploads", type=int, default=9, help="uploads per measurement (1 warm-up)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from servers.credentials import provision_dev
+
+    dim = args.dim // 4 if args.quick else args.dim
+    with tempfile.TemporaryDirectory(prefix="mpcagg-ingest-") as tmp:
+        work = Path(tmp)
+        creds = provision_dev(work / "certs", 3)
+        print(f"ingest: {args.uploads - 1} uploads of {8 * dim / 1e6:.0f} MB each per measurement")
+        print("1. transport ceiling (sink server):")
+        out: dict[str, Any] = {"dim": dim, "uploads": args.uploads}
+        out["sink"] = sink(creds, dim, args.uploads, args.quick)
+        print("2. the real server (party 0): rates, then the Upload handler under cProfile:")
+        streams = (1, 2) if args.quick else (1, 2, 4)
+        out["server"] = server(creds, work, dim, args.uploads, streams, profile=False)
+        out["server_profiled"] = server(creds, work, dim, args.uploads, streams, profile=True)
+        print("3. stages alone:")
+        out["stages"] = stages(work)
+        print(f"4. the server's per-upload work, {8 * dim / 1e6:.0f} MB uploads, no network:")
+        out["pipelines"] = pipelines(work, 8 * dim)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ingest.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
