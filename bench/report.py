@@ -10,7 +10,8 @@ Schema ``mpcagg-bench/1`` (every figure; times in seconds, sizes in bytes)::
 
 ``secure``/``plaintext``: median_s, p95_s, mean_s, min_s, max_s, breakdown (median of
 share_s, upload_s, close_s, reveal_s), trainer_share_s, trainer_upload_s,
-payload_bytes, ingest_bytes_per_s, client_cpu_s, servers[{name, cpu_s, peak_rss_bytes}].
+payload_bytes, ingest_bytes_per_s, client_cpu_s (the benchmark process: trainers and
+collector), cpu_total_s (client and servers), servers[{name, cpu_s, peak_rss_bytes}].
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def summarize(rounds: Sequence[RoundTiming], trainers: int) -> dict[str, Any]:
             else:
                 servers.setdefault(p.name, []).append((p.cpu_s, p.peak_rss_bytes))
     trainer_phase = [r.share_s + r.upload_s for r in measured]
+    cpu_total = [sum(p.cpu_s for p in r.processes) for r in measured]
     payload = float(np.mean([r.payload_bytes for r in measured]))
     return {
         "median_s": float(np.median(totals)),
@@ -125,6 +127,7 @@ def summarize(rounds: Sequence[RoundTiming], trainers: int) -> dict[str, Any]:
         "payload_bytes": payload,
         "ingest_bytes_per_s": trainers * payload / float(np.median(trainer_phase)),
         "client_cpu_s": float(np.median(client_cpu)) if client_cpu else None,
+        "cpu_total_s": float(np.median(cpu_total)),
         "servers": [
             {
                 "name": name,
@@ -185,6 +188,8 @@ CSV_COLUMNS = (
     "plain_server_cpu_s",
     "plain_server_peak_rss_bytes",
     "client_cpu_s",
+    "secure_cpu_total_s",
+    "plain_cpu_total_s",
     "exact",
     "reason",
 )
@@ -213,6 +218,8 @@ def csv_row(cell: dict[str, Any]) -> dict[str, Any]:
         plain_server_cpu_s=p["servers"][0]["cpu_s"] if p["servers"] else None,
         plain_server_peak_rss_bytes=p["servers"][0]["peak_rss_bytes"] if p["servers"] else None,
         client_cpu_s=s["client_cpu_s"],
+        secure_cpu_total_s=s["cpu_total_s"],
+        plain_cpu_total_s=p["cpu_total_s"],
         exact=cell["check"]["exact"],
     )
     for phase in PHASES:
@@ -250,13 +257,13 @@ def table(results: dict[str, Any]) -> str:
     """The summary table printed at the end of a run."""
     head = (
         f"{'N':>5} {'d':>6} {'n':>2}  {'secure':>17}  {'plaintext':>17}  {'ratio':>6}  "
-        f"{'share':>6} {'upload':>7} {'commit':>7} {'reveal':>7}  {'up/trainer':>11} "
-        f"{'/8d':>6}  {'srv cpu':>7} {'srv rss':>8}  exact"
+        f"{'share':>6} {'upload':>7} {'commit':>7} {'reveal':>7}  {'CPU s':>11}  "
+        f"{'up/trainer':>11} {'/8d':>6}  {'srv rss':>7}  exact"
     )
     sub = (
         f"{'':>5} {'':>6} {'':>2}  {'median  (p95) s':>17}  {'median  (p95) s':>17}  {'':>6}  "
-        f"{'secure breakdown, median s':>30}  {'wire bytes':>11} {'':>6}  "
-        f"{'s/party':>7} {'MiB max':>8}"
+        f"{'secure breakdown, median s':>30}  {'sec / plain':>11}  "
+        f"{'wire bytes':>11} {'':>6}  {'MiB max':>7}"
     )
     lines = [head, sub, "-" * len(head)]
     for c in results["cells"]:
@@ -266,15 +273,15 @@ def table(results: dict[str, Any]) -> str:
             continue
         s, p, w = c["secure"], c["plaintext"], c["wire"]
         b = s["breakdown"]
-        cpu = max(x["cpu_s"] for x in s["servers"])
         rss = max(x["peak_rss_bytes"] for x in s["servers"]) / 2**20
         up = w["secure_wire_up_bytes"]
+        cpu = f"{s['cpu_total_s']:.2f}/{p['cpu_total_s']:.2f}"
         lines.append(
             f"{ident}  {s['median_s']:>7.3f} ({s['p95_s']:>7.3f})  "
             f"{p['median_s']:>7.3f} ({p['p95_s']:>7.3f})  {c['ratio']:>5.2f}×  "
             f"{b['share_s']:>6.3f} {b['upload_s']:>7.3f} {b['close_s']:>7.3f} "
-            f"{b['reveal_s']:>7.3f}  {_size(up):>11} {up / w['int64_bytes']:>6.3f}  "
-            f"{cpu:>7.3f} {rss:>8.0f}  {'yes' if c['check']['exact'] else 'NO'}"
+            f"{b['reveal_s']:>7.3f}  {cpu:>11}  {_size(up):>11} {up / w['int64_bytes']:>6.3f}  "
+            f"{rss:>7.0f}  {'yes' if c['check']['exact'] else 'NO'}"
         )
     engines = [e for e in results.get("engines") or [] if "median_s" in e]
     if engines:

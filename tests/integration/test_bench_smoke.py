@@ -63,6 +63,7 @@ MODE = {
     "payload_bytes": NUM,
     "ingest_bytes_per_s": NUM,
     "client_cpu_s": NUM,
+    "cpu_total_s": NUM,
     "servers": list,
 }
 SERVER = {"name": str, "cpu_s": NUM, "peak_rss_bytes": int}
