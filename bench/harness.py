@@ -48,7 +48,7 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 TOKEN_TTL_S = 24 * 3600.0
 ENGINE_REPEATS = 7
 ENGINES_EST_S = 25.0
-MICRO_EST_S = 90.0
+MICRO_EST_S = 30.0
 
 Log = Callable[[str], None]
 
@@ -92,7 +92,8 @@ def run(
     estimate += MICRO_EST_S if plan.micro else 0.0
     log(
         f"{len(runnable)} of {len(decisions)} cells to run "
-        f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, "
+        f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, at most "
+        f"{plan.large_cell_rounds} where N·d >= 1e9; "
         f"{plan.trainer_threads} trainer threads); expected duration ~{_duration(estimate)} "
         f"on a 2-core machine; results in {out}"
     )
@@ -103,25 +104,10 @@ def run(
         disable=not sys.stderr.isatty(),
         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]",
     )
-    with (
-        tempfile.TemporaryDirectory(prefix="mpcagg-bench-", dir=work_root) as tmp,
-        ThreadPoolExecutor(plan.trainer_threads, thread_name_prefix="trainer") as pool,
-    ):
-        creds = BaselineCredentials.provision(Path(tmp) / "baseline-certs")
-        with BaselineServer(Path(tmp) / "baseline", creds, plan.baseline_durable) as plain:
-            for cell, reason in decisions:
-                if reason is not None:
-                    results["cells"].append(_skipped(cell, reason))
-                    continue
-                try:
-                    result = run_cell(cell, plan, Path(tmp), plain, creds, pool, chunk_bytes)
-                except Exception as exc:
-                    result = _skipped(cell, f"{type(exc).__name__}: {exc}", status="error")
-                    result["traceback"] = traceback.format_exc()
-                results["cells"].append(result)
-                bar.update(round(grid.cell_seconds(cell, plan)))
-                tqdm.write(_cell_line(result), file=sys.stdout)
-                report.write(out, results)  # a long run leaves its progress behind
+    if runnable:
+        _run_cells(plan, decisions, results, out, work_root, bar)
+    else:
+        results["cells"] = [_skipped(cell, str(reason)) for cell, reason in decisions]
     if plan.engines:
         bar.set_description("engines")
         results["engines"] = engine_bench.run(list(plan.engine_dims), ENGINE_REPEATS)
@@ -146,6 +132,37 @@ def run(
         f"wrote {', '.join(p.name for p in written)} to {out} in {_duration(results['duration_s'])}"
     )
     return results
+
+
+def _run_cells(
+    plan: Plan,
+    decisions: list[tuple[Cell, str | None]],
+    results: dict[str, Any],
+    out: Path,
+    work_root: Path,
+    bar: Any,
+) -> None:
+    """Every cell in order (skipped ones recorded with their reason), one line each."""
+    chunk_bytes = results["settings"]["chunk_bytes"]
+    with (
+        tempfile.TemporaryDirectory(prefix="mpcagg-bench-", dir=work_root) as tmp,
+        ThreadPoolExecutor(plan.trainer_threads, thread_name_prefix="trainer") as pool,
+    ):
+        creds = BaselineCredentials.provision(Path(tmp) / "baseline-certs")
+        with BaselineServer(Path(tmp) / "baseline", creds, plan.baseline_durable) as plain:
+            for cell, reason in decisions:
+                if reason is not None:
+                    results["cells"].append(_skipped(cell, reason))
+                    continue
+                try:
+                    result = run_cell(cell, plan, Path(tmp), plain, creds, pool, chunk_bytes)
+                except Exception as exc:
+                    result = _skipped(cell, f"{type(exc).__name__}: {exc}", status="error")
+                    result["traceback"] = traceback.format_exc()
+                results["cells"].append(result)
+                bar.update(round(grid.cell_seconds(cell, plan)))
+                tqdm.write(_cell_line(result), file=sys.stdout)
+                report.write(out, results)  # a long run leaves its progress behind
 
 
 def run_cell(

@@ -265,7 +265,7 @@ def table(results: dict[str, Any]) -> str:
         f"{'secure breakdown, median s':>30}  {'sec / plain':>11}  "
         f"{'wire bytes':>11} {'':>6}  {'MiB max':>7}"
     )
-    lines = [head, sub, "-" * len(head)]
+    lines = [head, sub, "-" * len(head)] if results["cells"] else []
     for c in results["cells"]:
         ident = f"{c['trainers']:>5} {_si(c['dim']):>6} {c['parties']:>2}"
         if c["status"] != "ok":
@@ -300,6 +300,15 @@ def table(results: dict[str, Any]) -> str:
                         f"{rates[d]:>8.2f}" if d in rates else f"{'-':>8}" for d in dims
                     )
                     lines.append(f"{name:>8} {kind:>5}  {vals}")
+    micro = results.get("micro") or {}
+    if micro.get("benchmarks"):
+        lines += ["", f"micro suite ({micro.get('json')}, exit {micro.get('returncode')}):"]
+        for m in micro["benchmarks"]:
+            gbs = m["extra_info"].get("gb_per_s_uint64")
+            rate = f"{gbs:>7.2f} GB/s" if gbs is not None else ""
+            lines.append(
+                f"  {m['group'] or '':<18} {m['name']:<44} {m['median_s'] * 1e3:>9.3f} ms {rate}"
+            )
     for e in results.get("engines") or []:
         if "error" in e:
             lines.append(
