@@ -1,4 +1,4 @@
-"""One party's aggregation logic: rounds, durable uploads, manifests, commits.
+"""One party's aggregation logic: rounds, uploads (see :mod:`servers.upload`), manifests, commits.
 
 This is the domain layer: it knows :mod:`mpc` (engines, shares) and
 :mod:`servers.storage`, and nothing of gRPC. The servicers in
@@ -7,14 +7,13 @@ This is the domain layer: it knows :mod:`mpc` (engines, shares) and
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,34 +33,18 @@ from servers.errors import (
 from servers.round import Round, RoundState, UploadRecord
 from servers.spec import RoundSpec, check_id, cohort_digest, spec_from_canonical
 from servers.storage import Storage, UploadRow
+from servers.upload import (
+    DIGEST_BYTES,
+    SHARING_ID_BYTES,
+    Receipt,
+    UploadHeader,
+    UploadSession,
+)
 
 log = logging.getLogger("mpcagg.aggregator")
 
-SHARING_ID_BYTES = 16
-DIGEST_BYTES = 32
 AGGREGATE_FILE = "aggregate.bin"
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class UploadHeader:
-    round_id: str
-    client_id: str
-    sharing_id: bytes
-    party: int
-    kind: str  # "seed" | "full"
-    length: int
-    payload_digest: bytes
-    seed: bytes = field(default=b"", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    round_id: str
-    client_id: str
-    party: int
-    payload_digest: bytes
-    duplicate: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,114 +67,6 @@ class Manifest:
     checksum: bytes
     state: RoundState
     cohort_digest: bytes
-
-
-class UploadSession:
-    """One upload in progress: chunks are hashed, spooled and buffered; :meth:`finish`
-    makes it durable, then adds it to the round's accumulator."""
-
-    def __init__(self, agg: Aggregator, rnd: Round, header: UploadHeader) -> None:
-        self._agg = agg
-        self._rnd = rnd
-        self.header = header
-        self._total = header.length * 8 if header.kind == "full" else len(header.seed)
-        self._writer = agg.storage.open_spool(
-            header.round_id, header.client_id, header.kind, header.sharing_id
-        )
-        self._hash = hashlib.sha256()
-        self._offset = 0
-        self._buffer: RingVector | None = None
-        self._done = False
-        if header.kind == "full":
-            self._buffer = np.empty(header.length, dtype=DTYPE)
-        else:
-            self._write(header.seed)
-
-    @property
-    def expects_chunks(self) -> bool:
-        return self.header.kind == "full"
-
-    def add_chunk(self, data: bytes) -> None:
-        if not self.expects_chunks:
-            raise InvalidArgument("a seed upload carries no chunks; got a chunk after the header")
-        if not data:
-            raise InvalidArgument("empty chunk; expected 1 or more bytes")
-        self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        end = self._offset + len(data)
-        if end > self._total:
-            raise InvalidArgument(
-                f"chunks exceed the declared length of {self.header.length} elements "
-                f"({self._total} bytes): got at least {end} bytes"
-            )
-        self._hash.update(data)
-        if self._buffer is not None:
-            self._buffer.data.cast("B")[self._offset : end] = data
-        self._writer.write(data)
-        self._offset = end
-
-    def finish(self) -> Receipt:
-        """Check completeness and digest, make durable, accumulate, acknowledge."""
-        h = self.header
-        if self._offset != self._total:
-            raise InvalidArgument(
-                f"upload ended after {self._offset} bytes; the header declared "
-                f"{h.length} elements ({self._total} bytes)"
-            )
-        if not hmac.compare_digest(self._hash.digest(), h.payload_digest):
-            raise InvalidArgument("payload digest does not match the data received")
-        self._writer.sync()
-        rnd = self._rnd
-        cid = h.client_id
-        with rnd.lock:
-            rnd.require(RoundState.OPEN)
-            rnd.committing.add(cid)  # from here a manifest waits for this upload
-        try:
-            # The slow, durable part runs outside the round lock, so uploads overlap.
-            self._writer.publish()
-            self._agg.storage.record_upload(
-                UploadRow(
-                    h.round_id, cid, h.sharing_id, h.kind, h.payload_digest, h.length, self._total
-                )
-            )
-        except BaseException:
-            with rnd.lock:
-                rnd.committing.discard(cid)
-                rnd.changed.notify_all()
-            raise
-        with rnd.lock:
-            self._done = True
-            rnd.accumulator = self._agg.engine.accumulate(rnd.accumulator, self._share())
-            rnd.uploads[cid] = UploadRecord(
-                cid, h.sharing_id, h.kind, h.payload_digest, self._total
-            )
-            rnd.inflight.discard(cid)
-            rnd.committing.discard(cid)
-            rnd.changed.notify_all()
-        self._agg.metrics_upload(self._total)
-        return Receipt(h.round_id, h.client_id, self._agg.party, h.payload_digest, duplicate=False)
-
-    def _share(self) -> FullShare | SeedShare:
-        h = self.header
-        if self._buffer is not None:
-            return FullShare(party=self._agg.party, vector=self._buffer)
-        return SeedShare(
-            party=self._agg.party,
-            length=h.length,
-            seed=Seed(h.seed),
-            context=SharingContext(h.round_id, h.client_id),
-        )
-
-    def abort(self) -> None:
-        """Forget a partial or refused upload: nothing of it stays on disk or in memory."""
-        if self._done:
-            return
-        self._writer.abort()
-        with self._rnd.lock:
-            self._rnd.inflight.discard(self.header.client_id)
-            self._rnd.bytes_received -= self._total
-            self._rnd.changed.notify_all()
 
 
 class Aggregator:

@@ -4,10 +4,11 @@ transport that imports ``*_pb2``."""
 from __future__ import annotations
 
 from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.aggregator import Receipt, Status, UploadHeader
+from servers.aggregator import Status
 from servers.errors import InvalidArgument
 from servers.round import RoundState
 from servers.spec import RoundSpec, TensorSpec
+from servers.upload import Receipt, UploadHeader
 
 
 def spec_from_proto(msg: pb.RoundSpec) -> RoundSpec:

@@ -16,7 +16,7 @@ import grpc
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from servers.aggregator import Aggregator, Receipt, UploadSession
+from servers.aggregator import Aggregator
 from servers.auth import Authenticator, PeerAuthenticator
 from servers.convert import (
     header_from_proto,
@@ -27,6 +27,7 @@ from servers.convert import (
 )
 from servers.errors import InvalidArgument, LimitExceeded, PermissionDenied, RoundNotOpen
 from servers.status import grpc_errors, grpc_stream_errors
+from servers.upload import Receipt, UploadSession
 
 if TYPE_CHECKING:
     from servers.cohort import Leader

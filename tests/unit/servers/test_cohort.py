@@ -15,13 +15,14 @@ import pytest
 
 import mpc
 from mpc.engines import NumpyEngine
-from servers.aggregator import Aggregator, Manifest, UploadHeader, UploadSession
+from servers.aggregator import Aggregator, Manifest
 from servers.cohort import Leader
 from servers.config import Limits
 from servers.errors import InvalidArgument, NotFound, Unavailable
 from servers.round import RoundState
 from servers.spec import RoundSpec, TensorSpec, cohort_digest
 from servers.storage import Storage
+from servers.upload import UploadHeader, UploadSession
 
 N = 3
 LENGTH = 8
