@@ -34,7 +34,7 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --micro
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick

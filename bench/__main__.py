@@ -1,6 +1,7 @@
 """``python -m bench [--quick | --full] [--micro] [--out DIR] [grid overrides]``.
 
-Presets: ``--quick`` (N ∈ {10, 100}, d ∈ {1e4, 1e5}, n=3, 3 measured rounds: under a minute),
+Presets: ``--quick`` (N ∈ {10, 100}, d ∈ {1e4, 1e5, 1e6}, n=3, 3 measured rounds: about a
+minute, and it includes the target cell N=100, d=1e6, n=3),
 the default grid (N ∈ {10, 100, 1000}, d ∈ {1e4 … 1e7}, n ∈ {3, 5}, 5 measured
 rounds, cells over 20 minutes skipped) and ``--full`` (the default grid without the
 time limit; cells that cannot fit disk or memory are still skipped, with the reason).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 
 from bench.grid import PRESETS, Plan
@@ -46,6 +48,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
     )
     parser.add_argument("--workdir", type=Path, help="where servers keep their data (tmp)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the cells, skips and expected duration"
+    )
     args = parser.parse_args(argv)
 
     plan = PRESETS["quick" if args.quick else "full" if args.full else "default"]
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     args, plan = parse(argv)
     from bench import harness
 
+    if args.dry_run:
+        harness.describe(plan, args.workdir or Path(tempfile.gettempdir()))
+        return 0
     out = args.out or harness.default_out()
     results = harness.run(plan, out, argv, workdir=args.workdir, plots=not args.no_plots)
     failed = [c for c in results["cells"] if c["status"] == "error"]

@@ -33,7 +33,7 @@ GiB = 1 << 30
 ROUND_FIXED_S = 0.1
 """Per round: open, close, commit, reveal, bookkeeping."""
 TRAINER_FIXED_S = 0.012
-"""Per trainer: channels, TLS handshakes, round check, acknowledgements."""
+"""Per trainer and 3 parties: channels, TLS handshakes, round check, acknowledgements."""
 THROUGHPUT_BPS = 150e6
 """Share bytes per second into the servers, all parties together, end to end."""
 CELL_FIXED_S = 3.0
@@ -93,7 +93,7 @@ PRESETS: dict[str, Plan] = {
     "quick": Plan(
         preset="quick",
         trainers=(10, 100),
-        dims=(10**4, 10**5),
+        dims=(10**4, 10**5, 10**6),
         parties=(3,),
         rounds=3,
         engine_dims=(10**5, 10**6),
@@ -111,7 +111,8 @@ PRESETS["full"] = replace(PRESETS["default"], preset="full", max_cell_s=None)
 
 def round_seconds(cell: Cell) -> float:
     """Estimated wall time of one secure round."""
-    return ROUND_FIXED_S + cell.trainers * TRAINER_FIXED_S + cell.share_bytes / THROUGHPUT_BPS
+    per_trainer = TRAINER_FIXED_S * cell.parties / 3
+    return ROUND_FIXED_S + cell.trainers * per_trainer + cell.share_bytes / THROUGHPUT_BPS
 
 
 def cell_seconds(cell: Cell, plan: Plan) -> float:

@@ -82,21 +82,9 @@ def run(
         "engines": [],
         "micro": None,
     }
-    decisions = [(cell, grid.skip_reason(cell, plan, work_root)) for cell in plan.cells()]
+    decisions, estimate = describe(plan, work_root, log)
     runnable = [c for c, reason in decisions if reason is None]
-    for cell, reason in decisions:
-        if reason is not None:
-            log(f"skip {cell.label}: {reason}")
-    estimate = sum(grid.cell_seconds(c, plan) for c in runnable)
-    estimate += ENGINES_EST_S if plan.engines else 0.0
-    estimate += MICRO_EST_S if plan.micro else 0.0
-    log(
-        f"{len(runnable)} of {len(decisions)} cells to run "
-        f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, at most "
-        f"{plan.large_cell_rounds} where N·d >= 1e9; "
-        f"{plan.trainer_threads} trainer threads); expected duration ~{_duration(estimate)} "
-        f"on a 2-core machine; results in {out}"
-    )
+    log(f"results in {out}")
     bar = tqdm(
         total=round(estimate),
         unit="s",
@@ -132,6 +120,27 @@ def run(
         f"wrote {', '.join(p.name for p in written)} to {out} in {_duration(results['duration_s'])}"
     )
     return results
+
+
+def describe(
+    plan: Plan, work_root: Path, log: Log = print
+) -> tuple[list[tuple[Cell, str | None]], float]:
+    """Which cells run and which are skipped (printed with the reason); expected seconds."""
+    decisions = [(cell, grid.skip_reason(cell, plan, work_root)) for cell in plan.cells()]
+    runnable = [c for c, reason in decisions if reason is None]
+    for cell, reason in decisions:
+        if reason is not None:
+            log(f"skip {cell.label}: {reason}")
+    estimate = sum(grid.cell_seconds(c, plan) for c in runnable)
+    estimate += ENGINES_EST_S if plan.engines else 0.0
+    estimate += MICRO_EST_S if plan.micro else 0.0
+    log(
+        f"{len(runnable)} of {len(decisions)} cells to run "
+        f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, at most "
+        f"{plan.large_cell_rounds} where N·d >= 1e9; {plan.trainer_threads} trainer threads); "
+        f"expected duration ~{_duration(estimate)} on a 2-core machine"
+    )
+    return decisions, estimate
 
 
 def _run_cells(
