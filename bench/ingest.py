@@ -219,7 +219,7 @@ CATEGORIES: list[tuple[str, Callable[[str, str], bool], bool]] = [
      lambda f, n: n == "__next__" and "grpc" in f, True),
     ("sha256", lambda f, n: "update" in n and "HASH" in n, False),
     ("copy into the upload buffer (UploadSession._write)",
-     lambda f, n: n == "_write" and "aggregator" in f, False),
+     lambda f, n: n == "_write" and ("upload" in f or "aggregator" in f), False),
     ("spool write (os.write)", lambda f, n: n == "<built-in method posix.write>", False),
     ("fsync (file and directory)", lambda f, n: n == "<built-in method posix.fsync>", False),
     ("rename (os.replace)", lambda f, n: n == "<built-in method posix.replace>", False),
