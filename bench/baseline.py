@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -48,6 +48,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- server side
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
 
 
 @dataclass
@@ -100,9 +105,8 @@ class PlainAggregation:
                 try:
                     return str(self._verifier.verify(value.split(" ", 1)[-1]).client_id)
                 except Exception as exc:  # Unauthenticated, with the reason
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
-        raise AssertionError("unreachable")
+                    _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        _abort(context, grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
 
     def upload(
         self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext
@@ -110,25 +114,27 @@ class PlainAggregation:
         caller = self._identify(context)
         first = next(requests, None)
         if first is None or first.WhichOneof("body") != "header" or first.header.kind != pb.FULL:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected a FULL upload header")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a FULL upload header")
         h = first.header
         if caller is not None and caller != h.client_id:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "token names another client")
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, "token names another client")
         if not 0 < h.length <= self._limits.max_vector_length:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad length {h.length}")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad length {h.length}")
         with self._lock:
             rnd = self._rounds.get(h.round_id)
             if rnd is None:
                 rnd = self._rounds[h.round_id] = _PlainRound(np.zeros(h.length, dtype=DTYPE))
         if rnd.closed or len(rnd.acc) != h.length:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round closed or length differs")
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "round closed or length differs")
         spool = _Spool(self._durable_dir, h.round_id, h.client_id) if self._durable_dir else None
         offset = 0
         for msg in requests:
             chunk = msg.chunk
             n = len(chunk) // ELEMENT_BYTES
             if len(chunk) % ELEMENT_BYTES or offset + n > h.length:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk beyond the declared length")
+                _abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "chunk beyond the declared length"
+                )
             if spool is not None:
                 spool.write(chunk)
             part = np.frombuffer(chunk, dtype=DTYPE)
@@ -137,7 +143,7 @@ class PlainAggregation:
                 np.add(target, part, out=target)
             offset += n
         if offset != h.length:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload shorter than declared")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "upload shorter than declared")
         if spool is not None:
             spool.finish()
         with rnd.lock:
@@ -149,7 +155,7 @@ class PlainAggregation:
         with self._lock:
             rnd = self._rounds.get(request.round_id)
         if rnd is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown round {request.round_id!r}")
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown round {request.round_id!r}")
         with rnd.lock:
             rnd.closed = True
             received = rnd.received
@@ -164,7 +170,7 @@ class PlainAggregation:
         with self._lock:
             rnd = self._rounds.pop(request.round_id, None)
         if rnd is None or not rnd.closed:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round unknown or not closed")
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "round unknown or not closed")
         if self._durable_dir is not None:
             _Spool.sweep(self._durable_dir, request.round_id)
         yield pb.AggregateShareMessage(

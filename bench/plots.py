@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def write_all(out: Path, results: dict[str, Any]) -> list[Path]:
     """Write every plot that has data; returns the paths written."""
     ok = [c for c in results["cells"] if c["status"] == "ok"]
     written: list[Path] = []
-    figures = [
+    figures: list[tuple[str, Callable[[], Figure | None]]] = [
         ("latency_vs_N.png", lambda: latency_vs(ok, "trainers", "dim", "trainers N")),
         ("latency_vs_d.png", lambda: latency_vs(ok, "dim", "trainers", "parameters d")),
         ("latency_vs_Nd.png", lambda: scaling(ok)),
@@ -161,7 +161,7 @@ def _superlinear(cell: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     """'d×k: cost/elem ×r' if the per-element cost rose > 25 % from the next smaller cell."""
 
     def cost(c: dict[str, Any]) -> float:
-        return float(c["secure"]["median_s"]) / (c["trainers"] * c["dim"])
+        return float(c["secure"]["median_s"]) / float(c["trainers"] * c["dim"])
 
     notes = []
     for key, other in (("dim", "trainers"), ("trainers", "dim")):

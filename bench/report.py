@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, OS and the versions that matter for the numbers."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("numpy", "grpcio", "protobuf", "cryptography", "torch", "crypten", "psutil"):
         try:
             versions[dist] = metadata.version(dist)
