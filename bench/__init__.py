@@ -10,7 +10,8 @@ Modules: :mod:`bench.harness` (the run), :mod:`bench.grid` (presets, skips, dura
 :mod:`bench.rounds` (one timed round), :mod:`bench.baseline` (the plaintext server),
 :mod:`bench.wireprobe` (bytes on the wire), :mod:`bench.procstats` (server CPU and RSS),
 :mod:`bench.engines` (numpy vs CrypTen accumulate), :mod:`bench.report`,
-:mod:`bench.plots`, :mod:`bench.ingest` (where server ingest time goes).
+:mod:`bench.plots`, :mod:`bench.ingest` and :mod:`bench.pipelines` (where server ingest
+time goes: ``python -m bench.ingest``).
 """
 
 from bench.grid import PRESETS, Cell, Plan
