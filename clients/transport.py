@@ -190,6 +190,7 @@ class Transport:
         self.sleep = sleep
         self._lock = threading.Lock()
         self._channels: dict[int, tuple[grpc.Channel, pb_grpc.AggregationStub]] = {}
+        self._pool: ThreadPoolExecutor | None = None  # one per transport, not per call
         self._ca: bytes | None = (
             _read(self.cluster.tls.ca, "cluster CA") if self.cluster.tls is not None else None
         )
@@ -216,8 +217,11 @@ class Transport:
         """Close every channel (later calls dial again)."""
         with self._lock:
             channels, self._channels = self._channels, {}
+            pool, self._pool = self._pool, None
         for channel, _ in channels.values():
             channel.close()
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     # -- calls (one attempt each; wrap in :meth:`retrying`) -----------------------------
 
@@ -282,9 +286,14 @@ class Transport:
             except ClientError as exc:
                 return exc
 
-        with ThreadPoolExecutor(len(targets), thread_name_prefix="mpcagg-party") as pool:
-            futures = {p: pool.submit(guarded, p) for p in targets}
-            return {p: f.result() for p, f in futures.items()}
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    2 * self.n_parties, thread_name_prefix="mpcagg-party"
+                )
+            pool = self._pool
+        futures = {p: pool.submit(guarded, p) for p in targets}
+        return {p: f.result() for p, f in futures.items()}
 
     def _call_options(self, timeout: float | None = None) -> dict[str, Any]:
         return {

@@ -36,6 +36,7 @@ from servers.storage import Storage, UploadRow
 from servers.upload import (
     DIGEST_BYTES,
     SHARING_ID_BYTES,
+    BufferPool,
     Receipt,
     UploadHeader,
     UploadSession,
@@ -89,6 +90,7 @@ class Aggregator:
         self.limits = limits
         self.clock = clock
         self._rounds: dict[str, Round] = {}
+        self.buffers = BufferPool()
         self._lock = threading.Lock()
         self._on_upload = on_upload
 

@@ -78,27 +78,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+DIRECT_ALIGN = 4096
+"""Offset, length and memory alignment that O_DIRECT writes keep to."""
+
+
 class SpoolWriter:
-    """Writes one upload's payload to a temporary file; :meth:`commit` makes it durable."""
+    """Writes one upload's payload to a temporary file; :meth:`sync` then :meth:`publish`
+    make it durable.
+
+    Where the file system allows it, a second descriptor opened with ``O_DIRECT``
+    writes page-aligned runs straight from the caller's buffer to the disk, skipping
+    the copy into the page cache (the largest cost of ingest when profiled);
+    :attr:`direct` says whether it is available.
+    """
 
     def __init__(self, final: Path, tmp: Path) -> None:
         self.final = final
         self.tmp = tmp
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._direct_fd = -1
+        flag = getattr(os, "O_DIRECT", 0)
+        if flag:
+            try:
+                self._direct_fd = os.open(tmp, os.O_WRONLY | flag)
+            except OSError:  # e.g. tmpfs: no O_DIRECT
+                self._direct_fd = -1
         self.nbytes = 0
 
+    @property
+    def direct(self) -> bool:
+        return self._direct_fd >= 0
+
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        """Append ``data`` through the page cache."""
+        self.write_at(data, self.nbytes)
+
+    def write_at(self, data: bytes | memoryview, offset: int, *, direct: bool = False) -> None:
+        """Write ``data`` at ``offset``; with ``direct``, ``data``'s address, length and
+        ``offset`` must be multiples of :data:`DIRECT_ALIGN`."""
+        fd = self._direct_fd if direct else self._fd
+        view = memoryview(data).cast("B")
         while view:
-            n = os.write(self._fd, view)
+            n = os.pwrite(fd, view, offset)
             view = view[n:]
-            self.nbytes += n
+            offset += n
+        self.nbytes = max(self.nbytes, offset)
 
     def sync(self) -> None:
         """fsync the file's content (may run outside any lock)."""
         os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        self._close()
+
+    def _close(self) -> None:
+        for fd in (self._fd, self._direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._direct_fd = -1
 
     def publish(self) -> None:
         """Rename into place and fsync the directory (after :meth:`sync`)."""
@@ -106,9 +141,7 @@ class SpoolWriter:
         _fsync_dir(self.final.parent)
 
     def abort(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close()
         self.tmp.unlink(missing_ok=True)
 
 
