@@ -81,7 +81,9 @@ class SecureAggregator:
         """Close the channels to the servers (a later call dials again)."""
         self._transport.close()
 
-    def submit(self, spec: RoundSpec, tensors: Any, *, use_grad: bool = False) -> Receipt:
+    def submit(
+        self, spec: RoundSpec, tensors: Any, *, use_grad: bool = False, verify: bool = False
+    ) -> Receipt:
         """Secret-share ``tensors`` and upload one share to every server.
 
         ``spec`` is what :meth:`clients.Collector.open_round` returned; ``tensors``
@@ -89,17 +91,26 @@ class SecureAggregator:
         pairs such as ``model.named_parameters()`` (with ``use_grad``, their
         gradients), matching the spec's layout.
 
+        Every upload names ``spec.digest`` and each server refuses a share made under
+        another spec (INVALID_ARGUMENT), so a server cannot make the trainer encode
+        under a different layout, bound or precision. With ``verify`` the trainer also
+        asks every server for the round's state first (n more round trips), so a spec
+        mismatch or a round that is not open is caught before anything is sent.
+
         Returns a :class:`Receipt`; parties that stayed unreachable after retries
         are listed in ``receipt.failed`` (the client is then outside the cohort).
         Raises :class:`InputError`/:class:`LayoutError` for unusable input (nothing
-        sent), :class:`ProtocolError` if a server holds another spec for the round,
-        :class:`RoundStateError` if the round is not open (nothing uploaded in either
-        case), the server's :class:`RpcFailed` for a non-transient refusal, and
-        :class:`UploadFailed` if no party acknowledged.
+        sent); with ``verify``, :class:`ProtocolError` if a server holds another spec
+        and :class:`RoundStateError` if the round is not open (nothing uploaded in either
+        case); the server's :class:`RpcFailed` for a non-transient refusal (e.g.
+        :class:`RoundRejected` for a closed round); :class:`UploadFailed` if no party
+        acknowledged.
         """
         started = time.monotonic()
         encoded = self._encode(spec, tensors, use_grad=use_grad)
-        failed = self._verify_round(spec)
+        # Every upload header carries spec.digest and each server refuses another one, so
+        # the up-front GetRound check is optional (it saves n round trips per trainer).
+        failed = self._verify_round(spec) if verify else {}
         targets = [p for p in range(spec.n_parties) if p not in failed]
         if not targets:
             raise UploadFailed(self._failure_message(spec, failed), failed)
@@ -122,6 +133,7 @@ class SecureAggregator:
                         client_id=self.client_id,
                         sharing_id=sharing_id,
                         chunk_bytes=self.cluster.limits.chunk_bytes,
+                        spec_digest=spec.digest,
                         on_progress=lambda n: bar.advance(party, n),
                     )
                     return self._transport.upload(party, _counted(messages, sent, party))

@@ -72,6 +72,7 @@ def upload_messages(
     client_id: str,
     sharing_id: bytes,
     chunk_bytes: int,
+    spec_digest: bytes = b"",
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[pb.UploadMessage]:
     """The client stream of one upload: the header, then (full shares) the vector in chunks.
@@ -94,6 +95,7 @@ def upload_messages(
         kind=pb.SEED if isinstance(share, SeedShare) else pb.FULL,
         length=share.length,
         payload_digest=upload.digest,
+        spec_digest=spec_digest,
     )
     if isinstance(share, SeedShare):
         header.seed = share.seed.expose()

@@ -229,6 +229,13 @@ class Aggregator:
             raise InvalidArgument(f"upload for party {h.party} was sent to party {self.party}")
         if h.kind not in ("seed", "full"):
             raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind!r}")
+        # The digest protects the trainer (it shared under the spec it names), so it is
+        # checked whenever it is sent; the trainer client always sends it.
+        if h.spec_digest and not hmac.compare_digest(h.spec_digest, spec.digest):
+            raise InvalidArgument(
+                f"the upload was shared under spec digest {h.spec_digest.hex()[:16]}…, "
+                f"but this party holds {spec.digest.hex()[:16]}… for round {h.round_id!r}"
+            )
         if h.length != spec.length:
             raise InvalidArgument(
                 f"vector length {h.length} does not match round spec ({spec.length})"

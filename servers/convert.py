@@ -75,6 +75,7 @@ def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
         length=h.length,
         payload_digest=h.payload_digest,
         seed=h.seed,
+        spec_digest=h.spec_digest,
     )
 
 

@@ -70,6 +70,7 @@ class UploadHeader:
     length: int
     payload_digest: bytes
     seed: bytes = field(default=b"", repr=False)
+    spec_digest: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,3 +289,16 @@ def test_200_concurrent_trainers_are_all_counted(rig: Rig) -> None:
     np.testing.assert_array_equal(ring, ring_sum(encode_all(spec, inputs), spec.length))
     result = rig.collector.result(spec.round_id, spec)
     np.testing.assert_array_equal(result.sum["w"], np.sum(inputs, axis=0))
+
+
+def test_a_share_made_under_another_spec_is_refused(rig: Rig) -> None:
+    spec = rig.open("other-spec", SHAPES, min_clients=1)
+    # Same round id and layout, another bound: a server feeding the trainer this spec
+    # would make it encode under numbers the other servers do not use.
+    forged = RoundSpec(
+        round_id=spec.round_id, tensors=spec.tensors, n_parties=spec.n_parties, bound=1.0
+    )
+    with pytest.raises(InvalidInput, match="shared under spec digest"):
+        rig.submit(forged, "forged-0", power(0))
+    assert {s.received for s in rig.status(spec.round_id).values()} == {0}
+    assert rig.submit(spec, "forged-0", power(0)).complete

@@ -253,6 +253,7 @@ class UploadHeader(_message.Message):
     LENGTH_FIELD_NUMBER: _builtins.int
     PAYLOAD_DIGEST_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     client_id: _builtins.str
     sharing_id: _builtins.bytes
@@ -266,6 +267,8 @@ class UploadHeader(_message.Message):
     """SHA-256 of the seed bytes or of the full share's bytes"""
     seed: _builtins.bytes
     """kind = SEED only"""
+    spec_digest: _builtins.bytes
+    """the round spec the trainer shared under; if set, any other is refused"""
     def __init__(
         self,
         *,
@@ -277,10 +280,11 @@ class UploadHeader(_message.Message):
         length: _builtins.int = ...,
         payload_digest: _builtins.bytes = ...,
         seed: _builtins.bytes = ...,
+        spec_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "length", b"length", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "seed", b"seed", "sharing_id", b"sharing_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "length", b"length", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "seed", b"seed", "sharing_id", b"sharing_id", "spec_digest", b"spec_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

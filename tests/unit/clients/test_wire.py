@@ -32,6 +32,7 @@ def test_full_share_stream(length: int) -> None:
             client_id="c1",
             sharing_id=SHARING_ID,
             chunk_bytes=64,
+            spec_digest=b"d" * 32,
             on_progress=progress.append,
         )
     )
@@ -39,6 +40,7 @@ def test_full_share_stream(length: int) -> None:
     h = msgs[0].header
     assert (h.round_id, h.client_id, h.sharing_id, h.party) == ("r1", "c1", SHARING_ID, 2)
     assert h.kind == pb.FULL and h.length == length and not h.seed
+    assert h.spec_digest == b"d" * 32
     chunks = [m.chunk for m in msgs[1:]]
     assert all(m.WhichOneof("body") == "chunk" for m in msgs[1:])
     assert all(0 < len(c) <= 64 and len(c) % 8 == 0 for c in chunks)
