@@ -113,9 +113,11 @@ class Aggregator:
                 path = self.storage.spool_dir(spec.round_id) / AGGREGATE_FILE
                 rnd.accumulator = self.engine.from_ring(np.fromfile(path, dtype=DTYPE))
                 self.storage.sweep(spec.round_id, keep={AGGREGATE_FILE})
+                self.storage.forget_seeds(spec.round_id)
             elif state is RoundState.FAILED:
                 rnd.accumulator = None
                 self.storage.sweep(spec.round_id, keep=set())
+                self.storage.forget_seeds(spec.round_id)
             else:
                 rnd.decided = row.cohort if state is RoundState.CLOSING else None
                 rnd.accumulator = self.engine.zeros(spec.length)
@@ -129,7 +131,7 @@ class Aggregator:
                     )
                     rnd.bytes_received += up.nbytes
                     replayed += 1
-                keep = {f"{u.client_id}.{u.kind}" for u in uploads}
+                keep = {f"{u.client_id}.{u.kind}" for u in uploads if u.kind == "full"}
                 self.storage.sweep(spec.round_id, keep=keep)
             self._rounds[spec.round_id] = rnd
         return replayed
@@ -367,6 +369,7 @@ class Aggregator:
             rnd.cohort, rnd.cohort_digest = cohort, digest
             rnd.move(RoundState.COMMITTED)
             self.storage.sweep(round_id, keep={AGGREGATE_FILE})
+            self.storage.forget_seeds(round_id)
             log.info("round %s committed: cohort of %d", round_id, len(cohort))
             return self._status(rnd)
 
@@ -423,6 +426,7 @@ class Aggregator:
             rnd.move(RoundState.FAILED, reason)
             rnd.accumulator = None
             self.storage.sweep(round_id, keep=set())
+            self.storage.forget_seeds(round_id)
             log.warning("round %s failed: %s", round_id, reason)
             return self._status(rnd)
 

@@ -2,13 +2,14 @@
 
 Layout under the data directory::
 
-    meta.sqlite3                       rounds and acknowledged uploads (WAL, synchronous=FULL)
+    meta.sqlite3                       rounds, acknowledged uploads and their seeds
+                                       (WAL, synchronous=FULL, mode 0600)
     spool/<round_id>/<client_id>.full  a full share, little-endian uint64
-    spool/<round_id>/<client_id>.seed  a 32-byte seed
     spool/<round_id>/*.tmp             an upload in progress (deleted on recovery)
 
-An upload is acknowledged only after its spool file is fsync'ed, renamed into
-place, the directory fsync'ed, and its row committed. On start, rows without a
+A full-share upload is acknowledged only after its spool file is fsync'ed, renamed
+into place, the directory fsync'ed, and its row committed; a seed upload (32 bytes)
+is acknowledged once its row, seed included, is committed. On start, rows without a
 file are impossible; files without a row (a crash between rename and commit) and
 ``*.tmp`` files were never acknowledged and are deleted.
 """
@@ -19,7 +20,7 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from servers.errors import ConfigError
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     digest     BLOB NOT NULL,
     length     INTEGER NOT NULL,
     nbytes     INTEGER NOT NULL,
+    seed       BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (round_id, client_id)
 );
 """
@@ -68,6 +70,7 @@ class UploadRow:
     digest: bytes
     length: int
     nbytes: int
+    seed: bytes = field(default=b"", repr=False)  # kind "seed": the 32-byte seed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -157,9 +160,11 @@ class Storage:
                 f"cannot create data directory {self.data_dir}: {exc.strerror}"
             ) from exc
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.data_dir / "meta.sqlite3", check_same_thread=False, isolation_level=None
-        )
+        db_path = self.data_dir / "meta.sqlite3"
+        # Seeds live in the database: create it 0600 (SQLite gives its WAL the same mode).
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(db_path, 0o600)
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -239,7 +244,7 @@ class Storage:
         with self._lock:
             self._db.execute(
                 "INSERT INTO uploads (round_id, client_id, sharing_id, kind, digest, length, "
-                "nbytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "nbytes, seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.round_id,
                     row.client_id,
@@ -248,20 +253,29 @@ class Storage:
                     row.digest,
                     row.length,
                     row.nbytes,
+                    row.seed,
                 ),
             )
 
     def uploads(self, round_id: str) -> list[UploadRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT round_id, client_id, sharing_id, kind, digest, length, nbytes "
+                "SELECT round_id, client_id, sharing_id, kind, digest, length, nbytes, seed "
                 "FROM uploads WHERE round_id = ? ORDER BY client_id",
                 (round_id,),
             ).fetchall()
         return [UploadRow(*r) for r in rows]
 
     def read_payload(self, row: UploadRow) -> bytes:
+        """The share as uploaded: a seed from the database, a full share from its file."""
+        if row.kind == "seed":
+            return row.seed
         return self.share_path(row.round_id, row.client_id, row.kind).read_bytes()
+
+    def forget_seeds(self, round_id: str) -> None:
+        """Drop a finished round's seeds (its aggregate share, if any, is durable)."""
+        with self._lock:
+            self._db.execute("UPDATE uploads SET seed = x'' WHERE round_id = ?", (round_id,))
 
     def sweep(self, round_id: str, keep: set[str]) -> int:
         """Delete spool files of ``round_id`` not in ``keep`` (file names); returns the count."""

@@ -91,19 +91,24 @@ class UploadSession:
         self._rnd = rnd
         self.header = header
         self._total = header.length * 8 if header.kind == "full" else len(header.seed)
-        self._writer = agg.storage.open_spool(
-            header.round_id, header.client_id, header.kind, header.sharing_id
+        # Full shares go to a spool file; a seed is stored with its database row.
+        self._writer = (
+            agg.storage.open_spool(
+                header.round_id, header.client_id, header.kind, header.sharing_id
+            )
+            if header.kind == "full"
+            else None
         )
         self._hash = hashlib.sha256()
         self._offset = 0
         self._buffer: RingVector | None = None
         self._flushed = 0  # bytes of the buffer already written to the spool file
         self._done = False
-        if header.kind == "full":
+        self._direct = False
+        if self._writer is not None:
             self._buffer = agg.buffers.take(header.length)
             self._direct = self._writer.direct and self._buffer.ctypes.data % DIRECT_ALIGN == 0
         else:
-            self._direct = False
             self._write(header.seed)
 
     @property
@@ -125,9 +130,7 @@ class UploadSession:
                 f"({self._total} bytes): got at least {end} bytes"
             )
         self._hash.update(data)
-        if self._buffer is None:
-            self._writer.write(data)
-        else:
+        if self._buffer is not None:
             raw = self._buffer.data.cast("B")
             raw[self._offset : end] = data
             self._spool(raw, end if not self._direct else end - end % DIRECT_ALIGN)
@@ -135,7 +138,7 @@ class UploadSession:
 
     def _spool(self, raw: memoryview, upto: int) -> None:
         """Write the buffer's bytes ``[flushed, upto)`` to the spool file."""
-        if upto > self._flushed:
+        if upto > self._flushed and self._writer is not None:
             self._writer.write_at(raw[self._flushed : upto], self._flushed, direct=self._direct)
             self._flushed = upto
 
@@ -149,11 +152,13 @@ class UploadSession:
             )
         if not hmac.compare_digest(self._hash.digest(), h.payload_digest):
             raise InvalidArgument("payload digest does not match the data received")
-        if self._buffer is not None and self._flushed < self._total:  # the unaligned tail
-            tail = self._buffer.data.cast("B")[self._flushed : self._total]
-            self._writer.write_at(tail, self._flushed)
-            self._flushed = self._total
-        self._writer.sync()
+        writer = self._writer
+        if writer is not None:
+            if self._buffer is not None and self._flushed < self._total:  # the unaligned tail
+                tail = self._buffer.data.cast("B")[self._flushed : self._total]
+                writer.write_at(tail, self._flushed)
+                self._flushed = self._total
+            writer.sync()
         rnd = self._rnd
         cid = h.client_id
         with rnd.lock:
@@ -161,10 +166,18 @@ class UploadSession:
             rnd.committing.add(cid)  # from here a manifest waits for this upload
         try:
             # The slow, durable part runs outside the round lock, so uploads overlap.
-            self._writer.publish()
+            if writer is not None:
+                writer.publish()
             self._agg.storage.record_upload(
                 UploadRow(
-                    h.round_id, cid, h.sharing_id, h.kind, h.payload_digest, h.length, self._total
+                    h.round_id,
+                    cid,
+                    h.sharing_id,
+                    h.kind,
+                    h.payload_digest,
+                    h.length,
+                    self._total,
+                    seed=h.seed,
                 )
             )
         except BaseException:
@@ -206,7 +219,8 @@ class UploadSession:
         if self._done:
             return
         self._release()
-        self._writer.abort()
+        if self._writer is not None:
+            self._writer.abort()
         with self._rnd.lock:
             self._rnd.inflight.discard(self.header.client_id)
             self._rnd.bytes_received -= self._total
