@@ -9,6 +9,7 @@ the same updates (computed here only because the demo owns every trainer).
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients import Collector, SecureAggregator, TensorLayout
+from clients import Collector, RetryPolicy, SecureAggregator, TensorLayout
 from mpc import ring
+from servers.config import ClusterConfig
 from servers.local import LocalCluster
 from servers.spec import RoundSpec
 
@@ -81,6 +83,15 @@ def _plaintext_ring_sum(spec: RoundSpec, updates: list[dict[str, torch.Tensor]])
     return total
 
 
+def _cut_off(cfg: ClusterConfig, party: int) -> ClusterConfig:
+    """``cfg`` with ``party`` moved to a local port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    parties = [p.model_copy(update={"address": dead}) if p.id == party else p for p in cfg.parties]
+    return cfg.model_copy(update={"parties": parties})
+
+
 def run_demo(
     *,
     parties: int = 3,
@@ -118,28 +129,43 @@ def run_demo(
                 f"{'round':>5} {'cohort':>6} {'params':>7} {'upload s':>9} "
                 f"{'close→result s':>15} {'eval loss':>10}  exact"
             )
+            # In round 2 the last trainer loses its link to the last server: it is left
+            # out of the cohort, and nothing else is needed to recover.
+            dropout_round = 2 if trainers >= 3 else 0
+            flaky = SecureAggregator(
+                _cut_off(cfg, parties - 1), ids[-1], cluster.token(ids[-1]), progress=False,
+                retry=RetryPolicy(attempts=1),
+            )  # fmt: skip
             for r in range(1, rounds + 1):
                 round_id = f"demo-round-{r}"
                 spec = collector.open_round(
-                    round_id, global_model, min_clients=trainers, max_clients=trainers, bound=100.0
-                )
+                    round_id, global_model, min_clients=max(2, trainers - 1),
+                    max_clients=trainers, bound=100.0,
+                )  # fmt: skip
                 updates = [_local_update(global_model, s) for s in shards]
+                senders = list(clients)
+                if r == dropout_round:
+                    senders[-1] = flaky
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(max_workers=min(8, trainers)) as pool:
                     futures = [
                         pool.submit(c.submit, spec, u)
-                        for c, u in zip(clients, updates, strict=True)
+                        for c, u in zip(senders, updates, strict=True)
                     ]
                     receipts = [f.result() for f in futures]
                 t1 = time.monotonic()
-                incomplete = [rc.client_id for rc in receipts if rc.failed]
-                if incomplete:
-                    say(f"  trainers that missed a server (outside the cohort): {incomplete}")
+                counted = [u for u, rc in zip(updates, receipts, strict=True) if rc.complete]
+                for rc in receipts:
+                    if not rc.complete:
+                        say(
+                            f"      {rc.client_id} reached parties {list(rc.acknowledged)} only: "
+                            "it is left out of the cohort"
+                        )
                 collector.close(round_id)
                 secure, cohort = collector.aggregate_ring(round_id)
                 result = collector.result(round_id, spec)
                 t2 = time.monotonic()
-                exact = bool(np.array_equal(secure, _plaintext_ring_sum(spec, updates)))
+                exact = bool(np.array_equal(secure, _plaintext_ring_sum(spec, counted)))
                 with torch.no_grad():
                     state = global_model.state_dict()
                     for name, mean in result.mean.items():
@@ -152,7 +178,7 @@ def run_demo(
                     f"{row.round:>5} {row.cohort:>6} {row.parameters:>7} {row.upload_s:>9.3f} "
                     f"{row.close_to_result_s:>15.3f} {row.loss:>10.4f}  {'yes' if exact else 'NO'}"
                 )
-            for c in clients:
+            for c in [*clients, flaky]:
                 c.disconnect()
             collector.disconnect()
     finally:
