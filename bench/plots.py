@@ -236,7 +236,10 @@ def breakdown(cells: list[dict[str, Any]]) -> Figure | None:
         for mode, short in (("secure", "sec"), ("plaintext", "plain")):
             s = c[mode]
             rows.append((f"{c['label']} {short}", s["breakdown"], s["median_s"]))
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
+    height = 0.32 * len(rows) + 1.5
+    fig, ax = plt.subplots(figsize=(9, height))
+    # Fixed margins in inches: the default fractions leave a tall figure mostly empty.
+    fig.subplots_adjust(top=1 - 0.45 / height, bottom=1.0 / height)
     y = np.arange(len(rows))[::-1]
     left = np.zeros(len(rows))
     for (key, label), color in zip(PHASES, PHASE_COLORS, strict=True):
@@ -249,8 +252,9 @@ def breakdown(cells: list[dict[str, Any]]) -> Figure | None:
         ax.text(1.01, yi, f"{total:.3g} s", va="center", fontsize=8)
     ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
     ax.set_xlim(0, 1.12)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("fraction of the round (median of each phase)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / max(len(rows), 1) - 0.08),
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.55 / (height - 1.45)),
               ncol=4, fontsize=8)  # fmt: skip
     _title(fig, "Where a round's time goes")
     return fig
