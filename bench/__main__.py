@@ -46,6 +46,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         action="store_true",
         help="the baseline spools and fsyncs every upload, as the real servers do",
     )
+    parser.add_argument(
+        "--keep-connections",
+        action="store_true",
+        help="trainers keep their channels across rounds (a training loop) instead of redialling",
+    )
     parser.add_argument("--workdir", type=Path, help="where servers keep their data (tmp)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
@@ -69,6 +74,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
     changes["engines"] = not args.no_engines
     changes["micro"] = args.micro or args.micro_only
     changes["baseline_durable"] = args.baseline_durable
+    changes["keep_connections"] = args.keep_connections
     if args.micro_only:
         changes.update(trainers=(), engines=False)
     plan = dataclasses.replace(plan, **changes)  # type: ignore[arg-type]

@@ -76,6 +76,8 @@ class Plan:
     engine_dims: tuple[int, ...] = (10**5, 10**6, 10**7)
     micro: bool = False
     baseline_durable: bool = False
+    keep_connections: bool = False
+    """Trainers keep their channels across rounds, as in a training loop (else: dial anew)."""
     extra: dict[str, object] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:

@@ -205,6 +205,7 @@ def run_cell(
                 inputs,
                 pool,
                 ProcessMeter({**pids, **client}),
+                keep_connections=plan.keep_connections,
             )
             plain = PlainRounds(
                 cell,
@@ -215,6 +216,7 @@ def run_cell(
                 pool,
                 ProcessMeter({"baseline": plain_server.pid, **client}),
                 chunk_bytes,
+                keep_connections=plan.keep_connections,
             )
             relays = [CountingRelay(p.address) for p in config.ordered_parties()]
             plain_relay = CountingRelay(plain_server.address)
@@ -348,7 +350,11 @@ def _settings(plan: Plan, chunk_bytes: int) -> dict[str, Any]:
         chunk_bytes=chunk_bytes,
         trainers_run_as=(
             f"a thread pool of {plan.trainer_threads} threads in the benchmark process; "
-            "each trainer dials its own channels per round"
+            + (
+                "each trainer keeps its channels across rounds"
+                if plan.keep_connections
+                else "each trainer dials its own channels per round"
+            )
         ),
         baseline=(
             "one gRPC server process (bench.baseline), same TLS, tokens, message types and "

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 
 from bench import baseline
@@ -182,6 +183,7 @@ class SecureRounds:
         inputs: TrainerInputs,
         pool: ThreadPoolExecutor,
         meter: ProcessMeter,
+        keep_connections: bool = False,
     ) -> None:
         self.cell = cell
         self.config = config
@@ -190,9 +192,13 @@ class SecureRounds:
         self.pool = pool
         self.meter = meter
         self.collector = Collector(config, token=collector_token)
+        self.keep = keep_connections
+        self._kept: dict[int, _TimedAggregator] = {}
 
     def close(self) -> None:
         self.collector.disconnect()
+        for agg in self._kept.values():
+            agg.disconnect()
 
     def run(self, index: int, *, warmup: bool, probe: ClusterConfig | None = None) -> RoundTiming:
         """One round; with ``probe``, trainer 0 dials through that (relayed) config."""
@@ -208,12 +214,20 @@ class SecureRounds:
         )
 
         def trainer(i: int) -> _TrainerRun:
-            config = probe if (probe is not None and i == 0) else self.config
-            agg = _TimedAggregator(config, f"trainer-{i:04d}", self.tokens[i], progress=False)
+            probing = probe is not None and i == 0
+            config = probe if probe is not None and probing else self.config
+            keep = self.keep and not probing
+            agg = self._kept.get(i) if keep else None
+            if agg is None:
+                agg = _TimedAggregator(config, f"trainer-{i:04d}", self.tokens[i], progress=False)
+                if keep:
+                    self._kept[i] = agg
+            agg.cpu_s = 0.0
             try:
                 receipt: Receipt = agg.submit(spec, {TENSOR: self.inputs.of(i)})
             finally:
-                agg.disconnect()
+                if not keep:
+                    agg.disconnect()
             if not receipt.complete:
                 raise RuntimeError(f"trainer {i} was not acknowledged by every party: {receipt}")
             return _TrainerRun(agg.cpu_s, receipt.duration_s, sum(receipt.bytes_sent.values()))
@@ -260,6 +274,7 @@ class PlainRounds:
         pool: ThreadPoolExecutor,
         meter: ProcessMeter,
         chunk_bytes: int,
+        keep_connections: bool = False,
     ) -> None:
         self.cell = cell
         self.server = server
@@ -270,9 +285,13 @@ class PlainRounds:
         self.meter = meter
         self.chunk_bytes = chunk_bytes
         self._collector = server.channel()
+        self.keep = keep_connections
+        self._kept: dict[int, grpc.Channel] = {}
 
     def close(self) -> None:
         self._collector.close()
+        for channel in self._kept.values():
+            channel.close()
 
     def run(self, index: int, *, warmup: bool, probe: str | None = None) -> RoundTiming:
         """One round; with ``probe`` (an address), trainer 0 dials it instead."""
@@ -284,13 +303,20 @@ class PlainRounds:
             t0 = time.perf_counter()
             encoded = fp.encode(self.inputs.of(i), bound=BOUND)
             t1 = time.perf_counter()
-            channel = self.server.channel(probe if (probe is not None and i == 0) else None)
+            probing = probe is not None and i == 0
+            keep = self.keep and not probing
+            channel = self._kept.get(i) if keep else None
+            if channel is None:
+                channel = self.server.channel(probe if probing else None)
+                if keep:
+                    self._kept[i] = channel
             try:
                 sent = baseline.upload(
                     channel, rid, f"trainer-{i:04d}", self.tokens[i], encoded, self.chunk_bytes
                 )
             finally:
-                channel.close()
+                if not keep:
+                    channel.close()
             return _TrainerRun(t1 - t0, time.perf_counter() - t0, sent)
 
         self.meter.start()
