@@ -51,6 +51,14 @@ class Collector:
         self.client_id = client_id
         self._transport = Transport(cluster, token=token, retry=retry)
 
+    @classmethod
+    def _over(cls, transport: Transport, client_id: str) -> Collector:
+        """A collector view on an existing transport (a cohort trainer fetching a result)."""
+        view = cls.__new__(cls)
+        view.client_id = client_id
+        view._transport = transport
+        return view
+
     @property
     def cluster(self) -> ClusterConfig:
         return self._transport.cluster

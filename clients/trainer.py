@@ -27,7 +27,7 @@ from clients.errors import (
 )
 from clients.layout import FloatArray, TensorLayout
 from clients.progress import UploadProgress, wants_progress
-from clients.results import Receipt, RoundInfo, RoundState, UploadAck
+from clients.results import AggregateResult, Receipt, RoundInfo, RoundState, UploadAck
 from clients.transport import RetryPolicy, Transport
 from mpc import EncodingError, Seed, SharingContext, full_party_for, share
 from mpc.ring import RingVector
@@ -184,6 +184,17 @@ class SecureAggregator:
             receipt.duration_s,
         )
         return receipt
+
+    def result(self, spec: RoundSpec) -> AggregateResult:
+        """The round's decoded sum and mean, fetched by this trainer.
+
+        Servers serve it only if the round's spec says ``trainers_may_fetch``, the round
+        is committed, and this trainer is in its cohort; otherwise the server's
+        :class:`PermissionDenied` or :class:`RoundRejected` is raised.
+        """
+        from clients.collector import Collector
+
+        return Collector._over(self._transport, self.client_id).result(spec.round_id, spec)
 
     # -- steps -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from clients import (
     Conflict,
     InvalidInput,
     LayoutError,
+    PermissionDenied,
     Receipt,
     RoundRejected,
     RoundState,
@@ -302,3 +303,17 @@ def test_a_share_made_under_another_spec_is_refused(rig: Rig) -> None:
         rig.submit(forged, "forged-0", power(0))
     assert {s.received for s in rig.status(spec.round_id).values()} == {0}
     assert rig.submit(spec, "forged-0", power(0)).complete
+
+
+def test_cohort_trainers_may_fetch_the_result_when_the_round_allows_it(rig: Rig) -> None:
+    spec = rig.open("trainer-fetch", SHAPES, min_clients=2, trainers_may_fetch=True)
+    for k in range(2):
+        assert rig.submit(spec, f"fetch-{k}", power(k)).complete
+    assert rig.close(spec.round_id).state is RoundState.COMMITTED
+    with rig.trainer("fetch-1") as member:
+        got = member.result(spec)
+    want = rig.collector.result(spec.round_id, spec)
+    assert got.cohort_size == 2 and np.array_equal(got.sum["w"], want.sum["w"])
+    assert (got.sum["w"] == 3).all()
+    with rig.trainer("outsider") as outsider, pytest.raises(PermissionDenied):
+        outsider.result(spec)
