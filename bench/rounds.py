@@ -171,6 +171,38 @@ def _split(wall: float, runs: Sequence[_TrainerRun]) -> tuple[float, float, floa
     return wall * frac, wall * (1 - frac), share / len(runs), upload / len(runs)
 
 
+def _timing(
+    mode: str,
+    index: int,
+    warmup: bool,
+    wall: float,
+    marks: tuple[float, float, float],
+    runs: Sequence[_TrainerRun],
+    cohort: int,
+    processes: Any,
+    result: Any,
+) -> RoundTiming:
+    """A round's timing from the trainers' wall time and the close/reveal marks."""
+    t1, t2, t3 = marks
+    share_w, upload_w, share_t, upload_t = _split(wall, runs)
+    return RoundTiming(
+        mode=mode,
+        index=index,
+        warmup=warmup,
+        total_s=wall + (t3 - t1),
+        share_s=share_w,
+        upload_s=upload_w,
+        close_s=t2 - t1,
+        reveal_s=t3 - t2,
+        trainer_share_s=share_t,
+        trainer_upload_s=upload_t,
+        payload_bytes=float(np.mean([r.payload_bytes for r in runs])),
+        cohort=cohort,
+        processes=processes,
+        result=result,
+    )
+
+
 class SecureRounds:
     """Rounds on a real cluster: real trainer and collector clients."""
 
@@ -242,23 +274,10 @@ class SecureRounds:
         result = self.collector.result(rid, spec)
         t3 = time.perf_counter()
         processes = self.meter.stop()
-        share_w, upload_w, share_t, upload_t = _split(wall, runs)
-        return RoundTiming(
-            mode="secure",
-            index=index,
-            warmup=warmup,
-            total_s=wall + (t3 - t1),
-            share_s=share_w,
-            upload_s=upload_w,
-            close_s=t2 - t1,
-            reveal_s=t3 - t2,
-            trainer_share_s=share_t,
-            trainer_upload_s=upload_t,
-            payload_bytes=float(np.mean([r.payload_bytes for r in runs])),
-            cohort=result.cohort_size,
-            processes=processes,
-            result=result.sum[TENSOR],
-        )
+        return _timing(
+            "secure", index, warmup, wall, (t1, t2, t3), runs,
+            result.cohort_size, processes, result.sum[TENSOR],
+        )  # fmt: skip
 
 
 class PlainRounds:
@@ -327,20 +346,6 @@ class PlainRounds:
         total = fp.decode(baseline.fetch_sum(self._collector, rid, self.collector_token))
         t3 = time.perf_counter()
         processes = self.meter.stop()
-        share_w, upload_w, share_t, upload_t = _split(wall, runs)
-        return RoundTiming(
-            mode="plaintext",
-            index=index,
-            warmup=warmup,
-            total_s=wall + (t3 - t1),
-            share_s=share_w,
-            upload_s=upload_w,
-            close_s=t2 - t1,
-            reveal_s=t3 - t2,
-            trainer_share_s=share_t,
-            trainer_upload_s=upload_t,
-            payload_bytes=float(np.mean([r.payload_bytes for r in runs])),
-            cohort=received,
-            processes=processes,
-            result=total,
+        return _timing(
+            "plaintext", index, warmup, wall, (t1, t2, t3), runs, received, processes, total
         )
