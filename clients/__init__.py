@@ -18,6 +18,7 @@ Public surface::
 
 from clients.collector import Collector
 from clients.errors import (
+    Busy,
     ClientError,
     CloseTimeout,
     ConfigError,
@@ -44,6 +45,7 @@ from clients.transport import RetryPolicy
 
 __all__ = [
     "AggregateResult",
+    "Busy",
     "ClientError",
     "CloseTimeout",
     "Collector",

@@ -107,6 +107,12 @@ class LimitExceeded(RpcFailed):
     """A server-side limit would be exceeded."""
 
 
+class Busy(LimitExceeded):
+    """A server is at a capacity limit for now (e.g. concurrent uploads); retried."""
+
+    transient = True
+
+
 class Unauthenticated(RpcFailed):
     """The server did not accept the credential (or none was sent)."""
 
@@ -126,6 +132,7 @@ class ServerError(RpcFailed):
 
 
 __all__ = [
+    "Busy",
     "ClientError",
     "CloseTimeout",
     "ConfigError",

@@ -27,6 +27,7 @@ import grpc
 
 from clients import wire
 from clients.errors import (
+    Busy,
     ClientError,
     ConfigError,
     Conflict,
@@ -75,8 +76,19 @@ def translate(exc: grpc.RpcError, party: int, method: str) -> RpcFailed:
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else ""
     cls = STATUS_ERRORS.get(code, ServerError)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _retryable(exc):
+        cls = Busy
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
     return cls(party, method, name, details or "")
+
+
+RETRYABLE = "mpcagg-retryable"
+"""Trailing metadata a server sets on RESOURCE_EXHAUSTED for a limit that frees up by itself."""
+
+
+def _retryable(exc: grpc.RpcError) -> bool:
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else ()
+    return any(key == RETRYABLE and value == "1" for key, value in trailing or ())
 
 
 @contextlib.contextmanager

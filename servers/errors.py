@@ -9,6 +9,7 @@
     ├── RoundNotOpen         the round is not in the state the request needs
     ├── AlreadyExists        a conflicting duplicate (round id, or (round, client) upload)
     ├── LimitExceeded        a configured limit would be exceeded
+    │   └── Busy             ... one that frees up by itself (retry with back-off)
     ├── Unavailable          a peer could not be reached; retry later
     ├── Unauthenticated      no valid credential was presented
     └── PermissionDenied     the authenticated caller may not do this
@@ -46,6 +47,12 @@ class AlreadyExists(ServiceError):
 
 class LimitExceeded(ServiceError):
     """A configured limit would be exceeded."""
+
+
+class Busy(LimitExceeded):
+    """A capacity limit (e.g. concurrent uploads) is reached for now; retrying later helps.
+
+    Sent as RESOURCE_EXHAUSTED with the trailing metadata ``mpcagg-retryable: 1``."""
 
 
 class Unavailable(ServiceError):

@@ -25,7 +25,7 @@ from servers.convert import (
     state_to_proto,
     status_to_proto,
 )
-from servers.errors import InvalidArgument, LimitExceeded, PermissionDenied, RoundNotOpen
+from servers.errors import Busy, InvalidArgument, PermissionDenied, RoundNotOpen
 from servers.status import grpc_errors, grpc_stream_errors
 from servers.upload import Receipt, UploadSession
 
@@ -81,7 +81,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         if self._max_uploads is None:
             return self._upload(request_iterator, context)
         if not self._upload_slots.acquire(blocking=False):
-            raise LimitExceeded(
+            raise Busy(
                 f"this server already runs max_concurrent_streams ({self._max_uploads}) "
                 "uploads; retry shortly"
             )

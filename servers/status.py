@@ -56,9 +56,14 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in handler", exc_info=exc)
         context.abort(code, "internal server error")
+    if isinstance(exc, errors.Busy):
+        context.set_trailing_metadata(((RETRYABLE, "1"),))
     context.abort(code, bounded(str(exc)))
     raise AssertionError("unreachable")  # context.abort raises
 
+
+RETRYABLE = "mpcagg-retryable"
+"""Trailing metadata on RESOURCE_EXHAUSTED when the limit frees up by itself."""
 
 MAX_DETAIL_CHARS = 1000
 """Status details travel as a trailer (clients refuse metadata beyond ~8 KiB). Messages

@@ -177,6 +177,8 @@ def test_max_concurrent_streams(env: SecureEnv) -> None:
             err = error_of(lambda: _upload(env, probe, "probe"))
         assert err.code() is EXHAUSTED, "a third upload was admitted beyond the limit"
         assert "max_concurrent_streams (2)" in (err.details() or "")
+        # This limit frees up by itself: the server says so, and the client retries it.
+        assert ("mpcagg-retryable", "1") in tuple(err.trailing_metadata() or ())
         # Everything else is still answered while the uploads are at their cap.
         env.assert_all_serving()
         status = env.agg(1).GetRound(

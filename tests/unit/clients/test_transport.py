@@ -11,9 +11,11 @@ import pytest
 
 from clients import transport as tr
 from clients.errors import (
+    Busy,
     ConfigError,
     Conflict,
     InvalidInput,
+    LimitExceeded,
     RoundRejected,
     RoundStateError,
     ServerError,
@@ -24,8 +26,13 @@ from tests.unit.clients import make_cluster, party_toml
 
 
 class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailing
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -60,6 +67,21 @@ def test_translate(code: grpc.StatusCode, cls: type) -> None:
         == f"party 2 refused Upload ({code.name}): vector length 1000 does not match (4096)"
     )
     assert err.transient == (cls is Unavailable)
+
+
+def test_resource_exhausted_is_retried_only_when_the_server_says_it_frees_up() -> None:
+    full = tr.translate(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_clients"), 0, "U")
+    assert type(full) is LimitExceeded and not full.transient
+    busy = tr.translate(
+        FakeRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "max_concurrent_streams",
+            (("mpcagg-retryable", "1"),),
+        ),
+        0,
+        "Upload",
+    )
+    assert type(busy) is Busy and isinstance(busy, LimitExceeded) and busy.transient
 
 
 def test_round_rejected_is_a_round_state_error() -> None:
