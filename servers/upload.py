@@ -30,6 +30,14 @@ SHARING_ID_BYTES = 16
 DIGEST_BYTES = 32
 
 
+def aligned_empty(length: int, align: int = DIRECT_ALIGN) -> RingVector:
+    """An uninitialised ring vector whose data starts on an ``align``-byte boundary
+    (numpy's allocator gives 16-byte alignment; O_DIRECT needs the page)."""
+    raw = np.empty(length * 8 + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + length * 8].view(DTYPE)
+
+
 class BufferPool:
     """Reuses the buffers full shares are received into.
 
@@ -51,7 +59,7 @@ class BufferPool:
             if free:
                 self._kept -= length * 8
                 return free.pop()
-        return np.empty(length, dtype=DTYPE)
+        return aligned_empty(length)
 
     def give(self, buffer: RingVector) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from servers.config import Limits
 from servers.errors import InvalidArgument
 from servers.spec import RoundSpec, TensorSpec
 from servers.storage import DIRECT_ALIGN, SpoolWriter, Storage
-from servers.upload import BufferPool, UploadHeader, UploadSession
+from servers.upload import BufferPool, UploadHeader, UploadSession, aligned_empty
 
 LENGTH = 3 * DIRECT_ALIGN // 8 + 5  # not a multiple of the O_DIRECT alignment
 
@@ -41,6 +41,8 @@ def test_spool_file_and_accumulator_hold_exactly_the_upload(agg: Aggregator, chu
     raw = vec.tobytes()
     session = agg.begin_upload(_header("c", raw))
     assert isinstance(session, UploadSession)
+    # The pooled buffer is page-aligned, so O_DIRECT is used wherever the disk allows it.
+    assert session._direct == session._writer.direct  # type: ignore[union-attr]
     for start in range(0, len(raw), chunk):
         session.add_chunk(raw[start : start + chunk])
     receipt = session.finish()
@@ -65,6 +67,13 @@ def test_wrong_digest_leaves_nothing_and_returns_the_buffer(agg: Aggregator) -> 
     again.add_chunk(raw)
     again.finish()
     assert agg.status("r").received == 1
+
+
+@pytest.mark.parametrize("length", [1, 1000, 1 << 17])
+def test_aligned_buffers_start_on_a_page(length: int) -> None:
+    buf = aligned_empty(length)
+    assert buf.ctypes.data % DIRECT_ALIGN == 0
+    assert buf.shape == (length,) and buf.dtype == np.uint64 and buf.flags.writeable
 
 
 def test_buffer_pool_reuses_and_caps() -> None:
