@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -44,7 +42,6 @@ from servers.upload import (
 
 log = logging.getLogger("mpcagg.aggregator")
 
-AGGREGATE_FILE = "aggregate.bin"
 Clock = Callable[[], float]
 
 
@@ -110,10 +107,8 @@ class Aggregator:
             if state is RoundState.COMMITTED:
                 assert row.cohort is not None and row.cohort_digest is not None
                 rnd.cohort, rnd.cohort_digest = row.cohort, row.cohort_digest
-                path = self.storage.spool_dir(spec.round_id) / AGGREGATE_FILE
-                rnd.accumulator = self.engine.from_ring(np.fromfile(path, dtype=DTYPE))
-                self.storage.sweep(spec.round_id, keep={AGGREGATE_FILE})
-                self.storage.forget_seeds(spec.round_id)
+                rnd.accumulator = self.engine.from_ring(self.storage.read_aggregate(spec.round_id))
+                self.storage.keep_only_aggregate(spec.round_id)
             elif state is RoundState.FAILED:
                 rnd.accumulator = None
                 self.storage.sweep(spec.round_id, keep=set())
@@ -360,16 +355,12 @@ class Aggregator:
             for up in self.storage.uploads(round_id):
                 if up.client_id not in members:
                     acc = self.engine.subtract(acc, self._stored_share(spec, up))
-            aggregate = self.engine.to_ring(acc)
-            path = self.storage.spool_dir(round_id) / AGGREGATE_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_durable(path, aggregate)
+            self.storage.write_aggregate(round_id, np.ascontiguousarray(self.engine.to_ring(acc)))
             self.storage.set_round_state(round_id, RoundState.COMMITTED.value, "", cohort, digest)
             rnd.accumulator = acc
             rnd.cohort, rnd.cohort_digest = cohort, digest
             rnd.move(RoundState.COMMITTED)
-            self.storage.sweep(round_id, keep={AGGREGATE_FILE})
-            self.storage.forget_seeds(round_id)
+            self.storage.keep_only_aggregate(round_id)
             log.info("round %s committed: cohort of %d", round_id, len(cohort))
             return self._status(rnd)
 
@@ -438,31 +429,3 @@ class Aggregator:
             if rnd.cohort is None or len(rnd.cohort) < rnd.spec.min_clients:
                 raise RoundNotOpen(f"round {round_id!r} has no cohort of at least min_clients")
             return self._status(rnd), np.ascontiguousarray(self.engine.to_ring(rnd.accumulator))
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no upload is in flight in any round (for draining); True if idle."""
-        deadline = time.monotonic() + timeout
-        for rnd in self.rounds():
-            with rnd.lock:
-                while rnd.inflight:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    rnd.changed.wait(left)
-        return True
-
-
-def _write_durable(path: Path, vector: RingVector) -> None:
-    tmp = path.with_suffix(".tmp")
-    # An aggregate share is share material: owner-only, like the spooled uploads.
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        os.fchmod(f.fileno(), 0o600)  # a leftover .tmp keeps its old mode otherwise
-        f.write(vector.data.cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -23,6 +23,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from mpc.ring import DTYPE, RingVector
 from servers.errors import ConfigError
 
 _SCHEMA = """
@@ -81,6 +84,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+AGGREGATE_FILE = "aggregate.bin"
+
 DIRECT_ALIGN = 4096
 """Offset, length and memory alignment that O_DIRECT writes keep to."""
 
@@ -99,6 +104,7 @@ class SpoolWriter:
         self.final = final
         self.tmp = tmp
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(self._fd, 0o600)  # share material: owner-only, even over a leftover file
         self._direct_fd = -1
         flag = getattr(os, "O_DIRECT", 0)
         if flag:
@@ -111,10 +117,6 @@ class SpoolWriter:
     @property
     def direct(self) -> bool:
         return self._direct_fd >= 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        """Append ``data`` through the page cache."""
-        self.write_at(data, self.nbytes)
 
     def write_at(self, data: bytes | memoryview, offset: int, *, direct: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``direct``, ``data``'s address, length and
@@ -239,6 +241,27 @@ class Storage:
         final = self.share_path(round_id, client_id, kind)
         tmp = directory / f"{client_id}.{sharing_id.hex()}.{threading.get_ident()}.tmp"
         return SpoolWriter(final, tmp)
+
+    def write_aggregate(self, round_id: str, vector: RingVector) -> None:
+        """Durably write a round's aggregate share (same path as a spooled upload)."""
+        directory = self.spool_dir(round_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        writer = SpoolWriter(directory / AGGREGATE_FILE, directory / "aggregate.tmp")
+        try:
+            writer.write_at(vector.data, 0)
+            writer.sync()
+            writer.publish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def read_aggregate(self, round_id: str) -> RingVector:
+        return np.fromfile(self.spool_dir(round_id) / AGGREGATE_FILE, dtype=DTYPE)
+
+    def keep_only_aggregate(self, round_id: str) -> None:
+        """A committed round: drop every individual share (files and seeds)."""
+        self.sweep(round_id, keep={AGGREGATE_FILE})
+        self.forget_seeds(round_id)
 
     def record_upload(self, row: UploadRow) -> None:
         with self._lock:
