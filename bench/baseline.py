@@ -41,6 +41,7 @@ import numpy as np
 from mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from servers.config import Limits
+from servers.storage import SpoolWriter
 
 SERVICE = "mpcagg.bench.v1.PlainAggregation"
 CLUSTER_NAME = "baseline"
@@ -126,7 +127,9 @@ class PlainAggregation:
                 rnd = self._rounds[h.round_id] = _PlainRound(np.zeros(h.length, dtype=DTYPE))
         if rnd.closed or len(rnd.acc) != h.length:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "round closed or length differs")
-        spool = _Spool(self._durable_dir, h.round_id, h.client_id) if self._durable_dir else None
+        spool = (
+            _open_spool(self._durable_dir, h.round_id, h.client_id) if self._durable_dir else None
+        )
         offset = 0
         for msg in requests:
             chunk = msg.chunk
@@ -136,7 +139,7 @@ class PlainAggregation:
                     context, grpc.StatusCode.INVALID_ARGUMENT, "chunk beyond the declared length"
                 )
             if spool is not None:
-                spool.write(chunk)
+                spool.write_at(chunk, offset * ELEMENT_BYTES)
             part = np.frombuffer(chunk, dtype=DTYPE)
             with rnd.lock:  # np.add releases the GIL: concurrent adds must not interleave
                 target = rnd.acc[offset : offset + n]
@@ -145,7 +148,8 @@ class PlainAggregation:
         if offset != h.length:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "upload shorter than declared")
         if spool is not None:
-            spool.finish()
+            spool.sync()
+            spool.publish()
         with rnd.lock:
             rnd.received += 1
         return pb.UploadReceipt(round_id=h.round_id, client_id=h.client_id, party=0)
@@ -172,7 +176,7 @@ class PlainAggregation:
         if rnd is None or not rnd.closed:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "round unknown or not closed")
         if self._durable_dir is not None:
-            _Spool.sweep(self._durable_dir, request.round_id)
+            _sweep(self._durable_dir, request.round_id)
         yield pb.AggregateShareMessage(
             header=pb.AggregateShareHeader(
                 round_id=request.round_id,
@@ -187,38 +191,19 @@ class PlainAggregation:
             yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + step]))
 
 
-class _Spool:
-    """Write-then-fsync of one upload, renamed into place and the directory fsync'ed."""
+def _open_spool(root: Path, round_id: str, client_id: str) -> SpoolWriter:
+    """The real servers' durable writer: write, fsync, rename, directory fsync."""
+    directory = root / round_id
+    directory.mkdir(parents=True, exist_ok=True)
+    return SpoolWriter(directory / f"{client_id}.full", directory / f"{client_id}.tmp")
 
-    def __init__(self, root: Path, round_id: str, client_id: str) -> None:
-        self.dir = root / round_id
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.final = self.dir / f"{client_id}.full"
-        self.tmp = self.dir / f"{client_id}.tmp"
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def finish(self) -> None:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        os.replace(self.tmp, self.final)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    @staticmethod
-    def sweep(root: Path, round_id: str) -> None:
-        directory = root / round_id
-        if directory.is_dir():
-            for path in directory.iterdir():
-                path.unlink(missing_ok=True)
-            directory.rmdir()
+def _sweep(root: Path, round_id: str) -> None:
+    directory = root / round_id
+    if directory.is_dir():
+        for path in directory.iterdir():
+            path.unlink(missing_ok=True)
+        directory.rmdir()
 
 
 def serve(args: argparse.Namespace) -> None:
