@@ -1,7 +1,8 @@
 """The plaintext baseline: one gRPC server that sums trainers' int64 fixed-point vectors.
 
-What secure aggregation is compared against: the same gRPC stack (grpcio, TLS with
-a development CA, bearer tokens verified per call, the same message types
+What secure aggregation is compared against: the same gRPC stack (grpcio, mutual TLS
+with a development CA: each trainer and the collector presents its client certificate,
+whose identity is checked per call, the same message types
 ``UploadMessage``/``AggregateShareMessage`` with ``kind = FULL``, the same chunk
 size and server options), but one server, no secret sharing, no digests, no
 cohort agreement. By default nothing is written to disk (what a plain in-memory
@@ -17,7 +18,7 @@ Service ``mpcagg.bench.v1.PlainAggregation`` (generic handlers, no new proto):
 - ``GetSum(GetAggregateShareRequest) -> stream AggregateShareMessage``: the sum,
   chunked like ``GetAggregateShare``; the round is forgotten afterwards.
 
-Run as ``python -m bench.baseline --port-file F [--ca … --cert … --key … --token-public-key …]``.
+Run as ``python -m bench.baseline --port-file F [--ca … --cert … --key …]``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -41,10 +42,11 @@ import numpy as np
 from mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from servers.config import Limits
+from servers.credentials import KeyPair, issue_client_cert, load_key_pair, provision_dev
+from servers.identity import check_role, client_from_auth_context
 from servers.storage import SpoolWriter
 
 SERVICE = "mpcagg.bench.v1.PlainAggregation"
-CLUSTER_NAME = "baseline"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,10 +69,8 @@ class _PlainRound:
 class PlainAggregation:
     """The servicer: rounds keyed by id, each one uint64 accumulator."""
 
-    def __init__(
-        self, verifier: Any | None, limits: Limits, durable_dir: Path | None = None
-    ) -> None:
-        self._verifier = verifier
+    def __init__(self, enforcing: bool, limits: Limits, durable_dir: Path | None = None) -> None:
+        self._enforcing = enforcing
         self._limits = limits
         self._durable_dir = durable_dir
         self._rounds: dict[str, _PlainRound] = {}
@@ -99,15 +99,13 @@ class PlainAggregation:
         )
 
     def _identify(self, context: grpc.ServicerContext) -> str | None:
-        if self._verifier is None:
+        """The caller's id from its verified client certificate, as the real servers do."""
+        if not self._enforcing:
             return None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                try:
-                    return str(self._verifier.verify(value.split(" ", 1)[-1]).client_id)
-                except Exception as exc:  # Unauthenticated, with the reason
-                    _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        _abort(context, grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
+        ident = client_from_auth_context(context.auth_context())
+        if ident is None:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        return ident.client_id
 
     def upload(
         self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext
@@ -118,7 +116,7 @@ class PlainAggregation:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a FULL upload header")
         h = first.header
         if caller is not None and caller != h.client_id:
-            _abort(context, grpc.StatusCode.PERMISSION_DENIED, "token names another client")
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, "certificate names another client")
         if not 0 < h.length <= self._limits.max_vector_length:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad length {h.length}")
         with self._lock:
@@ -209,12 +207,6 @@ def _sweep(root: Path, round_id: str) -> None:
 def serve(args: argparse.Namespace) -> None:
     """Run the baseline server until SIGTERM."""
     limits = Limits()
-    verifier = None
-    if args.token_public_key:
-        from servers.credentials import load_token_public_key
-        from servers.tokens import TokenVerifier
-
-        verifier = TokenVerifier(load_token_public_key(args.token_public_key), cluster=CLUSTER_NAME)
     options = [
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -226,10 +218,13 @@ def serve(args: argparse.Namespace) -> None:
         maximum_concurrent_rpcs=limits.max_concurrent_streams,
     )
     durable = Path(args.durable_dir) if args.durable_dir else None
-    server.add_generic_rpc_handlers((PlainAggregation(verifier, limits, durable).handler(),))
-    if args.cert:
+    tls = bool(args.cert)
+    server.add_generic_rpc_handlers((PlainAggregation(tls, limits, durable).handler(),))
+    if tls:
         creds = grpc.ssl_server_credentials(
-            [(Path(args.key).read_bytes(), Path(args.cert).read_bytes())]
+            [(Path(args.key).read_bytes(), Path(args.cert).read_bytes())],
+            root_certificates=Path(args.ca).read_bytes(),
+            require_client_auth=True,
         )
         port = server.add_secure_port("127.0.0.1:0", creds)
     else:
@@ -252,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--cert")
     parser.add_argument("--key")
-    parser.add_argument("--token-public-key")
+    parser.add_argument("--ca", help="verifies client certificates (with --cert, --key)")
     parser.add_argument("--durable-dir")
     serve(parser.parse_args(argv))
 
@@ -262,30 +257,33 @@ def main(argv: list[str] | None = None) -> None:
 
 @dataclass(frozen=True)
 class BaselineCredentials:
-    """TLS and token material of the baseline server (a dev CA of its own)."""
+    """TLS material of the baseline server (a dev CA of its own) and its clients."""
 
     ca: bytes
+    ca_cert: Path
     cert: Path
     key: Path
-    token_public_key: Path
-    issuer: Any  # servers.tokens.TokenIssuer
+    _ca_pair: KeyPair = field(repr=False)
+    _clients: dict[tuple[str, str], KeyPair] = field(default_factory=dict, repr=False)
 
     @classmethod
     def provision(cls, directory: Path) -> BaselineCredentials:
-        from servers.credentials import load_token_signing_key, provision_dev
-        from servers.tokens import TokenIssuer
-
         creds = provision_dev(directory, 1)
         return cls(
             ca=creds.ca_cert.read_bytes(),
+            ca_cert=creds.ca_cert,
             cert=creds.parties[0].cert,
             key=creds.parties[0].key,
-            token_public_key=creds.token_public_key,
-            issuer=TokenIssuer(load_token_signing_key(creds.token_signing_key)),
+            _ca_pair=load_key_pair(creds.ca_cert, creds.ca_key),
         )
 
-    def token(self, client_id: str, role: str = "trainer") -> str:
-        return str(self.issuer.issue(client_id, role, 3600.0, CLUSTER_NAME))
+    def client(self, client_id: str, role: str = "trainer") -> KeyPair:
+        """A client certificate from the baseline's CA (issued once, in memory)."""
+        pair = self._clients.get((client_id, role))
+        if pair is None:
+            pair = issue_client_cert(self._ca_pair, client_id, check_role(role))
+            self._clients[client_id, role] = pair
+        return pair
 
 
 class BaselineServer:
@@ -323,7 +321,7 @@ class BaselineServer:
         cmd = [sys.executable, "-m", "bench.baseline", "--port-file", str(port_file)]
         if self.creds is not None:
             cmd += ["--cert", str(self.creds.cert), "--key", str(self.creds.key)]
-            cmd += ["--token-public-key", str(self.creds.token_public_key)]
+            cmd += ["--ca", str(self.creds.ca_cert)]
         if self.durable:
             cmd += ["--durable-dir", str(self.directory / "spool")]
         env = dict(
@@ -343,7 +341,7 @@ class BaselineServer:
                 raise RuntimeError(f"the baseline server did not start; log:\n{log_text[-3000:]}")
             time.sleep(0.05)
         self.port = int(port_file.read_text().split()[0])
-        channel = self.channel()
+        channel = self.channel(self.creds.client("collector", "collector") if self.creds else None)
         try:
             grpc.channel_ready_future(channel).result(timeout=max(deadline - time.monotonic(), 1))
         finally:
@@ -360,8 +358,9 @@ class BaselineServer:
             self._proc.wait(timeout=10)
         self._proc = None
 
-    def channel(self, address: str | None = None) -> grpc.Channel:
-        """A new channel (one per trainer, as each secure trainer dials its own)."""
+    def channel(self, client: KeyPair | None, address: str | None = None) -> grpc.Channel:
+        """A new channel presenting ``client``'s certificate (one per trainer, as each secure
+        trainer dials its own)."""
         limit = Limits().max_message_bytes
         options = [
             ("grpc.max_send_message_length", limit),
@@ -370,9 +369,14 @@ class BaselineServer:
         target = address or self.address
         if self.creds is None:
             return grpc.insecure_channel(target, options=options)
-        return grpc.secure_channel(
-            target, grpc.ssl_channel_credentials(root_certificates=self.creds.ca), options=options
+        if client is None:
+            raise ValueError("the baseline server requires a client certificate (mutual TLS)")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.creds.ca,
+            private_key=client.key_pem,
+            certificate_chain=client.cert_pem,
         )
+        return grpc.secure_channel(target, credentials, options=options)
 
 
 def upload_stream(
@@ -390,15 +394,10 @@ def upload_stream(
         yield pb.UploadMessage(chunk=bytes(data[start : start + chunk_bytes]))
 
 
-def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
 def upload(
     channel: grpc.Channel,
     round_id: str,
     client_id: str,
-    token: str | None,
     vector: RingVector,
     chunk_bytes: int,
     timeout: float = 120.0,
@@ -417,31 +416,29 @@ def upload(
         request_serializer=pb.UploadMessage.SerializeToString,
         response_deserializer=pb.UploadReceipt.FromString,
     )
-    call(counted(), timeout=timeout, metadata=_metadata(token))
+    call(counted(), timeout=timeout)
     return sent
 
 
-def close(channel: grpc.Channel, round_id: str, token: str | None) -> int:
+def close(channel: grpc.Channel, round_id: str) -> int:
     """Close the round; returns how many uploads the server summed."""
     call = channel.unary_unary(
         f"/{SERVICE}/Close",
         request_serializer=pb.GetRoundRequest.SerializeToString,
         response_deserializer=pb.RoundStatus.FromString,
     )
-    reply = call(pb.GetRoundRequest(round_id=round_id), timeout=60, metadata=_metadata(token))
+    reply = call(pb.GetRoundRequest(round_id=round_id), timeout=60)
     return int(reply.received)
 
 
-def fetch_sum(channel: grpc.Channel, round_id: str, token: str | None) -> RingVector:
+def fetch_sum(channel: grpc.Channel, round_id: str) -> RingVector:
     """The round's sum as ring elements (the round is forgotten by the server)."""
     call = channel.unary_stream(
         f"/{SERVICE}/GetSum",
         request_serializer=pb.GetAggregateShareRequest.SerializeToString,
         response_deserializer=pb.AggregateShareMessage.FromString,
     )
-    stream = call(
-        pb.GetAggregateShareRequest(round_id=round_id), timeout=120, metadata=_metadata(token)
-    )
+    stream = call(pb.GetAggregateShareRequest(round_id=round_id), timeout=120)
     out: RingVector | None = None
     offset = 0
     for msg in stream:

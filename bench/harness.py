@@ -2,7 +2,7 @@
 baseline on the same gRPC stack, over a grid of (trainers N, parameters d, parties n).
 
 For each cell: a fresh :class:`servers.local.LocalCluster` (n server processes on
-127.0.0.1, TLS and tokens on, numpy engine) and the baseline server (started once
+127.0.0.1, mutual TLS with client certificates, numpy engine) and the baseline server (started once
 per run, :mod:`bench.baseline`); one warm-up round of each mode, in which trainer 0
 dials through counting relays (:mod:`bench.wireprobe`: bytes on the wire), then the
 measured rounds, secure and plaintext alternating so that a noisy neighbour hurts
@@ -40,12 +40,14 @@ from bench.grid import Cell, Plan
 from bench.procstats import ProcessMeter
 from bench.rounds import PlainRounds, RoundTiming, SecureRounds, TrainerInputs
 from bench.wireprobe import CountingRelay
+from clients import ClientCredentials
 from servers.config import ClusterConfig, Limits
+from servers.credentials import issue_client_cert, load_key_pair
+from servers.identity import Role
 from servers.local import LocalCluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-TOKEN_TTL_S = 24 * 3600.0
 ENGINE_REPEATS = 7
 ENGINES_EST_S = 25.0
 MICRO_EST_S = 30.0
@@ -195,13 +197,13 @@ def run_cell(
             directory, cell.parties, tls=True, engine="numpy", log_level="WARNING"
         ) as cluster:
             config = cluster.config
-            tokens = [cluster.token(i, "trainer", TOKEN_TTL_S) for i in ids]
+            issue = _issuer(cluster)
             pids = {f"party-{p}": cluster.pid(p) for p in range(cell.parties)}
             secure = SecureRounds(
                 cell,
                 config,
-                tokens,
-                cluster.token("collector", "collector", TOKEN_TTL_S),
+                [issue(i, "trainer") for i in ids],
+                issue("collector", "collector"),
                 inputs,
                 pool,
                 ProcessMeter({**pids, **client}),
@@ -210,8 +212,8 @@ def run_cell(
             plain = PlainRounds(
                 cell,
                 plain_server,
-                [creds.token(i) for i in ids],
-                creds.token("collector", "collector"),
+                [creds.client(i) for i in ids],
+                creds.client("collector", "collector"),
                 inputs,
                 pool,
                 ProcessMeter({"baseline": plain_server.pid, **client}),
@@ -244,6 +246,18 @@ def run_cell(
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return _cell_result(cell, rounds, inputs, wire)
+
+
+def _issuer(cluster: LocalCluster) -> Callable[[str, Role], ClientCredentials]:
+    """Client certificates from the cluster's CA, issued in memory: the same credentials a
+    trainer loads from ``mpcagg certs client`` files, without writing N key files."""
+    ca = load_key_pair(cluster.certs_dir / "ca.pem", cluster.certs_dir / "ca-key.pem")
+
+    def issue(client_id: str, role: Role) -> ClientCredentials:
+        pair = issue_client_cert(ca, client_id, role)
+        return ClientCredentials(pair.cert_pem, pair.key_pem)
+
+    return issue
 
 
 def _relayed(config: ClusterConfig, relays: Sequence[CountingRelay]) -> ClusterConfig:
@@ -346,7 +360,7 @@ def _settings(plan: Plan, chunk_bytes: int) -> dict[str, Any]:
     settings.update(
         engine="numpy",
         tls=True,
-        tokens=True,
+        client_certificates=True,
         chunk_bytes=chunk_bytes,
         trainers_run_as=(
             f"a thread pool of {plan.trainer_threads} threads in the benchmark process; "
@@ -357,7 +371,7 @@ def _settings(plan: Plan, chunk_bytes: int) -> dict[str, Any]:
             )
         ),
         baseline=(
-            "one gRPC server process (bench.baseline), same TLS, tokens, message types and "
+            "one gRPC server process (bench.baseline), same mutual TLS, message types and "
             "chunking; int64 fixed point summed in memory"
             + ("; each upload spooled and fsync'ed" if plan.baseline_durable else "")
         ),

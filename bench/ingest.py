@@ -4,12 +4,12 @@ Three measurements, all on loopback with the client in a child process:
 
 1. ``sink``: a gRPC server that discards upload chunks — the ceiling of the transport
    itself (TLS on and off; chunk size 1, 2, 4 MiB; 1, 2, 4 parallel streams).
-2. ``server``: the real aggregation server (party 0 of a 3-party cluster, TLS and
-   tokens, numpy engine) started in this process, receiving full shares through the
-   real client wire path; each ``Upload`` call runs under its own cProfile, so the
-   handler's time splits into receiving (gRPC: TLS, HTTP/2, protobuf parse and the
-   wait for the client), SHA-256, the copy into the upload buffer, the spool write,
-   fsync, publish (rename + directory fsync), SQLite and the accumulate.
+2. ``server``: the real aggregation server (party 0 of a 3-party cluster, mutual TLS
+   with client certificates, numpy engine) started in this process, receiving full
+   shares through the real client wire path; each ``Upload`` call runs under its own
+   cProfile, so the handler's time splits into receiving (gRPC: TLS, HTTP/2, protobuf
+   parse and the wait for the client), SHA-256, the copy into the upload buffer, the
+   spool write, fsync, publish (rename + directory fsync), SQLite and the accumulate.
 3. ``stages``: each stage alone on 2 MiB chunks (SHA-256, memcpy, page-cache write,
    write + fsync), the ceilings the server path runs into.
 4. ``pipelines``: the handler's per-upload work without the network, as it is and
@@ -50,7 +50,7 @@ SINK = "/mpcagg.bench.v1.Sink/Upload"
 
 def _drive(kind: str, args: dict[str, Any], queue: Any) -> None:
     """Child process: ``streams`` threads upload ``uploads`` vectors; reports GB/s."""
-    from clients import wire
+    from clients import ClientCredentials, wire
     from clients.transport import Transport
     from mpc import FullShare
     from mpc.ring import DTYPE
@@ -72,9 +72,14 @@ def _drive(kind: str, args: dict[str, Any], queue: Any) -> None:
     if kind == "sink":
         options = [("grpc.max_send_message_length", 8 * MiB)]
         ca = args.get("ca")
-        channels = [
-            grpc.secure_channel(args["address"], grpc.ssl_channel_credentials(ca), options=options)
+        tls = (
+            grpc.ssl_channel_credentials(ca, args["client_key"], args["client_cert"])
             if ca
+            else None
+        )
+        channels = [
+            grpc.secure_channel(args["address"], tls, options=options)
+            if tls is not None
             else grpc.insecure_channel(args["address"], options=options)
             for _ in range(args["streams"])
         ]
@@ -89,7 +94,8 @@ def _drive(kind: str, args: dict[str, Any], queue: Any) -> None:
 
     else:
         transports = [
-            Transport(args["cluster"], token=args["tokens"][i]) for i in range(args["uploads"])
+            Transport(args["cluster"], cert=ClientCredentials(*args["clients"][i]))
+            for i in range(args["uploads"])
         ]
 
         def send(i: int) -> None:
@@ -131,7 +137,7 @@ def _run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 1. sink
 
 
-def _sink_server(tls: tuple[bytes, bytes] | None) -> tuple[grpc.Server, int]:
+def _sink_server(tls: tuple[bytes, bytes] | None, ca: bytes | None) -> tuple[grpc.Server, int]:
     from protos.mpcagg.v1 import aggregation_pb2 as pb
 
     def upload(requests: Iterator[Any], context: Any) -> Any:
@@ -156,7 +162,9 @@ def _sink_server(tls: tuple[bytes, bytes] | None) -> tuple[grpc.Server, int]:
     if tls is None:
         port = server.add_insecure_port("127.0.0.1:0")
     else:
-        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
+        # Mutual TLS, as on the real servers' client port.
+        creds = grpc.ssl_server_credentials([tls], root_certificates=ca, require_client_auth=True)
+        port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
     return server, port
 
@@ -164,16 +172,20 @@ def _sink_server(tls: tuple[bytes, bytes] | None) -> tuple[grpc.Server, int]:
 def sink(creds: Any, dim: int, uploads: int, quick: bool) -> list[dict[str, Any]]:
     rows = []
     key_cert = (creds.parties[0].key.read_bytes(), creds.parties[0].cert.read_bytes())
+    ca = creds.ca_cert.read_bytes()
+    client = creds.collector.load()
     chunks = (2,) if quick else (1, 2, 4)
     streams = (1, 2) if quick else (1, 2, 4)
     for tls in (True, False):
-        server, port = _sink_server(key_cert if tls else None)
+        server, port = _sink_server(key_cert if tls else None, ca)
         try:
             for chunk_mib in chunks:
                 for s in streams:
                     args = {
                         "address": f"127.0.0.1:{port}",
-                        "ca": creds.ca_cert.read_bytes() if tls else None,
+                        "ca": ca if tls else None,
+                        "client_cert": client.cert_pem,
+                        "client_key": client.key_pem,
                         "dim": dim,
                         "uploads": uploads,
                         "streams": s,
@@ -254,11 +266,10 @@ def server(
     """Uploads into a real party 0; with ``profile``, each Upload call under cProfile."""
     from clients.transport import Transport
     from servers.config import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
-    from servers.credentials import load_token_signing_key
+    from servers.credentials import issue_client_cert, load_key_pair
     from servers.server import start_server
     from servers.service import AggregationService
     from servers.spec import RoundSpec, TensorSpec
-    from servers.tokens import TokenIssuer
 
     workdir = workdir / ("profiled" if profile else "unprofiled")
     original = AggregationService.Upload
@@ -277,10 +288,10 @@ def server(
     ]
     config = ClusterConfig(
         name="ingest",
-        tls=TlsConfig(ca=creds.ca_cert, token_public_key=creds.token_public_key),
+        tls=TlsConfig(ca=creds.ca_cert),
         parties=parties,
     )
-    issuer = TokenIssuer(load_token_signing_key(creds.token_signing_key))
+    ca = load_key_pair(creds.ca_cert, creds.ca_key)
     results: dict[str, Any] = {"runs": []}
     running = start_server(config, 0)
     try:
@@ -294,9 +305,7 @@ def server(
         )
         cluster_file = workdir / "cluster.toml"
         cluster_file.write_text(dump_cluster(live))
-        collector = Transport(
-            cluster_file, token=issuer.issue("collector", "collector", 3600, "ingest")
-        )
+        collector = Transport(cluster_file, cert=creds.collector.cert, key=creds.collector.key)
         for k, streams in enumerate(streams_list):
             rid = f"ingest-{k}"
             spec = RoundSpec(
@@ -314,9 +323,11 @@ def server(
             PROFILES.clear()
             args = {
                 "cluster": str(cluster_file),
-                "tokens": [
-                    issuer.issue(f"ingest-{i:04d}", "trainer", 3600, "ingest")
-                    for i in range(uploads)
+                "clients": [  # (cert PEM, key PEM): picklable for the child process
+                    (pair.cert_pem, pair.key_pem)
+                    for pair in (
+                        issue_client_cert(ca, f"ingest-{i:04d}", "trainer") for i in range(uploads)
+                    )
                 ],
                 "round_id": rid,
                 "dim": dim,

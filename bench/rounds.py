@@ -32,11 +32,12 @@ import numpy as np
 from bench import baseline
 from bench.grid import Cell
 from bench.procstats import ProcessMeter, ProcessRound
-from clients import Collector, SecureAggregator
+from clients import ClientCredentials, Collector, SecureAggregator
 from clients.results import Receipt, RoundState
 from mpc import FixedPoint
 from mpc.ring import DTYPE, RingVector
 from servers.config import ClusterConfig
+from servers.credentials import KeyPair
 
 PRECISION_BITS = 16
 BOUND = 1.0
@@ -210,20 +211,21 @@ class SecureRounds:
         self,
         cell: Cell,
         config: ClusterConfig,
-        tokens: Sequence[str | None],
-        collector_token: str | None,
+        credentials: Sequence[ClientCredentials | None],
+        collector: ClientCredentials | None,
         inputs: TrainerInputs,
         pool: ThreadPoolExecutor,
         meter: ProcessMeter,
         keep_connections: bool = False,
     ) -> None:
+        """``credentials[i]``: trainer i's client certificate (None without TLS)."""
         self.cell = cell
         self.config = config
-        self.tokens = tokens
+        self.credentials = credentials
         self.inputs = inputs
         self.pool = pool
         self.meter = meter
-        self.collector = Collector(config, token=collector_token)
+        self.collector = Collector(config, cert=collector)
         self.keep = keep_connections
         self._kept: dict[int, _TimedAggregator] = {}
 
@@ -251,7 +253,9 @@ class SecureRounds:
             keep = self.keep and not probing
             agg = self._kept.get(i) if keep else None
             if agg is None:
-                agg = _TimedAggregator(config, f"trainer-{i:04d}", self.tokens[i], progress=False)
+                agg = _TimedAggregator(
+                    config, f"trainer-{i:04d}", cert=self.credentials[i], progress=False
+                )
                 if keep:
                     self._kept[i] = agg
             agg.cpu_s = 0.0
@@ -287,23 +291,23 @@ class PlainRounds:
         self,
         cell: Cell,
         server: baseline.BaselineServer,
-        tokens: Sequence[str | None],
-        collector_token: str | None,
+        credentials: Sequence[KeyPair | None],
+        collector: KeyPair | None,
         inputs: TrainerInputs,
         pool: ThreadPoolExecutor,
         meter: ProcessMeter,
         chunk_bytes: int,
         keep_connections: bool = False,
     ) -> None:
+        """``credentials[i]``: trainer i's client certificate (None without TLS)."""
         self.cell = cell
         self.server = server
-        self.tokens = tokens
-        self.collector_token = collector_token
+        self.credentials = credentials
         self.inputs = inputs
         self.pool = pool
         self.meter = meter
         self.chunk_bytes = chunk_bytes
-        self._collector = server.channel()
+        self._collector = server.channel(collector)
         self.keep = keep_connections
         self._kept: dict[int, grpc.Channel] = {}
 
@@ -326,13 +330,11 @@ class PlainRounds:
             keep = self.keep and not probing
             channel = self._kept.get(i) if keep else None
             if channel is None:
-                channel = self.server.channel(probe if probing else None)
+                channel = self.server.channel(self.credentials[i], probe if probing else None)
                 if keep:
                     self._kept[i] = channel
             try:
-                sent = baseline.upload(
-                    channel, rid, f"trainer-{i:04d}", self.tokens[i], encoded, self.chunk_bytes
-                )
+                sent = baseline.upload(channel, rid, f"trainer-{i:04d}", encoded, self.chunk_bytes)
             finally:
                 if not keep:
                     channel.close()
@@ -341,9 +343,9 @@ class PlainRounds:
         self.meter.start()
         wall, runs = _run_trainers(self.pool, cell.trainers, trainer)
         t1 = time.perf_counter()
-        received = baseline.close(self._collector, rid, self.collector_token)
+        received = baseline.close(self._collector, rid)
         t2 = time.perf_counter()
-        total = fp.decode(baseline.fetch_sum(self._collector, rid, self.collector_token))
+        total = fp.decode(baseline.fetch_sum(self._collector, rid))
         t3 = time.perf_counter()
         processes = self.meter.stop()
         return _timing(

@@ -1,8 +1,8 @@
 """Bytes on the wire, measured: a counting TCP relay in front of a server.
 
 A trainer dialled through :class:`CountingRelay` has every TCP payload byte it
-sends and receives counted: TLS handshake and records, HTTP/2 frames, gRPC
-headers and metadata (the bearer token), the round check (``GetRound``) and the
+sends and receives counted: TLS handshake (with its client certificate) and records,
+HTTP/2 frames, gRPC headers and metadata, the round check (``GetRound``) and the
 upload itself. TLS is end to end (the relay only copies bytes), and the relay
 listens on 127.0.0.1 like the server, so certificate checks are unchanged.
 """

@@ -2,9 +2,11 @@
 
 Public surface::
 
-    SecureAggregator(cluster, client_id, token=None, *, progress=None)   trainer
-        .submit(spec, tensors, *, use_grad=False) -> Receipt
-    Collector(cluster, client_id="collector", token=None)                 orchestrator
+    SecureAggregator(cluster, client_id=None, *, cert=None, key=None)  trainer
+        .join(round_id) -> RoundSpec                 the spec, from the servers
+        .submit(round_id_or_spec, tensors, *, use_grad=False) -> Receipt
+        .resume(receipt, tensors=None) -> Receipt   finish the same sharing
+    Collector(cluster, client_id=None, *, cert=None, key=None)         orchestrator
         .open_round(round_id, tensors_or_model, ...) -> RoundSpec
         .status(round_id) -> list[RoundInfo]
         .close(round_id, wait_s=30.0) -> RoundInfo
@@ -13,10 +15,12 @@ Public surface::
     TensorLayout                                       names + shapes <-> flat vector
     Receipt, RoundInfo, RoundState, AggregateResult    what calls return
     RetryPolicy                                        transient-error retries
+    ClientCredentials                                  client certificate + key (mutual TLS)
     ClientError and subclasses                         the error tree (clients.errors)
 """
 
 from clients.collector import Collector
+from clients.credentials import ClientCredentials
 from clients.errors import (
     Busy,
     ClientError,
@@ -36,6 +40,7 @@ from clients.errors import (
     ServerError,
     Unauthenticated,
     Unavailable,
+    UpdateConflict,
     UploadFailed,
 )
 from clients.layout import TensorLayout
@@ -46,6 +51,7 @@ from clients.transport import RetryPolicy
 __all__ = [
     "AggregateResult",
     "Busy",
+    "ClientCredentials",
     "ClientError",
     "CloseTimeout",
     "Collector",
@@ -70,5 +76,6 @@ __all__ = [
     "TensorLayout",
     "Unauthenticated",
     "Unavailable",
+    "UpdateConflict",
     "UploadFailed",
 ]

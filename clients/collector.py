@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from clients.credentials import ClientCredentials
 from clients.errors import (
     ClientError,
     CloseTimeout,
@@ -27,6 +28,7 @@ from clients.errors import (
 )
 from clients.layout import TensorLayout
 from clients.results import AggregateResult, AggregateShare, RoundInfo, RoundState
+from clients.rounds import fetch_spec
 from clients.transport import RetryPolicy, Transport
 from mpc.ring import add_, zeros
 from servers.config import ClusterConfig
@@ -38,18 +40,20 @@ LEADER = 0
 
 class Collector:
     """The training orchestrator's connection to the cluster (see :class:`SecureAggregator`
-    for ``cluster``, ``token`` and the TLS options)."""
+    for ``cluster``, ``cert``, ``key`` and the TLS options). ``client_id`` defaults to the
+    id the collector certificate names, or ``"collector"`` without a certificate."""
 
     def __init__(
         self,
         cluster: ClusterConfig | str | Path,
-        client_id: str = "collector",
-        token: str | None = None,
+        client_id: str | None = None,
         *,
+        cert: ClientCredentials | str | Path | None = None,
+        key: str | Path | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.client_id = client_id
-        self._transport = Transport(cluster, token=token, retry=retry)
+        self._transport = Transport(cluster, cert=cert, key=key, retry=retry)
+        self.client_id = self._transport.client_id(client_id, default="collector")
 
     @classmethod
     def _over(cls, transport: Transport, client_id: str) -> Collector:
@@ -210,13 +214,17 @@ class Collector:
         shares = self._aggregate_shares(round_id)
         return _ring_sum(shares), shares[0].cohort_size
 
-    def result(self, round_id: str, spec: RoundSpec) -> AggregateResult:
+    def result(self, round_id: str, spec: RoundSpec | None = None) -> AggregateResult:
         """The decoded sum and mean over the round's cohort, in the spec's tensor shapes.
 
-        ``spec`` is what :meth:`open_round` returned; the servers' spec digest must match
-        it. Raises as :meth:`aggregate_ring`, and :class:`ProtocolError` for an empty
-        cohort or a mismatched spec.
+        ``spec`` is what :meth:`open_round` returned (fetched from the servers if not
+        given); the servers' spec digest must match it. Raises as :meth:`aggregate_ring`;
+        :class:`ProtocolError` for an empty cohort, a mismatched spec, or a decoded sum
+        that honest inputs cannot produce (some coordinate beyond cohort size × bound:
+        a corrupted aggregate is never returned).
         """
+        if spec is None:
+            spec = fetch_spec(self._transport, round_id)
         if spec.round_id != round_id:
             raise InputError(f"spec is for round {spec.round_id!r}, not {round_id!r}")
         shares = self._aggregate_shares(round_id)
@@ -235,6 +243,7 @@ class Collector:
             raise ProtocolError(f"round {round_id!r}: the servers report an empty cohort")
         layout = TensorLayout.from_spec(spec)
         total = spec.fixed_point.decode(_ring_sum(shares))
+        _check_bound(spec, total, first.cohort_size)
         mean = total / float(first.cohort_size)
         total.flags.writeable = False
         mean.flags.writeable = False
@@ -274,6 +283,33 @@ class Collector:
                 "nothing was reconstructed"
             )
         return shares
+
+
+def _check_bound(spec: RoundSpec, total: npt.NDArray[np.float64], cohort_size: int) -> None:
+    """Refuse a decoded sum that honest inputs cannot produce.
+
+    Each honest input is encoded within ``±bound`` (rounded to the nearest multiple of
+    ``2^-precision_bits``), so every coordinate of the sum of ``cohort_size`` inputs
+    lies within ``cohort_size · (bound + 2^-precision_bits)``. A share from another
+    sharing, a corrupted aggregate share or a wrapped ring shows up far outside.
+    """
+    limit = cohort_size * (spec.bound + 2.0**-spec.precision_bits)
+    bad = np.flatnonzero(~(np.abs(total) <= limit))
+    if bad.size == 0:
+        return
+    index = int(bad[0])
+    offset = 0
+    for tensor in spec.tensors:
+        if index < offset + tensor.size:
+            where = np.unravel_index(index - offset, tensor.shape) if tensor.shape else ()
+            raise ProtocolError(
+                f"round {spec.round_id!r}: the revealed sum is not one honest inputs can "
+                f"produce: tensor {tensor.name!r} at {tuple(int(i) for i in where)} is "
+                f"{float(total[index]):.6g}, beyond cohort size {cohort_size} × bound "
+                f"{spec.bound} ({bad.size} coordinates out of range); nothing is returned"
+            )
+        offset += tensor.size
+    raise ProtocolError(f"round {spec.round_id!r}: revealed sum out of range")  # pragma: no cover
 
 
 def _ring_sum(shares: list[AggregateShare]) -> npt.NDArray[np.uint64]:

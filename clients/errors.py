@@ -5,7 +5,8 @@
     ClientError
     ├── ConfigError          the cluster file or a client setting is unusable
     ├── InputError           the caller's tensors or round parameters are unusable
-    │   └── LayoutError      tensors do not match the layout (names, shapes, dtypes)
+    │   ├── LayoutError      tensors do not match the layout (names, shapes, dtypes)
+    │   └── UpdateConflict   another update for a round this trainer already shared
     ├── ProtocolError        servers disagree (spec or cohort digest) or answered malformed data
     ├── RoundStateError      the round is not in the state the request needs
     ├── UploadFailed         no server acknowledged an upload (``failures`` says why, per party)
@@ -24,7 +25,7 @@
         └── ServerError          any other status (INTERNAL, UNKNOWN, ...)
 
 ``clients.transport`` translates ``grpc.RpcError`` into :class:`RpcFailed` subclasses
-in one place. No message carries share data, seeds or tokens.
+in one place. No message carries share data, seeds or private keys.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ class ClientError(Exception):
 
 
 class ConfigError(ClientError, ValueError):
-    """The cluster file or a client setting (token, TLS files) is unusable."""
+    """The cluster file or a client setting (client certificate, key, TLS files) is unusable."""
 
 
 class InputError(ClientError, ValueError):
     """The caller's input is unusable; checked locally, nothing was sent."""
+
+
+class UpdateConflict(InputError):
+    """A different update for a round this trainer already shared (nothing was sent)."""
 
 
 class LayoutError(InputError):

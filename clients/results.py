@@ -5,10 +5,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from servers.spec import RoundSpec
 
 
 class RoundState(enum.Enum):
@@ -38,6 +41,9 @@ class RoundInfo:
     cohort_size: int = 0
     cohort_digest: bytes = b""
     reason: str = ""
+    spec: RoundSpec | None = field(default=None, repr=False)
+    """The round's whole spec as this server holds it (validated; its digest is
+    ``spec_digest``), or None if the server sent none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +53,27 @@ class UploadAck:
     party: int
     payload_digest: bytes
     duplicate: bool
+    sharing_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """The outcome of :meth:`clients.SecureAggregator.submit`.
+    """The outcome of :meth:`clients.SecureAggregator.submit`: what the trainer knows
+    of each party, never more.
 
-    The client counts in the round's cohort only if every party acknowledged
-    (:attr:`complete`); a party that failed leaves the client out, which is allowed.
+    - ``acknowledged``: the party durably holds this sharing (``duplicates``: it already
+      did before this call).
+    - ``failed``: the party does not hold it: it refused the upload, or the trainer
+      never finished sending it (unreachable before the last byte).
+    - ``unknown``: the whole payload was sent but no answer came (a lost
+      acknowledgement, a timeout): the party may hold it or not.
+
+    Cohort membership, if the round commits: every party acknowledged
+    (:attr:`complete`) → the client is in the cohort; any party ``failed`` → it is out
+    unless the sharing is finished there later; any ``unknown`` → not known yet.
+    :meth:`clients.SecureAggregator.resume` (or submitting the same update again)
+    finishes the *same* sharing at the parties not acknowledged, and settles every
+    unknown one: a duplicate acknowledgement means it was held.
     """
 
     round_id: str
@@ -66,11 +85,18 @@ class Receipt:
     duplicates: tuple[int, ...] = ()
     sharing_id: str = ""
     """Hex of the 16-byte id shared by every party's upload (not secret)."""
+    unknown: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        """Whether every party acknowledged its share."""
-        return not self.failed
+        """Whether every party acknowledged its share (the client is then in the cohort
+        of the round, if it commits)."""
+        return not self.failed and not self.unknown
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """Parties not known to hold the sharing (failed or unknown), sorted."""
+        return tuple(sorted({*self.failed, *self.unknown}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,29 +11,36 @@ nothing is ever re-shared. Seeds and shares are never logged or shown.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from clients import wire
+from clients.credentials import ClientCredentials
 from clients.errors import (
     ClientError,
     InputError,
     ProtocolError,
     RoundStateError,
+    UpdateConflict,
     UploadFailed,
 )
 from clients.layout import FloatArray, TensorLayout
 from clients.progress import UploadProgress, wants_progress
 from clients.results import AggregateResult, Receipt, RoundInfo, RoundState, UploadAck
+from clients.rounds import fetch_spec
 from clients.transport import RetryPolicy, Transport
 from mpc import EncodingError, Seed, SharingContext, full_party_for, share
-from mpc.ring import RingVector
+from mpc.ring import RingVector, to_bytes
 from servers.config import ClusterConfig
-from servers.errors import InvalidArgument
-from servers.spec import RoundSpec, check_id
+from servers.spec import SHARING_ID_BYTES, RoundSpec
 
 log = logging.getLogger("mpcagg.clients")
 
@@ -42,27 +49,30 @@ class SecureAggregator:
     """A trainer's connection to the cluster.
 
     ``cluster`` is a :class:`ClusterConfig` or the path of the cluster file;
-    ``token`` the trainer's bearer token (sent on every call, never shown);
-    ``progress`` shows a byte progress bar on stderr (default: when stderr is a
-    terminal). On TLS clusters the server is verified against the cluster CA.
-    Use as a context manager, or call :meth:`disconnect`.
+    ``cert`` and ``key`` the trainer's client certificate and private key (PEM file
+    paths, or a :class:`clients.ClientCredentials` as ``cert``), required on a TLS
+    cluster: every party authenticates the trainer by it (mutual TLS), and the key is
+    never sent or shown. ``client_id`` defaults to the id the certificate names; if
+    both are given they must agree (:class:`InputError`). ``progress`` shows a byte
+    progress bar on stderr (default: when stderr is a terminal). On TLS clusters the
+    server is verified against the cluster CA. Use as a context manager, or call
+    :meth:`disconnect`.
     """
 
     def __init__(
         self,
         cluster: ClusterConfig | str | Path,
-        client_id: str,
-        token: str | None = None,
+        client_id: str | None = None,
         *,
+        cert: ClientCredentials | str | Path | None = None,
+        key: str | Path | None = None,
         progress: bool | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        try:
-            self.client_id = check_id("client id", client_id)
-        except InvalidArgument as exc:
-            raise InputError(str(exc)) from None
+        self._transport = Transport(cluster, cert=cert, key=key, retry=retry)
+        self.client_id = self._transport.client_id(client_id)
         self.progress = progress
-        self._transport = Transport(cluster, token=token, retry=retry)
+        self._sharings: OrderedDict[str, _Sharing] = OrderedDict()
 
     @property
     def cluster(self) -> ClusterConfig:
@@ -81,44 +91,146 @@ class SecureAggregator:
         """Close the channels to the servers (a later call dials again)."""
         self._transport.close()
 
+    def join(self, round_id: str) -> RoundSpec:
+        """The spec of ``round_id`` as the servers hold it: all a trainer in another
+        process needs to :meth:`submit` (``submit(round_id, …)`` calls this).
+
+        Every reachable server is asked (GetRound returns the whole spec); each spec
+        must hash to the digest that server reports, and all of them must agree.
+        Raises :class:`ProtocolError` if they disagree, :class:`UploadFailed` if no
+        server answers, and a server's non-transient error as it comes.
+        """
+        return fetch_spec(self._transport, round_id)
+
     def submit(
-        self, spec: RoundSpec, tensors: Any, *, use_grad: bool = False, verify: bool = False
+        self,
+        round_: RoundSpec | str,
+        tensors: Any,
+        *,
+        use_grad: bool = False,
+        verify: bool = False,
     ) -> Receipt:
         """Secret-share ``tensors`` and upload one share to every server.
 
-        ``spec`` is what :meth:`clients.Collector.open_round` returned; ``tensors``
-        is a model, a ``state_dict``, a mapping of arrays or ``(name, tensor)``
-        pairs such as ``model.named_parameters()`` (with ``use_grad``, their
-        gradients), matching the spec's layout.
+        ``round_`` is a round id (the spec is then fetched with :meth:`join`) or the
+        :class:`RoundSpec` that :meth:`clients.Collector.open_round` or :meth:`join`
+        returned; ``tensors`` is a model, a ``state_dict``, a mapping of arrays or
+        ``(name, tensor)`` pairs such as ``model.named_parameters()`` (with
+        ``use_grad``, their gradients), matching the spec's layout.
+
+        An update is shared **once per round**: submitting the same update again for a
+        round (after an outage, say) reuses the sharing this trainer made for it (same
+        seeds, same sharing id, byte-identical shares), so parties that already hold it
+        answer with a duplicate acknowledgement and the others complete the same
+        sharing. A *different* update for a round already shared is refused with
+        :class:`UpdateConflict` before anything is sent.
 
         Every upload names ``spec.digest`` and each server refuses a share made under
-        another spec (INVALID_ARGUMENT), so a server cannot make the trainer encode
-        under a different layout, bound or precision. With ``verify`` the trainer also
-        asks every server for the round's state first (n more round trips), so a spec
-        mismatch or a round that is not open is caught before anything is sent.
+        another spec (INVALID_ARGUMENT). With ``verify`` the trainer also asks every
+        server for the round's state first, so a spec mismatch or a round that is not
+        open is caught before anything is sent.
 
-        Returns a :class:`Receipt`; parties that stayed unreachable after retries
-        are listed in ``receipt.failed`` (the client is then outside the cohort).
-        Raises :class:`InputError`/:class:`LayoutError` for unusable input (nothing
-        sent); with ``verify``, :class:`ProtocolError` if a server holds another spec
-        and :class:`RoundStateError` if the round is not open (nothing uploaded in either
-        case); the server's :class:`RpcFailed` for a non-transient refusal (e.g.
+        Returns a :class:`Receipt` (what each receipt state means for the cohort is
+        documented there). Raises :class:`InputError`/:class:`LayoutError` for unusable
+        input (nothing sent); with ``verify``, :class:`ProtocolError` if a server holds
+        another spec and :class:`RoundStateError` if the round is not open; the
+        server's :class:`RpcFailed` for a non-transient refusal (e.g.
         :class:`RoundRejected` for a closed round); :class:`UploadFailed` if no party
         acknowledged.
         """
-        started = time.monotonic()
+        spec = self.join(round_) if isinstance(round_, str) else round_
         encoded = self._encode(spec, tensors, use_grad=use_grad)
-        # Every upload header carries spec.digest and each server refuses another one, so
-        # the up-front GetRound check is optional (it saves n round trips per trainer).
+        sharing = self._sharing_for(spec, encoded)
         failed = self._verify_round(spec) if verify else {}
-        targets = [p for p in range(spec.n_parties) if p not in failed]
+        return self._upload(spec, sharing, encoded, range(spec.n_parties), failed)
+
+    def resume(self, receipt: Receipt, tensors: Any = None, *, use_grad: bool = False) -> Receipt:
+        """Finish the sharing behind ``receipt`` at the parties that did not acknowledge it.
+
+        Sends the very same shares (same sharing id, same bytes) to every party in
+        ``receipt.pending``; a party that already held it answers with a duplicate
+        acknowledgement, which settles an ``unknown`` state. The update is kept by the
+        trainer while its upload is incomplete; otherwise pass the same ``tensors``
+        again. Returns a new :class:`Receipt` covering every party. Raises
+        :class:`InputError` if this trainer holds no sharing for the receipt's round
+        (sharings live in the process that made them) or ``tensors`` differ from the
+        shared update.
+        """
+        sharing = self._sharings.get(receipt.round_id)
+        if sharing is None or sharing.sharing_id.hex() != receipt.sharing_id:
+            raise InputError(
+                f"this trainer holds no sharing {receipt.sharing_id[:8]}… for round "
+                f"{receipt.round_id!r}: a sharing lives only in the trainer that made it"
+            )
+        spec = sharing.spec
+        if tensors is not None:
+            encoded = self._encode(spec, tensors, use_grad=use_grad)
+            self._sharing_for(spec, encoded)  # refuses a different update
+        elif sharing.encoded is not None:
+            encoded = sharing.encoded
+        else:
+            raise InputError(
+                f"round {receipt.round_id!r}: the update is no longer held (its upload was "
+                "complete); pass the same tensors to resume"
+            )
+        done = {p: "acknowledged" for p in receipt.acknowledged}
+        pending = [p for p in range(spec.n_parties) if p not in done]
+        merged = self._upload(spec, sharing, encoded, pending, {})
+        return replace(
+            merged,
+            acknowledged=tuple(sorted({*receipt.acknowledged, *merged.acknowledged})),
+            duplicates=tuple(sorted({*receipt.duplicates, *merged.duplicates})),
+            bytes_sent={
+                p: receipt.bytes_sent.get(p, 0) + merged.bytes_sent.get(p, 0)
+                for p in range(spec.n_parties)
+            },
+        )
+
+    def _sharing_for(self, spec: RoundSpec, encoded: RingVector) -> _Sharing:
+        """The sharing of ``encoded`` for ``spec``'s round: the one made before, or new.
+
+        Raises :class:`UpdateConflict` if this trainer shared a different update (or
+        under another spec) for that round.
+        """
+        digest = hashlib.sha256(to_bytes(encoded)).digest()
+        held = self._sharings.get(spec.round_id)
+        if held is not None:
+            if held.spec.digest != spec.digest or not hmac.compare_digest(
+                held.update_digest, digest
+            ):
+                raise UpdateConflict(
+                    f"round {spec.round_id!r}: this trainer already shared a different update "
+                    f"(sharing {held.sharing_id.hex()[:8]}…); an update is shared once per "
+                    "round and nothing was sent"
+                )
+            self._sharings.move_to_end(spec.round_id)
+            return held
+        sharing = _Sharing(
+            spec=spec,
+            sharing_id=secrets.token_bytes(SHARING_ID_BYTES),
+            seeds=tuple(Seed.generate() for _ in range(spec.n_parties - 1)),
+            update_digest=digest,
+        )
+        self._sharings[spec.round_id] = sharing
+        while len(self._sharings) > KEPT_SHARINGS:
+            self._sharings.popitem(last=False)
+        return sharing
+
+    def _upload(
+        self,
+        spec: RoundSpec,
+        sharing: _Sharing,
+        encoded: RingVector,
+        parties: Iterable[int],
+        failed: dict[int, str],
+    ) -> Receipt:
+        started = time.monotonic()
+        targets = [p for p in parties if p not in failed]
         if not targets:
             raise UploadFailed(self._failure_message(spec, failed), failed)
-
-        uploads = self._share(spec, encoded)
-        del encoded
-        sharing_id = secrets.token_bytes(wire.SHARING_ID_BYTES)
+        uploads = self._share(spec, sharing, encoded)
         sent = dict.fromkeys(range(spec.n_parties), 0)
+        delivered: set[int] = set()  # parties that were handed the whole payload
         total = sum(uploads[p].payload_bytes for p in targets)
         enabled = wants_progress(self.progress)
         with UploadProgress(total, enabled=enabled, desc=f"upload {spec.round_id}") as bar:
@@ -131,17 +243,19 @@ class SecureAggregator:
                         upload,
                         round_id=spec.round_id,
                         client_id=self.client_id,
-                        sharing_id=sharing_id,
+                        sharing_id=sharing.sharing_id,
                         chunk_bytes=self.cluster.limits.chunk_bytes,
                         spec_digest=spec.digest,
                         on_progress=lambda n: bar.advance(party, n),
                     )
-                    return self._transport.upload(party, _counted(messages, sent, party))
+                    return self._transport.upload(party, _counted(messages, sent, party, delivered))
 
                 ack = self._transport.retrying(attempt, what=f"upload to party {party}")
-                if ack.payload_digest != upload.digest:
+                if ack.payload_digest != upload.digest or (
+                    ack.sharing_id and ack.sharing_id != sharing.sharing_id
+                ):
                     raise ProtocolError(
-                        f"party {party} acknowledged another payload digest than the one sent"
+                        f"party {party} acknowledged another payload or sharing than the one sent"
                     )
                 return ack
 
@@ -149,6 +263,7 @@ class SecureAggregator:
 
         acked: list[int] = []
         duplicates: list[int] = []
+        unknown: dict[int, str] = {}
         fatal: list[ClientError] = []
         for party, outcome in outcomes.items():
             if isinstance(outcome, UploadAck):
@@ -156,26 +271,33 @@ class SecureAggregator:
                 if outcome.duplicate:
                     duplicates.append(party)
             elif getattr(outcome, "transient", False):
-                failed[party] = str(outcome)
+                # Whole payload handed over, then no answer: the party may hold it.
+                (unknown if party in delivered else failed)[party] = str(outcome)
             else:
                 fatal.append(outcome)
                 failed[party] = str(outcome)
-        summary = f"acknowledged by parties {acked}; failed at {sorted(failed)}"
+        summary = (
+            f"acknowledged by parties {sorted(acked)}; failed at {sorted(failed)}; "
+            f"unknown at {sorted(unknown)}"
+        )
         if fatal:
             fatal[0].add_note(f"round {spec.round_id!r}, client {self.client_id!r}: {summary}")
             raise fatal[0]
-        if not acked:
+        if not acked and not unknown:
             raise UploadFailed(self._failure_message(spec, failed), failed)
         receipt = Receipt(
             round_id=spec.round_id,
             client_id=self.client_id,
-            acknowledged=tuple(acked),
+            acknowledged=tuple(sorted(acked)),
             failed=dict(sorted(failed.items())),
             bytes_sent={p: sent[p] for p in range(spec.n_parties)},
             duration_s=time.monotonic() - started,
-            duplicates=tuple(duplicates),
-            sharing_id=sharing_id.hex(),
+            duplicates=tuple(sorted(duplicates)),
+            sharing_id=sharing.sharing_id.hex(),
+            unknown=dict(sorted(unknown.items())),
         )
+        # The update is kept only while some party may still need its share.
+        sharing.encoded = None if not receipt.pending else encoded
         log.info(
             "client %s round %s: %s in %.2fs",
             self.client_id,
@@ -245,14 +367,16 @@ class SecureAggregator:
             )
         return unreachable
 
-    def _share(self, spec: RoundSpec, encoded: RingVector) -> list[wire.PartyUpload]:
+    def _share(
+        self, spec: RoundSpec, sharing: _Sharing, encoded: RingVector
+    ) -> list[wire.PartyUpload]:
+        """The n shares of ``encoded`` under ``sharing``'s seeds: byte-identical every time."""
         n = spec.n_parties
-        seeds = [Seed.generate() for _ in range(n - 1)]
         shares = share(
             encoded,
             n,
             full_party_for(self.client_id, n),
-            seeds,
+            list(sharing.seeds),
             SharingContext(spec.round_id, self.client_id),
         )
         return [wire.PartyUpload.from_share(s) for s in shares]
@@ -265,11 +389,28 @@ class SecureAggregator:
         )
 
 
-def _counted(messages: Any, sent: dict[int, int], party: int) -> Any:
-    """Yield ``messages``, adding their serialized size to ``sent[party]``."""
+KEPT_SHARINGS = 16
+"""Rounds whose sharing (seeds and sharing id, a few hundred bytes) a trainer keeps."""
+
+
+@dataclass(eq=False)
+class _Sharing:
+    """How this trainer shared its update for one round: reused by every retry."""
+
+    spec: RoundSpec
+    sharing_id: bytes
+    seeds: tuple[Seed, ...] = field(repr=False)
+    update_digest: bytes = field(repr=False)
+    encoded: RingVector | None = field(default=None, repr=False)  # kept while incomplete
+
+
+def _counted(messages: Any, sent: dict[int, int], party: int, delivered: set[int]) -> Any:
+    """Yield ``messages``, adding their serialized size to ``sent[party]``; once the last
+    one has been taken, add ``party`` to ``delivered``."""
     for msg in messages:
         sent[party] += msg.ByteSize()
         yield msg
+    delivered.add(party)
 
 
 def _locate_encoding_error(spec: RoundSpec, layout: TensorLayout, vector: FloatArray) -> InputError:

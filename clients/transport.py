@@ -1,9 +1,10 @@
 """gRPC to the cluster's servers: channels, credentials, timeouts, retries, errors.
 
 One channel per party, dialled lazily from the cluster file: plaintext when the
-cluster has no ``[tls]`` table, else TLS with the cluster's CA (and an optional
-client certificate). A bearer token, if given, goes as ``authorization: Bearer …``
-metadata on every call and is never logged or shown. Every call has the cluster's
+cluster has no ``[tls]`` table, else mutual TLS: the server is verified against the
+cluster's CA and the client presents its client certificate
+(:class:`clients.credentials.ClientCredentials`), which every party's client port
+requires. The private key is never logged or shown. Every call has the cluster's
 ``rpc_timeout_s`` deadline. :func:`translate` is the one place where
 ``grpc.RpcError`` becomes a :class:`clients.errors.RpcFailed`; :meth:`Transport.retrying`
 retries the transient ones (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) with bounded,
@@ -21,11 +22,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from clients import wire
+from clients.credentials import (
+    ClientCredentials,
+    PathLike,
+    client_credentials,
+    read_file,
+    resolve_client_id,
+)
 from clients.errors import (
     Busy,
     ClientError,
@@ -149,32 +157,6 @@ def retry_call(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class _Secrets:
-    """The bearer token: not printable, not picklable."""
-
-    __slots__ = ("metadata",)
-
-    def __init__(self, token: str | None):
-        self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token is not None else ()
-        )
-
-    def __repr__(self) -> str:
-        return "<redacted>"
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("client credentials refuse to be pickled")
-
-
-def check_token(token: str | None) -> str | None:
-    """``token`` if it can travel as a header value (visible ASCII, no spaces)."""
-    if token is None:
-        return None
-    if not isinstance(token, str) or not token or not all(33 <= ord(c) <= 126 for c in token):
-        raise ConfigError("token must be a non-empty string of visible ASCII characters")
-    return token
-
-
 def resolve_cluster(cluster: ClusterConfig | str | Path) -> ClusterConfig:
     """A cluster config, loading it from a file if given a path."""
     if isinstance(cluster, ClusterConfig):
@@ -192,20 +174,39 @@ class Transport:
         self,
         cluster: ClusterConfig | str | Path,
         *,
-        token: str | None = None,
+        cert: ClientCredentials | PathLike | None = None,
+        key: PathLike | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``cert``/``key``: the client certificate and key (two PEM file paths, or a
+        :class:`ClientCredentials`), required on a TLS cluster.
+
+        Raises:
+            ConfigError: unreadable cluster file, CA, certificate or key; a key that is
+                not the certificate's; a TLS cluster and no client certificate.
+        """
         self.cluster = resolve_cluster(cluster)
-        self._secrets = _Secrets(check_token(token))
+        self.credentials = client_credentials(cert, key)
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self._lock = threading.Lock()
         self._channels: dict[int, tuple[grpc.Channel, pb_grpc.AggregationStub]] = {}
         self._pool: ThreadPoolExecutor | None = None  # one per transport, not per call
         self._ca: bytes | None = (
-            _read(self.cluster.tls.ca, "cluster CA") if self.cluster.tls is not None else None
+            read_file(self.cluster.tls.ca, "cluster CA") if self.cluster.tls is not None else None
         )
+        if self._ca is not None and self.credentials is None:
+            raise ConfigError(
+                f"cluster {self.cluster.name!r} uses TLS: every party requires a client "
+                "certificate issued by the cluster CA; pass cert= and key= (PEM files, e.g. "
+                "from `mpcagg certs client`)"
+            )
+
+    def client_id(self, given: str | None, default: str | None = None) -> str:
+        """The client id to act as: ``given``, else the one the certificate names, else
+        ``default``; :class:`InputError` if ``given`` and the certificate disagree."""
+        return resolve_client_id(given, self.credentials, default)
 
     @property
     def n_parties(self) -> int:
@@ -216,7 +217,7 @@ class Transport:
         return self.cluster.limits.rpc_timeout_s
 
     def __repr__(self) -> str:
-        tls = "tls" if self._ca is not None else "insecure"
+        tls = "mutual tls" if self._ca is not None else "insecure"
         return f"Transport(cluster={self.cluster.name!r}, parties={self.n_parties}, {tls})"
 
     def __enter__(self) -> Transport:
@@ -308,10 +309,7 @@ class Transport:
         return {p: f.result() for p, f in futures.items()}
 
     def _call_options(self, timeout: float | None = None) -> dict[str, Any]:
-        return {
-            "timeout": self.timeout if timeout is None else timeout,
-            "metadata": self._secrets.metadata,
-        }
+        return {"timeout": self.timeout if timeout is None else timeout}
 
     def _stub(self, party: int) -> Any:
         with self._lock:
@@ -328,10 +326,19 @@ class Transport:
         options = [
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
+            # A server that comes back is dialled again within seconds (gRPC's default
+            # back-off grows to two minutes, longer than any client retry waits).
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if self._ca is None:
             return grpc.insecure_channel(address, options=options)
-        credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
+        assert self.credentials is not None  # checked in __init__
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._ca,
+            private_key=self.credentials.key_pem,
+            certificate_chain=self.credentials.cert_pem,
+        )
         return grpc.secure_channel(address, credentials, options=options)
 
     def _address(self, party: int) -> str:
@@ -345,10 +352,3 @@ class Transport:
         if config.port == 0:
             raise Unavailable(party, "dial", "UNAVAILABLE", "its address has port 0 (not started?)")
         return config.address
-
-
-def _read(path: Path | str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None

@@ -14,10 +14,9 @@ from clients.results import AggregateShare, RoundInfo, RoundState, UploadAck
 from mpc import SeedShare, Share
 from mpc.ring import DTYPE, ELEMENT_BYTES, to_bytes
 from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.convert import spec_to_proto
-from servers.spec import RoundSpec
-
-SHARING_ID_BYTES = 16
+from servers.convert import spec_from_proto, spec_to_proto
+from servers.errors import InvalidArgument
+from servers.spec import SHARING_ID_BYTES, RoundSpec
 
 __all__ = [
     "SHARING_ID_BYTES",
@@ -121,6 +120,12 @@ def round_info(msg: pb.RoundStatus) -> RoundInfo:
         state = RoundState(int(msg.state))
     except ValueError:
         state = RoundState.UNKNOWN
+    spec = None
+    if msg.HasField("spec"):
+        try:
+            spec = spec_from_proto(msg.spec)
+        except InvalidArgument as exc:
+            raise ProtocolError(f"party {msg.party} sent an invalid round spec: {exc}") from None
     return RoundInfo(
         round_id=msg.round_id,
         party=msg.party,
@@ -130,12 +135,16 @@ def round_info(msg: pb.RoundStatus) -> RoundInfo:
         cohort_size=msg.cohort_size,
         cohort_digest=bytes(msg.cohort_digest),
         reason=msg.reason,
+        spec=spec,
     )
 
 
 def upload_ack(msg: pb.UploadReceipt) -> UploadAck:
     return UploadAck(
-        party=msg.party, payload_digest=bytes(msg.payload_digest), duplicate=msg.duplicate
+        party=msg.party,
+        payload_digest=bytes(msg.payload_digest),
+        duplicate=msg.duplicate,
+        sharing_id=bytes(msg.sharing_id),
     )
 
 

@@ -29,11 +29,17 @@ from servers.errors import (
     Unavailable,
 )
 from servers.round import Round, RoundState, UploadRecord
-from servers.spec import RoundSpec, check_id, cohort_digest, spec_from_canonical
+from servers.spec import (
+    SHARING_ID_BYTES,
+    Holding,
+    RoundSpec,
+    check_id,
+    cohort_digest,
+    spec_from_canonical,
+)
 from servers.storage import Storage, UploadRow
 from servers.upload import (
     DIGEST_BYTES,
-    SHARING_ID_BYTES,
     BufferPool,
     Receipt,
     UploadHeader,
@@ -59,10 +65,11 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """What one party holds for a closing round (its cohort once COMMITTED)."""
+
     round_id: str
     party: int
-    client_ids: tuple[str, ...]
-    checksum: bytes
+    held: tuple[Holding, ...]
     state: RoundState
     cohort_digest: bytes
 
@@ -260,10 +267,25 @@ class Aggregator:
                     hmac.compare_digest(held.digest, h.payload_digest)
                     and held.sharing_id == h.sharing_id
                 ):
-                    return Receipt(h.round_id, h.client_id, self.party, held.digest, duplicate=True)
+                    return Receipt(
+                        h.round_id,
+                        h.client_id,
+                        self.party,
+                        held.digest,
+                        duplicate=True,
+                        sharing_id=held.sharing_id,
+                    )
+                if held.sharing_id == h.sharing_id:
+                    raise AlreadyExists(
+                        f"party {self.party} holds a share of sharing {h.sharing_id.hex()[:8]}… "
+                        f"of client {h.client_id!r} with another payload digest; a retry must "
+                        "resend the same bytes"
+                    )
                 raise AlreadyExists(
-                    f"client {h.client_id!r} already uploaded a different share "
-                    f"for round {h.round_id!r}"
+                    f"party {self.party} already holds sharing {held.sharing_id.hex()[:8]}… of "
+                    f"client {h.client_id!r} for round {h.round_id!r}, not "
+                    f"{h.sharing_id.hex()[:8]}…: an update is shared once per round; resume "
+                    "the held sharing (submit the same update again from the same trainer)"
                 )
             rnd.require(RoundState.OPEN)
             if h.client_id in rnd.inflight:
@@ -307,24 +329,27 @@ class Aggregator:
                 self._stop_accepting(rnd)
                 log.info("round %s closing: %d uploads held", round_id, len(rnd.uploads))
             self._quiesce(rnd)
-            ids = tuple(sorted(rnd.uploads)) if rnd.state is not RoundState.COMMITTED else ()
+            held = rnd.holdings() if rnd.state is RoundState.CLOSING else (rnd.cohort or ())
             return Manifest(
                 round_id=round_id,
                 party=self.party,
-                client_ids=ids if rnd.state is RoundState.CLOSING else (rnd.cohort or ()),
-                checksum=cohort_digest(ids),
+                held=held,
                 state=rnd.state,
                 cohort_digest=rnd.cohort_digest,
             )
 
-    def commit(self, round_id: str, cohort: tuple[str, ...], digest: bytes) -> Status:
-        """Fix the cohort and compute this party's aggregate share over exactly it."""
+    def commit(self, round_id: str, cohort: tuple[Holding, ...], digest: bytes) -> Status:
+        """Fix the cohort and compute this party's aggregate share over exactly it.
+
+        Every holding of ``cohort`` must be held here with that very sharing id;
+        anything else is refused (INVALID_ARGUMENT) before the round changes state.
+        """
         rnd = self.get(round_id)
         cohort = tuple(sorted(cohort))
         if cohort_digest(cohort) != digest:
-            raise InvalidArgument("cohort digest does not match the cohort's client ids")
+            raise InvalidArgument("cohort digest does not match the cohort's holdings")
         # Checked before anything changes: a refused commit leaves the round as it was.
-        if len(set(cohort)) != len(cohort):
+        if len({m.client_id for m in cohort}) != len(cohort):
             raise InvalidArgument("cohort names a client more than once")
         if len(cohort) < rnd.spec.min_clients:
             raise RoundNotOpen(
@@ -332,9 +357,6 @@ class Aggregator:
                 f"({rnd.spec.min_clients}); refusing to commit round {round_id!r}"
             )
         with rnd.lock:
-            if rnd.state is RoundState.OPEN:
-                self._stop_accepting(rnd)
-            self._quiesce(rnd)  # may release the lock: check the state only after it
             if rnd.state is RoundState.COMMITTED:
                 if rnd.cohort_digest == digest:
                     return self._status(rnd)
@@ -342,18 +364,18 @@ class Aggregator:
                     f"round {round_id!r} is already committed to another cohort; "
                     "an aggregate is never recomputed over a different subset"
                 )
+            rnd.require(RoundState.OPEN, RoundState.CLOSING)
+            self._quiesce(rnd)
+            self._check_holds(rnd, cohort)  # before the round stops accepting uploads
+            if rnd.state is RoundState.OPEN:
+                self._stop_accepting(rnd)  # may release the lock: check again after it
+                self._check_holds(rnd, cohort)
             rnd.require(RoundState.CLOSING)
-            missing = [c for c in cohort if c not in rnd.uploads]
-            if missing:
-                raise InvalidArgument(
-                    f"cohort names {len(missing)} clients party {self.party} does not hold "
-                    f"(first: {missing[0]!r})"
-                )
             spec = rnd.spec
             acc = rnd.accumulator
             members = set(cohort)
             for up in self.storage.uploads(round_id):
-                if up.client_id not in members:
+                if Holding(up.client_id, up.sharing_id) not in members:
                     acc = self.engine.subtract(acc, self._stored_share(spec, up))
             self.storage.write_aggregate(round_id, np.ascontiguousarray(self.engine.to_ring(acc)))
             self.storage.set_round_state(round_id, RoundState.COMMITTED.value, "", cohort, digest)
@@ -363,6 +385,16 @@ class Aggregator:
             self.storage.keep_only_aggregate(round_id)
             log.info("round %s committed: cohort of %d", round_id, len(cohort))
             return self._status(rnd)
+
+    def _check_holds(self, rnd: Round, cohort: tuple[Holding, ...]) -> None:
+        """Raise :class:`InvalidArgument` unless this party holds every sharing of ``cohort``."""
+        missing = [m for m in cohort if m not in set(rnd.holdings())]
+        if missing:
+            raise InvalidArgument(
+                f"cohort names {len(missing)} sharings party {self.party} does not hold "
+                f"(first: client {missing[0].client_id!r}, sharing "
+                f"{missing[0].sharing_id.hex()[:8]}…)"
+            )
 
     def _stop_accepting(self, rnd: Round) -> None:
         """OPEN → CLOSING (durably), then wait for uploads already being made durable.
@@ -393,7 +425,7 @@ class Aggregator:
             if rnd.state is RoundState.CLOSING:
                 rnd.reason = reason
 
-    def decide(self, round_id: str, cohort: tuple[str, ...], digest: bytes) -> None:
+    def decide(self, round_id: str, cohort: tuple[Holding, ...], digest: bytes) -> None:
         """Leader: durably record the chosen cohort before any party commits to it."""
         rnd = self.get(round_id)
         with rnd.lock:

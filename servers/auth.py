@@ -1,50 +1,66 @@
-"""Who is calling: bearer tokens or client certificates for trainers and the
+"""Who is calling: client certificates (mutual TLS, client port) for trainers and the
 collector, party certificates (mutual TLS, peer port) for servers.
 
-With no token verifier configured (``--insecure`` development mode) every caller
-is allowed and :meth:`Authenticator.identify` returns None.
+A caller is whoever the certificate gRPC verified against the cluster CA names
+(:mod:`servers.identity`); there is no other credential, so nothing a party receives
+from a client can be replayed at another party. Without TLS (``--insecure``
+development mode) every caller is allowed and :meth:`Authenticator.identify`
+returns None.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from servers.errors import PermissionDenied, Unauthenticated
-from servers.pki import client_from_auth_context, party_from_auth_context
-from servers.tokens import Identity, Role, TokenVerifier
+from servers.identity import Identity, Role, client_from_auth_context, party_from_auth_context
+from servers.pki import Clock
 
-BEARER = "bearer "
 LEADER = 0
+EXPECTED = (
+    "expected a client certificate issued by the cluster CA naming "
+    "mpcagg://trainer/<id> or mpcagg://collector/<id> (mutual TLS on the client port)"
+)
 
 
 class Authenticator:
-    """Authenticates client-facing calls and checks roles and client ids."""
+    """Authenticates client-facing calls by client certificate; checks roles and client ids."""
 
-    def __init__(self, verifier: TokenVerifier | None) -> None:
-        self._verifier = verifier
-
-    @property
-    def enforcing(self) -> bool:
-        return self._verifier is not None
+    def __init__(self, enforcing: bool, clock: Clock = time.time) -> None:
+        self.enforcing = enforcing
+        self._clock = clock
 
     def identify(self, context: grpc.ServicerContext) -> Identity | None:
-        """The caller's identity; raises :class:`Unauthenticated` if it has none."""
-        if self._verifier is None:
+        """The caller's identity (None when not enforcing).
+
+        Raises:
+            Unauthenticated: no verified client certificate names a trainer or the
+                collector (a party certificate is a server's, not a client's), or it
+                expired while its connection stayed open.
+        """
+        if not self.enforcing:
             return None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                if not value.lower().startswith(BEARER):
-                    raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
-                return self._verifier.verify(value[len(BEARER) :].strip())
-        ident = client_from_auth_context(_auth_context(context))
-        if ident is not None:
-            return ident
-        raise Unauthenticated(
-            "no credential: expected 'authorization: Bearer <token>' metadata "
-            "or a client certificate issued by the cluster CA"
-        )
+        auth = _auth_context(context)
+        ident = client_from_auth_context(auth)
+        if ident is None:
+            party = party_from_auth_context(auth)
+            if party is not None:
+                raise Unauthenticated(
+                    f"party {party}'s certificate identifies a server, not a trainer or the "
+                    f"collector: {EXPECTED}"
+                )
+            raise Unauthenticated(f"no trainer or collector identity: {EXPECTED}")
+        now = self._clock()
+        if now > ident.expires_at:
+            raise Unauthenticated(
+                f"the client certificate of {ident.client_id!r} expired at "
+                f"{_utc(ident.expires_at)} (now {_utc(now)}); {EXPECTED}"
+            )
+        return ident
 
     def require(self, context: grpc.ServicerContext, *roles: Role) -> Identity | None:
         """The caller's identity if its role is one of ``roles``; else PermissionDenied."""
@@ -57,7 +73,7 @@ class Authenticator:
         return ident
 
     def require_client(self, context: grpc.ServicerContext, client_id: str) -> Identity | None:
-        """A trainer whose authenticated id equals ``client_id``."""
+        """A trainer whose certified id equals ``client_id``."""
         ident = self.require(context, "trainer")
         if ident is not None and ident.client_id != client_id:
             raise PermissionDenied(
@@ -102,3 +118,7 @@ def _auth_context(context: grpc.ServicerContext) -> Any:
         return context.auth_context()
     except Exception:  # pragma: no cover - insecure transports
         return {}
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

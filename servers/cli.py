@@ -18,7 +18,7 @@ app = typer.Typer(
     help="mpcagg: secure aggregation of model updates across three or more servers.",
 )
 certs_app = typer.Typer(
-    no_args_is_help=True, help="Development credentials: CA, certificates, tokens."
+    no_args_is_help=True, help="Credentials: a CA, party certificates, client certificates."
 )
 app.add_typer(certs_app, name="certs")
 
@@ -65,6 +65,24 @@ def server(
 
 
 @app.command()
+def health(
+    config: Annotated[Path, typer.Option(help="Cluster file (TOML).")],
+    party: Annotated[int, typer.Option(help="The party to probe (its cert and key are used).")],
+    timeout: Annotated[float, typer.Option(help="Seconds per port.")] = 5.0,
+) -> None:
+    """Exit 0 if the party answers SERVING on both ports, 1 if not (for container probes)."""
+    from servers.config import load_cluster
+    from servers.health import check_health
+
+    try:
+        serving = check_health(load_cluster(config), party, timeout=timeout)
+    except ServiceError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"party {party}: {'serving' if serving else 'NOT serving'}")
+    raise typer.Exit(code=0 if serving else 1)
+
+
+@app.command()
 def up(
     parties: Annotated[int, typer.Option(help="Number of servers.")] = 3,
     directory: Annotated[Path, typer.Option("--dir", help="Data, certificates, logs.")] = Path(
@@ -93,8 +111,8 @@ def up(
     typer.echo(f"cluster file: {cluster.cluster_file}")
     if not insecure:
         typer.echo(
-            f"tokens: mpcagg certs token --dir {directory}/certs --client-id ID "
-            "--role trainer|collector"
+            f"client certificates: mpcagg certs client --dir {directory}/certs --client-id ID "
+            "--role trainer|collector --out-dir DIR"
         )
     typer.echo("Ctrl-C to stop.")
     stop = threading.Event()
@@ -149,7 +167,7 @@ def certs_dev(
         list[str] | None, typer.Option(help="Trainer id to issue a client certificate for.")
     ] = None,
 ) -> None:
-    """Create (or reuse) a development CA, party certificates and token keys."""
+    """Create (or reuse) a development CA, party certificates and client certificates."""
     from servers.credentials import provision_dev
 
     try:
@@ -159,14 +177,14 @@ def certs_dev(
             hosts=tuple(host or ("127.0.0.1", "localhost")),
             trainer_ids=tuple(trainer or ()),
         )
-    except ValueError as exc:
+    except (ValueError, OSError, ServiceError) as exc:
         raise _fail(exc) from None
-    typer.echo(f"CA: {creds.ca_cert}")
+    typer.echo(f"CA: {creds.ca_cert} (key {creds.ca_key}, mode 0600)")
     for i, files in enumerate(creds.parties):
         typer.echo(f"party {i}: {files.cert} (key {files.key}, mode 0600)")
-    typer.echo(
-        f"token signing key: {creds.token_signing_key} (0600); public: {creds.token_public_key}"
-    )
+    typer.echo(f"collector: {creds.collector.cert} (key {creds.collector.key}, mode 0600)")
+    for trainer_id, files in zip(creds.trainer_ids, creds.trainers, strict=True):
+        typer.echo(f"trainer {trainer_id}: {files.cert} (key {files.key}, mode 0600)")
 
 
 @certs_app.command("party")
@@ -189,33 +207,30 @@ def certs_party(
     typer.echo(f"wrote {directory}/party-{party}.pem and party-{party}-key.pem (0600)")
 
 
-@certs_app.command("token")
-def certs_token(
+@certs_app.command("client")
+def certs_client(
     directory: Annotated[
-        Path, typer.Option("--dir", help="Directory holding token-signing-key.pem.")
+        Path, typer.Option("--dir", help="Directory holding ca.pem and ca-key.pem.")
     ],
     client_id: Annotated[str, typer.Option(help="Trainer or collector id.")],
+    out_dir: Annotated[Path, typer.Option(help="Write <id>.pem and <id>-key.pem (0600) here.")],
     role: Annotated[str, typer.Option(help="trainer or collector.")] = "trainer",
-    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 86400.0,
-    cluster: Annotated[str, typer.Option(help="Cluster name (as in the cluster file).")] = "local",
-    out: Annotated[Path | None, typer.Option(help="Write the token to this file (0600).")] = None,
+    days: Annotated[int, typer.Option(help="Validity in days (keep it short).")] = 30,
 ) -> None:
-    """Issue a signed bearer token. It is a secret: printed only when no --out is given."""
-    from servers.credentials import load_token_signing_key
-    from servers.pki import write_private_pem
-    from servers.tokens import TokenIssuer
+    """Issue a client certificate (mutual TLS) for a trainer or the collector."""
+    from servers.identity import check_role
+    from servers.pki import issue_client_cert, load_key_pair, write_key_pair
 
     try:
-        token = TokenIssuer(load_token_signing_key(directory / "token-signing-key.pem")).issue(
-            client_id, role, ttl, cluster
-        )
+        ca = load_key_pair(directory / "ca.pem", directory / "ca-key.pem")
+        pair = issue_client_cert(ca, client_id, check_role(role), valid_days=days)
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cert, key = out_dir / f"{client_id}.pem", out_dir / f"{client_id}-key.pem"
+        write_key_pair(pair, cert, key)
     except (ValueError, OSError, ServiceError) as exc:
         raise _fail(exc) from None
-    if out is None:
-        typer.echo(token)
-    else:
-        write_private_pem(out, token.encode() + b"\n")
-        typer.echo(f"wrote token for {role} {client_id!r} to {out} (0600)")
+    expires = pair.certificate.not_valid_after_utc.isoformat(timespec="seconds")
+    typer.echo(f"wrote {cert} and {key} (0600) for {role} {client_id!r}, valid until {expires}")
 
 
 def main() -> None:

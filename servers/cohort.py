@@ -1,12 +1,17 @@
 """The leader's part of closing a round: agree the cohort, then commit it everywhere.
 
 1. Every party (the leader included) returns its manifest and stops accepting uploads.
-2. The cohort is the intersection of the manifests: a trainer that reached only
-   some servers is simply left out (no recovery protocol for dropouts).
+2. The cohort is the intersection of the manifests over *sharings*: a client is in
+   only if every party holds the same sharing (client id and sharing id) for it. A
+   trainer that reached only some servers is simply left out (no recovery protocol
+   for dropouts), and shares of two different sharings are never summed together.
 3. Below ``min_clients``: the round FAILS everywhere and nothing is revealed.
 4. Otherwise the leader records the cohort durably, commits it on every peer, then
    on itself. A peer that is down leaves the round CLOSING; closing again resumes
    with the same recorded cohort (idempotent, restart-safe).
+5. A FAILED round is failed on every peer: the leader retries Fail (from its
+   periodic tick) until each peer has recorded it, so no party keeps a decided
+   round's shares.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import threading
 import time
 
 from servers.aggregator import Aggregator, Manifest, Status
-from servers.errors import ServiceError
+from servers.errors import NotFound, ServiceError
 from servers.peers import PeerClient
 from servers.round import RoundState
-from servers.spec import cohort_digest
+from servers.spec import Holding, cohort_digest
 
 log = logging.getLogger("mpcagg.leader")
 
@@ -35,6 +40,13 @@ class Leader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_at: dict[str, float] = {}
+        # FAILED rounds whose failure some peers have not recorded yet (Fail is
+        # idempotent, so after a restart every FAILED round is told again once).
+        self._unfailed: dict[str, set[int]] = {
+            rnd.spec.round_id: {p.party for p in peers}
+            for rnd in aggregator.rounds()
+            if rnd.state is RoundState.FAILED
+        }
 
     def _lock_for(self, round_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -65,9 +77,16 @@ class Leader:
             failed = [m for m in manifests if m.state is RoundState.FAILED]
             if failed:
                 return self._fail(round_id, f"party {failed[0].party} reports the round FAILED")
-            cohort = _intersection(manifests)
+            cohort, split = _intersection(manifests)
+            if split:
+                log.warning(
+                    "round %s: %d clients are held under different sharings by different "
+                    "parties and are left out of the cohort",
+                    round_id,
+                    split,
+                )
             if len(cohort) < spec.min_clients:
-                held = ", ".join(f"party {m.party}: {len(m.client_ids)}" for m in manifests)
+                held = ", ".join(f"party {m.party}: {len(m.held)}" for m in manifests)
                 return self._fail(
                     round_id,
                     f"cohort of {len(cohort)} clients is below min_clients "
@@ -87,15 +106,39 @@ class Leader:
         return status
 
     def _fail_peers(self, round_id: str, reason: str, *, strict: bool) -> None:
+        """Tell every peer that has not recorded it yet that ``round_id`` FAILED.
+
+        Peers that could not be told stay pending and :meth:`tick` tells them again.
+        """
+        with self._locks_guard:
+            pending = self._unfailed.setdefault(round_id, {p.party for p in self._peers})
         for peer in self._peers:
+            if peer.party not in pending:
+                continue
             try:
                 peer.fail(round_id, reason)
+            except NotFound:
+                pass  # the peer never had the round, or has pruned it: nothing to drop
             except ServiceError as exc:
                 if strict:
                     raise
                 log.warning(
-                    "could not tell party %d that round %s failed: %s", peer.party, round_id, exc
+                    "could not tell party %d that round %s failed (will retry): %s",
+                    peer.party,
+                    round_id,
+                    exc,
                 )
+                continue
+            with self._locks_guard:
+                pending.discard(peer.party)
+        with self._locks_guard:
+            if not pending:
+                self._unfailed.pop(round_id, None)
+
+    def pending_failures(self) -> dict[str, set[int]]:
+        """FAILED rounds and the peers that have not yet recorded the failure."""
+        with self._locks_guard:
+            return {rid: set(parties) for rid, parties in self._unfailed.items()}
 
     # --- deadlines and resumption --------------------------------------------------------
 
@@ -115,25 +158,36 @@ class Leader:
             self.tick()
 
     def tick(self) -> None:
-        """Close every round past its deadline, and resume interrupted closes."""
+        """Close every round past its deadline, resume interrupted closes, and tell
+        peers that missed it that a round FAILED."""
         now = self._agg.clock()
+        unfailed = self.pending_failures()
         for rnd in self._agg.rounds():
             rid = rnd.spec.round_id
-            due = rnd.state is RoundState.CLOSING or (
-                rnd.state is RoundState.OPEN and 0 < rnd.spec.deadline_unix <= now
+            due = (
+                rnd.state is RoundState.CLOSING
+                or (rnd.state is RoundState.OPEN and 0 < rnd.spec.deadline_unix <= now)
+                or (rnd.state is RoundState.FAILED and rid in unfailed)
             )
             if not due or self._retry_at.get(rid, 0.0) > time.monotonic():
                 continue
             try:
                 self.close(rid)
-                self._retry_at.pop(rid, None)
+                if rid in self.pending_failures():  # a peer missed the Fail: back off
+                    self._retry_at[rid] = time.monotonic() + 1.0
+                else:
+                    self._retry_at.pop(rid, None)
             except ServiceError as exc:
                 log.warning("closing round %s at its deadline failed, will retry: %s", rid, exc)
                 self._retry_at[rid] = time.monotonic() + 1.0
 
 
-def _intersection(manifests: list[Manifest]) -> tuple[str, ...]:
-    common = set(manifests[0].client_ids)
+def _intersection(manifests: list[Manifest]) -> tuple[tuple[Holding, ...], int]:
+    """The holdings every manifest lists, and how many clients were held everywhere
+    but under different sharings (left out)."""
+    common = set(manifests[0].held)
+    named = {m.client_id for m in manifests[0].held}
     for m in manifests[1:]:
-        common &= set(m.client_ids)
-    return tuple(sorted(common))
+        common &= set(m.held)
+        named &= {h.client_id for h in m.held}
+    return tuple(sorted(common)), len(named) - len(common)

@@ -6,15 +6,14 @@ Example (paths are relative to the file's own directory)::
     engine = "numpy"                  # or "crypten"
 
     [tls]                              # absent: plaintext (servers then need --insecure)
-    ca = "certs/ca.pem"
-    token_public_key = "certs/token-public-key.pem"
+    ca = "certs/ca.pem"                # verifies servers, parties and client certificates
 
     [limits]
     max_vector_length = 100_000_000
 
     [[parties]]
     id = 0
-    address = "127.0.0.1:50051"         # trainers and the collector (TLS, tokens)
+    address = "127.0.0.1:50051"         # trainers and the collector (mutual TLS)
     peer_address = "127.0.0.1:50061"    # other parties only (mutual TLS)
     data_dir = "data/party-0"          # server side only
     cert = "certs/party-0.pem"         # server side only
@@ -42,8 +41,9 @@ class _Strict(BaseModel):
 
 
 class TlsConfig(_Strict):
+    """TLS on both ports: ``ca`` verifies every server, party and client certificate."""
+
     ca: Path
-    token_public_key: Path | None = None
 
 
 class Limits(_Strict):
@@ -51,6 +51,7 @@ class Limits(_Strict):
     max_vector_length: int = Field(default=100_000_000, ge=1)
     max_clients_per_round: int = Field(default=100_000, ge=1)
     max_concurrent_streams: int = Field(default=64, ge=1)
+    max_aggregate_streams: int = Field(default=8, ge=1)  # GetAggregateShare streams at once
     max_upload_bytes_per_round: int = Field(default=64 << 30, ge=1)
     chunk_bytes: int = Field(default=2 * MiB, ge=8, le=4 * MiB)
     max_message_bytes: int = Field(default=5 * MiB, ge=1024)
@@ -183,10 +184,7 @@ def dump_cluster(config: ClusterConfig) -> str:
     """The cluster as TOML text (absolute paths), for writing a file clients can load."""
     lines = [f"name = {_q(config.name)}", f"engine = {_q(config.engine)}", ""]
     if config.tls is not None:
-        lines += ["[tls]", f"ca = {_q(str(config.tls.ca))}"]
-        if config.tls.token_public_key is not None:
-            lines.append(f"token_public_key = {_q(str(config.tls.token_public_key))}")
-        lines.append("")
+        lines += ["[tls]", f"ca = {_q(str(config.tls.ca))}", ""]
     lines.append("[limits]")
     for key, value in config.limits.model_dump().items():
         lines.append(f"{key} = {value!r}")

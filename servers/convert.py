@@ -7,7 +7,7 @@ from protos.mpcagg.v1 import aggregation_pb2 as pb
 from servers.aggregator import Status
 from servers.errors import InvalidArgument
 from servers.round import RoundState
-from servers.spec import RoundSpec, TensorSpec
+from servers.spec import Holding, RoundSpec, TensorSpec
 from servers.upload import Receipt, UploadHeader
 
 
@@ -49,8 +49,19 @@ _STATES = {
 }
 
 
-def status_to_proto(s: Status) -> pb.RoundStatus:
+def holdings_to_proto(held: tuple[Holding, ...]) -> list[pb.Holding]:
+    return [pb.Holding(client_id=h.client_id, sharing_id=h.sharing_id) for h in held]
+
+
+def holdings_from_proto(held: object) -> tuple[Holding, ...]:
+    """Validated holdings, sorted; raises :class:`InvalidArgument`."""
+    out = tuple(sorted(Holding(h.client_id, bytes(h.sharing_id)) for h in held))  # type: ignore[attr-defined]
+    return out
+
+
+def status_to_proto(s: Status, spec: RoundSpec | None = None) -> pb.RoundStatus:
     return pb.RoundStatus(
+        spec=spec_to_proto(spec) if spec is not None else None,
         round_id=s.round_id,
         state=state_to_proto(s.state),
         spec_digest=s.spec_digest,
@@ -86,6 +97,7 @@ def receipt_to_proto(r: Receipt) -> pb.UploadReceipt:
         party=r.party,
         payload_digest=r.payload_digest,
         duplicate=r.duplicate,
+        sharing_id=r.sharing_id,
     )
 
 

@@ -1,15 +1,17 @@
-"""Credentials of an mpcagg cluster: TLS certificates, client tokens, key files.
+"""Credentials of an mpcagg cluster: TLS certificates and key files.
 
-The public surface of :mod:`servers.pki` (X.509) and :mod:`servers.tokens`
-(Ed25519-signed bearer tokens), plus token key files and :func:`provision_dev`,
-the development recipe behind ``mpcagg certs`` and ``mpcagg up``.
+The public surface of :mod:`servers.pki` (X.509 issuance, PEM files) and
+:mod:`servers.identity` (who a verified TLS peer is), plus :func:`provision_dev` and
+:func:`provision_client`, the development recipe behind ``mpcagg certs`` and ``mpcagg up``.
 
 Who holds what:
 
-- every party: ``ca.pem``, its own ``party-<i>.pem`` / ``party-<i>-key.pem``
-  (server and peer-client certificate), and ``token-public-key.pem``;
-- the operator (never a server): ``ca-key.pem`` and ``token-signing-key.pem``;
-- trainers and the collector: ``ca.pem`` and a token, or a client certificate.
+- every party: ``ca.pem`` and its own ``party-<i>.pem`` / ``party-<i>-key.pem``
+  (server certificate on both ports, client certificate towards the other parties);
+- the operator (never a server): ``ca-key.pem``;
+- each trainer and the collector: ``ca.pem`` and its own client certificate and key
+  (``mpcagg://trainer/<id>`` or ``mpcagg://collector/<id>``), presented with mutual TLS
+  on every party's client port. A party only ever sees the certificate, never the key.
 """
 
 from __future__ import annotations
@@ -27,35 +29,33 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from servers.pki import (
+from servers.identity import (
+    ROLES,
     AuthContext,
-    KeyPair,
+    Identity,
+    Role,
+    certificate_identity,
+    check_role,
     client_from_auth_context,
     client_uri,
+    party_from_auth_context,
+    party_uri,
+)
+from servers.pki import (
+    Clock,
+    KeyPair,
     create_ca,
     is_issued_by,
     issue_client_cert,
     issue_party_cert,
     load_key_pair,
-    party_from_auth_context,
-    party_uri,
     read_pem,
     write_key_pair,
     write_private_pem,
     write_public_pem,
 )
-from servers.tokens import (
-    ROLES,
-    Clock,
-    Identity,
-    Role,
-    TokenIssuer,
-    TokenVerifier,
-    check_client_id,
-)
+from servers.spec import check_id
 
 __all__ = [
     "ROLES",
@@ -66,65 +66,27 @@ __all__ = [
     "Identity",
     "KeyPair",
     "Role",
-    "TokenIssuer",
-    "TokenVerifier",
-    "check_client_id",
+    "certificate_identity",
     "client_from_auth_context",
+    "client_stem",
     "client_uri",
     "create_ca",
     "is_issued_by",
     "issue_client_cert",
     "issue_party_cert",
     "load_key_pair",
-    "load_token_public_key",
-    "load_token_signing_key",
     "party_from_auth_context",
     "party_uri",
+    "provision_client",
     "provision_dev",
     "read_pem",
     "write_key_pair",
     "write_private_pem",
     "write_public_pem",
-    "write_token_public_key",
-    "write_token_signing_key",
 ]
 
 _RENEW_BEFORE: Final = timedelta(days=1)
 """A reused certificate must stay valid at least this long, else it is reissued."""
-
-
-def write_token_signing_key(path: Path | str, key: Ed25519PrivateKey) -> None:
-    """Save the token signing key as unencrypted PKCS#8 PEM, mode 0600."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    write_private_pem(path, pem)
-
-
-def load_token_signing_key(path: Path | str) -> Ed25519PrivateKey:
-    """Load a PKCS#8 PEM Ed25519 private key; ``ValueError`` if the file holds another kind."""
-    key = serialization.load_pem_private_key(read_pem(path), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, expected an Ed25519 private key")
-    return key
-
-
-def write_token_public_key(path: Path | str, key: Ed25519PublicKey) -> None:
-    """Save the token verification key as SubjectPublicKeyInfo PEM, mode 0644."""
-    pem = key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    write_public_pem(path, pem)
-
-
-def load_token_public_key(path: Path | str) -> Ed25519PublicKey:
-    """Load a SubjectPublicKeyInfo PEM Ed25519 public key; ``ValueError`` for another kind."""
-    key = serialization.load_pem_public_key(read_pem(path))
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, expected an Ed25519 public key")
-    return key
 
 
 @dataclass(frozen=True)
@@ -147,8 +109,6 @@ class DevCredentials:
     ca_key: Path
     parties: tuple[CertFiles, ...]
     """Index i holds party i's certificate and key."""
-    token_signing_key: Path
-    token_public_key: Path
     collector: CertFiles
     trainer_ids: tuple[str, ...]
     trainers: tuple[CertFiles, ...]
@@ -171,12 +131,12 @@ def provision_dev(
     *,
     clock: Clock = time.time,
 ) -> DevCredentials:
-    """Write (or reuse) a development CA, party certificates, client certificates and token keys.
+    """Write (or reuse) a development CA, party certificates and client certificates.
 
     Files in ``directory`` (created 0700 if missing); private keys are mode 0600:
-    ``ca.pem``, ``ca-key.pem``, ``party-<i>.pem``, ``party-<i>-key.pem``,
-    ``token-signing-key.pem``, ``token-public-key.pem``, ``collector.pem``,
-    ``collector-key.pem``, ``trainer-<id>.pem``, ``trainer-<id>-key.pem``.
+    ``ca.pem``, ``ca-key.pem``, ``party-<i>.pem``, ``party-<i>-key.pem``, the
+    collector's ``collector.pem`` and ``collector-key.pem`` (named after
+    :func:`client_stem`), ``trainer-<id>.pem`` and ``trainer-<id>-key.pem``.
 
     Idempotent: existing files are reused. A leaf certificate is reissued only if
     it no longer fits: not signed by the CA in ``directory``, expiring within a
@@ -184,14 +144,15 @@ def provision_dev(
     directory are serialised by an ``flock`` on ``directory/.lock``.
 
     Raises:
-        ValueError: ``n_parties < 1``, invalid ids or hosts, or a CA that cannot be
-            reused (half present, key mismatch, expired): the message says which, and
+        InvalidArgument: an invalid collector or trainer id.
+        ValueError: ``n_parties < 1``, invalid hosts, or a CA that cannot be reused
+            (half present, key mismatch, expired): the message says which, and
             deleting the directory starts afresh.
     """
     if isinstance(n_parties, bool) or not isinstance(n_parties, int) or n_parties < 1:
         raise ValueError(f"n_parties must be a positive integer, got {n_parties!r}")
-    check_client_id(collector_id)
-    trainers = tuple(dict.fromkeys(check_client_id(t) for t in trainer_ids))
+    check_id("client id", collector_id)
+    trainers = tuple(dict.fromkeys(check_id("client id", t) for t in trainer_ids))
     hosts = tuple(hosts)
     directory = Path(directory)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -207,22 +168,49 @@ def provision_dev(
             )
             for i in range(n_parties)
         )
-        collector = _ensure_client(directory, "collector", "collector", collector_id, ca, clock)
-        trainer_files = tuple(
-            _ensure_client(directory, f"trainer-{t}", "trainer", t, ca, clock) for t in trainers
-        )
-        signing, public = _ensure_token_keys(directory)
+        collector = _ensure_client(directory, "collector", collector_id, ca, clock)
+        trainer_files = tuple(_ensure_client(directory, "trainer", t, ca, clock) for t in trainers)
     return DevCredentials(
         directory=directory,
         ca_cert=directory / "ca.pem",
         ca_key=directory / "ca-key.pem",
         parties=parties,
-        token_signing_key=signing,
-        token_public_key=public,
         collector=collector,
         trainer_ids=trainers,
         trainers=trainer_files,
     )
+
+
+def provision_client(
+    directory: Path, client_id: str, role: str = "trainer", *, clock: Clock = time.time
+) -> CertFiles:
+    """Write (or reuse) the client certificate and key of one trainer or the collector.
+
+    Issued by the CA in ``directory`` (which :func:`provision_dev` wrote), into
+    ``<client_stem>.pem`` and ``<client_stem>-key.pem`` (0600) there; reused while it
+    fits, as in :func:`provision_dev`. Cheaper than :func:`provision_dev`: the party
+    certificates are not checked again.
+
+    Raises:
+        InvalidArgument: invalid client id or unknown role.
+        ValueError: ``directory`` holds no usable CA.
+    """
+    check_id("client id", client_id)
+    checked_role = check_role(role)
+    directory = Path(directory)
+    if not (directory / "ca.pem").is_file() or not (directory / "ca-key.pem").is_file():
+        raise ValueError(f"{directory} holds no CA (ca.pem and ca-key.pem); provision it first")
+    with _locked(directory):
+        ca = _ensure_ca(directory, clock)
+        return _ensure_client(directory, checked_role, client_id, ca, clock)
+
+
+def client_stem(role: Role, client_id: str) -> str:
+    """The file name stem of a client's certificate: ``trainer-<id>``, ``collector`` for the
+    collector called "collector", else ``collector-<id>``."""
+    if role == "collector" and client_id == "collector":
+        return "collector"
+    return f"{role}-{client_id}"
 
 
 @contextlib.contextmanager
@@ -258,8 +246,9 @@ def _ensure_ca(directory: Path, clock: Clock) -> KeyPair:
 
 
 def _ensure_client(
-    directory: Path, stem: str, role: Role, client_id: str, ca: KeyPair, clock: Clock
+    directory: Path, role: Role, client_id: str, ca: KeyPair, clock: Clock
 ) -> CertFiles:
+    stem = client_stem(role, client_id)
     files = CertFiles(directory / f"{stem}.pem", directory / f"{stem}-key.pem")
     wanted: set[x509.GeneralName] = {x509.UniformResourceIdentifier(client_uri(role, client_id))}
     issue = partial(issue_client_cert, ca, client_id, role, clock=clock)
@@ -303,22 +292,3 @@ def _wanted_sans(hosts: Sequence[str], uri: str) -> set[x509.GeneralName]:
         except ValueError:
             wanted.add(x509.DNSName(host.lower()))
     return wanted
-
-
-def _ensure_token_keys(directory: Path) -> tuple[Path, Path]:
-    signing_path = directory / "token-signing-key.pem"
-    public_path = directory / "token-public-key.pem"
-    if signing_path.exists():
-        signing = load_token_signing_key(signing_path)
-        os.chmod(signing_path, 0o600)
-    else:
-        signing = Ed25519PrivateKey.generate()
-        write_token_signing_key(signing_path, signing)
-    public = signing.public_key()
-    try:
-        current: Ed25519PublicKey | None = load_token_public_key(public_path)
-    except (FileNotFoundError, ValueError):
-        current = None
-    if current != public:
-        write_token_public_key(public_path, public)
-    return signing_path, public_path

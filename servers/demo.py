@@ -120,9 +120,10 @@ def run_demo(
             cfg = cluster.config
             ids = [f"trainer-{k}" for k in range(trainers)]
             clients = [
-                SecureAggregator(cfg, cid, cluster.token(cid), progress=False) for cid in ids
+                SecureAggregator(cfg, cid, **cluster.client_kwargs(cid), progress=False)
+                for cid in ids
             ]
-            collector = Collector(cfg, "collector", cluster.token("collector", "collector"))
+            collector = Collector(cfg, **cluster.client_kwargs("collector", "collector"))
             up_s = time.monotonic() - started
             say(f"cluster up in {up_s:.1f}s; {trainers} trainers, {rounds} rounds\n")
             say(
@@ -133,7 +134,8 @@ def run_demo(
             # out of the cohort, and nothing else is needed to recover.
             dropout_round = 2 if trainers >= 3 else 0
             flaky = SecureAggregator(
-                _cut_off(cfg, parties - 1), ids[-1], cluster.token(ids[-1]), progress=False,
+                _cut_off(cfg, parties - 1), ids[-1], **cluster.client_kwargs(ids[-1]),
+                progress=False,
                 retry=RetryPolicy(attempts=1),
             )  # fmt: skip
             for r in range(1, rounds + 1):

@@ -11,11 +11,11 @@
     ├── LimitExceeded        a configured limit would be exceeded
     │   └── Busy             ... one that frees up by itself (retry with back-off)
     ├── Unavailable          a peer could not be reached; retry later
-    ├── Unauthenticated      no valid credential was presented
+    ├── Unauthenticated      no valid client certificate was presented
     └── PermissionDenied     the authenticated caller may not do this
 
 :mod:`servers.status` maps each to a gRPC status code, in one table. Messages say
-what was expected and what came, and never carry share data, seeds or tokens.
+what was expected and what came, and never carry share data, seeds or private keys.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Unavailable(ServiceError):
 
 
 class Unauthenticated(ServiceError):
-    """No valid credential was presented."""
+    """No verified client certificate names a trainer or the collector."""
 
 
 class PermissionDenied(ServiceError):

@@ -2,8 +2,9 @@
 
 Every party binds port 0; once each has written its ports, the cluster file is
 rewritten with the real addresses, so clients and restarted servers use them.
-With TLS (the default) a development CA, party certificates and a token signing
-key are provisioned under ``<dir>/certs``.
+With TLS (the default) a development CA and party certificates are provisioned under
+``<dir>/certs``, and client certificates for trainers and the collector on demand
+(:meth:`LocalCluster.client_files`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typing import Any, TypedDict
 
 from servers.config import ClusterConfig, Limits, PartyConfig, TlsConfig, dump_cluster, load_cluster
-from servers.credentials import load_token_signing_key, provision_dev
+from servers.credentials import CertFiles, provision_client, provision_dev
 from servers.errors import ConfigError
+from servers.health import check_health
 from servers.pki import read_pem
-from servers.tokens import TokenIssuer
+
+
+class ClientFiles(TypedDict, total=False):
+    """``cert=`` and ``key=`` for a trainer or the collector (empty without TLS)."""
+
+    cert: Path
+    key: Path
 
 
 class LocalCluster:
@@ -52,7 +57,6 @@ class LocalCluster:
         self.log_level = log_level
         self.cluster_file = self.directory / "cluster.toml"
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._issuer: TokenIssuer | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -70,10 +74,9 @@ class LocalCluster:
         tls_config = None
         certs: list[tuple[Path, Path]] = [(Path(), Path())] * self.n_parties
         if self.tls:
-            creds = provision_dev(self.directory / "certs", self.n_parties)
-            tls_config = TlsConfig(ca=creds.ca_cert, token_public_key=creds.token_public_key)
+            creds = provision_dev(self.certs_dir, self.n_parties)
+            tls_config = TlsConfig(ca=creds.ca_cert)
             certs = [(c.cert, c.key) for c in creds.parties]
-            self._issuer = TokenIssuer(load_token_signing_key(creds.token_signing_key))
         parties = [
             PartyConfig(
                 id=i,
@@ -165,11 +168,22 @@ class LocalCluster:
     def config(self) -> ClusterConfig:
         return load_cluster(self.cluster_file)
 
-    def token(self, client_id: str, role: str = "trainer", ttl_s: float = 3600.0) -> str | None:
-        """A bearer token for ``client_id`` (None without TLS: the servers do not check)."""
-        if self._issuer is None:
+    @property
+    def certs_dir(self) -> Path:
+        """Where the CA, party and client certificates live (with TLS)."""
+        return self.directory / "certs"
+
+    def client_files(self, client_id: str, role: str = "trainer") -> CertFiles | None:
+        """The client certificate and key of trainer (or collector) ``client_id``, issued
+        by the cluster CA on first use; None without TLS (the servers check nobody)."""
+        if not self.tls:
             return None
-        return self._issuer.issue(client_id, role, ttl_s, self.name)
+        return provision_client(self.certs_dir, client_id, role)
+
+    def client_kwargs(self, client_id: str, role: str = "trainer") -> ClientFiles:
+        """``cert=`` and ``key=`` for a client (empty without TLS)."""
+        files = self.client_files(client_id, role)
+        return ClientFiles() if files is None else ClientFiles(cert=files.cert, key=files.key)
 
     def ca_pem(self) -> bytes | None:
         cfg = self.config
@@ -197,24 +211,11 @@ class LocalCluster:
         raise ConfigError(f"party {party} did not report its ports in time")
 
     def wait_healthy(self, party: int, deadline: float) -> None:
-        cfg = self.config
-        target = cfg.party(party).address
-        ca = self.ca_pem()
+        """Wait until ``party`` answers health checks on both ports (with TLS, over mutual
+        TLS as that party itself: its ports take no connection without a certificate)."""
         while time.monotonic() < deadline:
-            channel = (
-                grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))
-                if ca is not None
-                else grpc.insecure_channel(target)
-            )
-            try:
-                stub = health_pb2_grpc.HealthStub(channel)
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            finally:
-                channel.close()
+            if check_health(self.config, party, timeout=2.0):
+                return
             time.sleep(0.1)
         raise ConfigError(f"party {party} did not become healthy in time")
 

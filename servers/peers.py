@@ -11,7 +11,8 @@ import grpc
 from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
 from servers.aggregator import Manifest
 from servers.config import ClusterConfig, load_cluster
-from servers.convert import state_from_proto
+from servers.convert import holdings_from_proto, holdings_to_proto, state_from_proto
+from servers.spec import Holding
 from servers.status import error_from_code
 
 
@@ -84,20 +85,19 @@ class PeerClient:
         return Manifest(
             round_id=reply.round_id,
             party=reply.party,
-            client_ids=tuple(reply.client_ids),
-            checksum=reply.checksum,
+            held=holdings_from_proto(reply.held),
             state=state_from_proto(reply.state),
             cohort_digest=reply.cohort_digest,
         )
 
     def commit(
-        self, round_id: str, cohort: tuple[str, ...], digest: bytes, spec_digest: bytes
+        self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
     ) -> None:
         self._call(
             "Commit",
             peer_pb2.CommitRequest(
                 round_id=round_id,
-                cohort=list(cohort),
+                cohort=holdings_to_proto(cohort),
                 cohort_digest=digest,
                 spec_digest=spec_digest,
             ),

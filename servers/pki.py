@@ -1,17 +1,10 @@
-"""X.509 credentials: a CA, party and client certificates, PEM files, and who a TLS peer is.
+"""X.509 credentials: a CA, party and client certificates, and PEM files.
 
 Keys are EC P-256 (ECDSA with SHA-256), which every TLS stack gRPC links accepts.
 A party certificate names its party twice, as CN ``party-<i>`` and as the URI
-SAN ``mpcagg://party/<i>``; a client certificate carries ``mpcagg://<role>/<id>``.
-Only a CA key holder can mint either, so a verified TLS peer's URI SAN is its identity.
-
-gRPC Python caveat (grpc 1.85, ``grpc/_cython/_cygrpc/credentials.pyx.pxi``):
-``grpc.ssl_server_credentials(require_client_auth=False)`` maps to
-``GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE``, so the server never asks for a client
-certificate and the auth context carries no ``x509_*`` keys even when the client
-has one. ``require_client_auth=True`` maps to ``REQUEST_AND_REQUIRE_..._AND_VERIFY``.
-Python exposes nothing in between, so a port that must recognise parties by their
-certificate has to require client certificates.
+SAN ``mpcagg://party/<i>``; a client certificate carries ``mpcagg://<role>/<id>`` and
+CN ``<id>``. Only a CA key holder can mint either, so a verified TLS peer's URI SAN is
+its identity (read back by :mod:`servers.identity`).
 """
 
 from __future__ import annotations
@@ -21,7 +14,7 @@ import ipaddress
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,13 +26,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from servers.tokens import Clock, Identity, Role, check_client_id, check_role, is_role
+from servers.identity import MAX_PARTY, Role, check_role, client_uri, party_uri
+from servers.spec import check_id
 
-PARTY_URI_PREFIX: Final = "mpcagg://party/"
-CLIENT_URI_PREFIX: Final = "mpcagg://"
+Clock = Callable[[], float]
+"""Seconds since the epoch; ``time.time`` in production, a fake in tests."""
+
 _BACKDATE: Final = timedelta(minutes=5)
 """Certificates start a little in the past so a peer whose clock lags still accepts them."""
-_MAX_PARTY: Final = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -73,14 +67,6 @@ class KeyPair:
     def key_matches_certificate(self) -> bool:
         """Whether the private key is the one the certificate was issued for."""
         return self.private_key().public_key() == self.certificate.public_key()
-
-
-def party_uri(party: int) -> str:
-    return f"{PARTY_URI_PREFIX}{party}"
-
-
-def client_uri(role: Role, client_id: str) -> str:
-    return f"{CLIENT_URI_PREFIX}{role}/{client_id}"
 
 
 def create_ca(
@@ -126,8 +112,8 @@ def issue_party_cert(
         ValueError: negative party, no hosts, a host that is neither an IP address
             nor an ASCII DNS name, or a ``ca`` that is not a CA with its key.
     """
-    if isinstance(party, bool) or not isinstance(party, int) or not 0 <= party < _MAX_PARTY:
-        raise ValueError(f"party index must be an integer in [0, {_MAX_PARTY}), got {party!r}")
+    if isinstance(party, bool) or not isinstance(party, int) or not 0 <= party < MAX_PARTY:
+        raise ValueError(f"party index must be an integer in [0, {MAX_PARTY}), got {party!r}")
     names: list[x509.GeneralName] = _host_names(hosts)
     names.append(x509.UniformResourceIdentifier(party_uri(party)))
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -148,9 +134,10 @@ def issue_client_cert(
     identity :func:`client_from_auth_context` reads back.
 
     Raises:
-        ValueError: invalid client id or unknown role.
+        InvalidArgument: invalid client id or unknown role.
+        ValueError: ``valid_days`` is not a positive integer, or ``ca`` is no CA with its key.
     """
-    check_client_id(client_id)
+    check_id("client id", client_id)
     checked_role = check_role(role)
     names: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(client_uri(checked_role, client_id))
@@ -168,71 +155,6 @@ def is_issued_by(cert: KeyPair | bytes, ca: KeyPair, *, clock: Clock = time.time
         return False
     now = datetime.fromtimestamp(clock(), UTC)
     return leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc
-
-
-AuthContext = Mapping[str, Iterable[bytes]] | Mapping[bytes, Iterable[bytes]]
-"""``grpc.ServicerContext.auth_context()``: observed with ``str`` keys such as
-``"x509_common_name"``, ``"x509_subject_alternative_name"``, ``"peer_uri"`` and
-``"transport_security_type"``, each mapping to a list of ``bytes``; ``bytes`` keys
-are accepted as well."""
-
-
-def party_from_auth_context(auth_context: AuthContext) -> int | None:
-    """The party index of a TLS peer that presented a verified party certificate, else None.
-
-    The peer counts as party ``i`` only if the transport is TLS, its certificate
-    carries exactly one ``mpcagg://party/<i>`` URI SAN and its CN is ``party-<i>``.
-    gRPC only fills the ``x509_*`` entries after verifying the chain against the
-    server's root certificates, which (see the module note) happens only on a port
-    created with ``require_client_auth=True``; elsewhere this returns None.
-    """
-    entries = _entries(auth_context)
-    if entries.get("transport_security_type") != [b"ssl"]:
-        return None
-    uris = {uri for uri in _uris(entries) if uri.startswith(PARTY_URI_PREFIX.encode())}
-    if len(uris) != 1:
-        return None
-    digits = uris.pop()[len(PARTY_URI_PREFIX) :]
-    if not digits.isdigit() or not digits.isascii() or (digits.startswith(b"0") and digits != b"0"):
-        return None
-    party = int(digits)
-    if party >= _MAX_PARTY or entries.get("x509_common_name") != [f"party-{party}".encode()]:
-        return None
-    return party
-
-
-def client_from_auth_context(auth_context: AuthContext) -> Identity | None:
-    """The trainer or collector identity of a peer with a verified client certificate.
-
-    Same trust argument as :func:`party_from_auth_context`; ``expires_at`` is the
-    certificate's notAfter when gRPC passes the PEM certificate, else infinity.
-    """
-    entries = _entries(auth_context)
-    if entries.get("transport_security_type") != [b"ssl"]:
-        return None
-    found: set[tuple[Role, str]] = set()
-    for uri in _uris(entries):
-        text = uri.decode("ascii", "replace")
-        if not text.startswith(CLIENT_URI_PREFIX):
-            continue
-        role, _, client_id = text[len(CLIENT_URI_PREFIX) :].partition("/")
-        if is_role(role):
-            found.add((role, client_id))
-    if len(found) != 1:
-        return None
-    role, client_id = found.pop()
-    try:
-        check_client_id(client_id)
-    except ValueError:
-        return None
-    if entries.get("x509_common_name") != [client_id.encode()]:
-        return None
-    expires_at = float("inf")
-    pem = entries.get("x509_pem_cert")
-    if pem:
-        with contextlib.suppress(ValueError):
-            expires_at = x509.load_pem_x509_certificate(pem[0]).not_valid_after_utc.timestamp()
-    return Identity(client_id=client_id, role=role, expires_at=expires_at)
 
 
 def write_private_pem(path: Path | str, pem: bytes) -> None:
@@ -360,19 +282,6 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _entries(auth_context: AuthContext) -> dict[str, list[bytes]]:
-    return {
-        (key.decode("ascii", "replace") if isinstance(key, bytes) else key): list(values)
-        for key, values in auth_context.items()
-    }
-
-
-def _uris(entries: Mapping[str, list[bytes]]) -> set[bytes]:
-    """URI SANs: grpc lists them under ``peer_uri`` and, mixed with DNS/IP, under the SAN key."""
-    candidates = [*entries.get("peer_uri", []), *entries.get("x509_subject_alternative_name", [])]
-    return {value for value in candidates if b"://" in value}
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

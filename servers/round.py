@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servers.errors import RoundNotOpen
-from servers.spec import RoundSpec
+from servers.spec import Holding, RoundSpec
 
 
 class RoundState(enum.Enum):
@@ -47,6 +47,10 @@ class UploadRecord:
     digest: bytes
     nbytes: int
 
+    @property
+    def holding(self) -> Holding:
+        return Holding(self.client_id, self.sharing_id)
+
 
 @dataclass
 class Round:
@@ -59,8 +63,8 @@ class Round:
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     inflight: set[str] = field(default_factory=set)
     committing: set[str] = field(default_factory=set)  # being made durable; manifests wait
-    cohort: tuple[str, ...] | None = None
-    decided: tuple[str, ...] | None = None  # leader only: cohort chosen, commits under way
+    cohort: tuple[Holding, ...] | None = None
+    decided: tuple[Holding, ...] | None = None  # leader only: cohort chosen, commits under way
     cohort_digest: bytes = b""
     bytes_received: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -68,6 +72,14 @@ class Round:
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
+
+    def in_cohort(self, client_id: str) -> bool:
+        """Whether ``client_id`` is in the committed cohort."""
+        return any(m.client_id == client_id for m in self.cohort or ())
+
+    def holdings(self) -> tuple[Holding, ...]:
+        """What this party durably holds, sorted by client id."""
+        return tuple(sorted(u.holding for u in self.uploads.values()))
 
     def move(self, new: RoundState, reason: str = "") -> None:
         """Transition to ``new``; raises :class:`RoundNotOpen` for an illegal transition."""

@@ -1,4 +1,11 @@
-"""Assemble and run one aggregation server (party) process."""
+"""Assemble and run one aggregation server (party) process.
+
+Two gRPC servers share the process: the client port (``address``: Aggregation and
+Health, for trainers and the collector) and the peer port (``peer_address``: Peer and
+Health, for the other parties). Each service is reachable only on its own port. With
+TLS both require a client certificate from the cluster CA (mutual TLS): on the client
+port it names a trainer or the collector, on the peer port a party.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +27,11 @@ from servers.aggregator import Aggregator
 from servers.auth import Authenticator, PeerAuthenticator
 from servers.cohort import Leader
 from servers.config import ClusterConfig
-from servers.credentials import load_token_public_key
 from servers.errors import ConfigError
 from servers.peers import PeerTls, peer_clients
 from servers.pki import read_pem
 from servers.service import AggregationService, PeerService
 from servers.storage import Storage
-from servers.tokens import TokenVerifier
 
 log = logging.getLogger("mpcagg.server")
 
@@ -45,6 +50,9 @@ class RunningServer:
     port: int
     peer_port: int
     grpc_server: grpc.Server
+    """The client port's server (Aggregation, Health)."""
+    peer_server: grpc.Server
+    """The peer port's server (Peer, Health)."""
     aggregator: Aggregator
     leader: Leader | None
     health: health.HealthServicer
@@ -56,7 +64,9 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         if self.leader is not None:
             self.leader.stop()
-        self.grpc_server.stop(grace=self.drain_timeout).wait(self.drain_timeout + 5)
+        stopped = [s.stop(grace=self.drain_timeout) for s in (self.grpc_server, self.peer_server)]
+        for event in stopped:
+            event.wait(self.drain_timeout + 5)
         self.storage.close()
 
 
@@ -94,12 +104,8 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
     if replayed:
         log.info("recovered %d acknowledged uploads from %s", replayed, me.data_dir)
 
-    verifier = None
     peer_tls = None
     if tls is not None and not insecure:
-        if tls.token_public_key is None:
-            raise ConfigError("[tls] needs token_public_key to verify trainer and collector tokens")
-        verifier = TokenVerifier(load_token_public_key(tls.token_public_key), cluster=cluster.name)
         assert me.cert is not None and me.key is not None
         peer_tls = PeerTls(ca=read_pem(tls.ca), cert=read_pem(me.cert), key=read_pem(me.key))
 
@@ -111,18 +117,22 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         ("grpc.so_reuseport", 0),
     ]
     # Uploads are capped by the servicer at max_concurrent_streams with a clear error; the
-    # rest of the pool keeps health checks, status queries and peer calls answered while
-    # uploads are at their cap. gRPC's own limit is only a backstop beyond that.
+    # rest of the pool keeps health checks and status queries answered while uploads are at
+    # their cap (peer calls have a server of their own). gRPC's own limit is only a backstop.
     workers = limits.max_concurrent_streams + CONTROL_RPCS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=workers,
     )
+    peer_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=CONTROL_RPCS, thread_name_prefix="peer-rpc"),
+        options=options,
+    )
     aggregation_pb2_grpc.add_AggregationServicer_to_server(
         AggregationService(
             aggregator,
-            Authenticator(verifier),
+            Authenticator(enforcing=peer_tls is not None),
             leader,
             limits.chunk_bytes,
             max_uploads=limits.max_concurrent_streams,
@@ -133,28 +143,27 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         PeerService(
             aggregator, PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None)
         ),
-        server,
+        peer_server,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_server)
     assert me.peer_address is not None  # checked above
     if peer_tls is None:
         port = server.add_insecure_port(me.address)
-        peer_port = server.add_insecure_port(me.peer_address)
+        peer_port = peer_server.add_insecure_port(me.peer_address)
     else:
-        client_creds = grpc.ssl_server_credentials(
-            [(peer_tls.key, peer_tls.cert)],
-            root_certificates=peer_tls.ca,
-            require_client_auth=False,
-        )
-        peer_creds = grpc.ssl_server_credentials(
+        # Both ports require a client certificate from the cluster CA: gRPC fills the
+        # auth context's x509 entries (the caller's identity) only then.
+        mutual_tls = grpc.ssl_server_credentials(
             [(peer_tls.key, peer_tls.cert)], root_certificates=peer_tls.ca, require_client_auth=True
         )
-        port = server.add_secure_port(me.address, client_creds)
-        peer_port = server.add_secure_port(me.peer_address, peer_creds)
+        port = server.add_secure_port(me.address, mutual_tls)
+        peer_port = peer_server.add_secure_port(me.peer_address, mutual_tls)
     if port == 0 or peer_port == 0:
         raise ConfigError(f"could not bind {me.address} / {me.peer_address}")
     server.start()
+    peer_server.start()
     for name in ("", "mpcagg.v1.Aggregation", "mpcagg.v1.Peer"):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if leader is not None:
@@ -167,6 +176,7 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
         port,
         peer_port,
         server,
+        peer_server,
         aggregator,
         leader,
         health_servicer,

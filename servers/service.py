@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from mpc.ring import RingVector
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from servers.aggregator import Aggregator
+from servers.aggregator import Aggregator, Status
 from servers.auth import Authenticator, PeerAuthenticator
 from servers.convert import (
     header_from_proto,
+    holdings_from_proto,
+    holdings_to_proto,
     receipt_to_proto,
     spec_from_proto,
     state_to_proto,
@@ -51,6 +54,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         leader: Leader | None,
         chunk_bytes: int,
         max_uploads: int | None = None,
+        max_downloads: int | None = None,
     ) -> None:
         self._agg = aggregator
         self._auth = auth
@@ -58,20 +62,24 @@ class AggregationService(pb_grpc.AggregationServicer):
         self._chunk = chunk_bytes
         self._max_uploads = max_uploads
         self._upload_slots = threading.BoundedSemaphore(max_uploads or 1)
+        self._max_downloads = max_downloads
+        self._download_slots = threading.BoundedSemaphore(max_downloads or 1)
 
     @grpc_errors
     def CreateRound(
         self, request: pb.CreateRoundRequest, context: grpc.ServicerContext
     ) -> pb.RoundStatus:
         self._auth.require(context, "collector")
-        return status_to_proto(self._agg.create_round(spec_from_proto(request.spec)))
+        spec = spec_from_proto(request.spec)
+        return status_to_proto(self._agg.create_round(spec), spec)
 
     @grpc_errors
     def GetRound(
         self, request: pb.GetRoundRequest, context: grpc.ServicerContext
     ) -> pb.RoundStatus:
         self._auth.require(context, "trainer", "collector")
-        return status_to_proto(self._agg.status(request.round_id))
+        rnd = self._agg.get(request.round_id)
+        return status_to_proto(self._agg.status(request.round_id), rnd.spec)
 
     @grpc_errors
     def Upload(
@@ -123,12 +131,30 @@ class AggregationService(pb_grpc.AggregationServicer):
             # Decided before the round's state is looked at, so a trainer learns nothing
             # from the answer about a round it may not fetch.
             rnd = self._agg.get(request.round_id)
-            if not rnd.spec.trainers_may_fetch or ident.client_id not in (rnd.cohort or ()):
+            if not rnd.spec.trainers_may_fetch or not rnd.in_cohort(ident.client_id):
                 raise PermissionDenied(
                     "only the collector, or a cohort trainer when the round allows it, "
                     "may fetch aggregate shares"
                 )
         status, vector = self._agg.aggregate_share(request.round_id)
+        if self._max_downloads is None:
+            yield from self._stream_share(status, vector)
+            return
+        # A caller that holds streams open without reading them keeps a worker thread
+        # each: capped, so health checks and the leader's peer calls stay answered.
+        if not self._download_slots.acquire(blocking=False):
+            raise Busy(
+                f"this server already streams max_aggregate_streams ({self._max_downloads}) "
+                "aggregate shares; retry shortly"
+            )
+        try:
+            yield from self._stream_share(status, vector)
+        finally:
+            self._download_slots.release()
+
+    def _stream_share(
+        self, status: Status, vector: RingVector
+    ) -> Iterator[pb.AggregateShareMessage]:
         yield pb.AggregateShareMessage(
             header=pb.AggregateShareHeader(
                 round_id=status.round_id,
@@ -176,9 +202,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         return peer_pb2.ManifestReply(
             round_id=m.round_id,
             party=m.party,
-            client_ids=list(m.client_ids),
-            count=len(m.client_ids),
-            checksum=m.checksum,
+            held=holdings_to_proto(m.held),
             state=state_to_proto(m.state),
             cohort_digest=m.cohort_digest,
         )
@@ -191,7 +215,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         spec_digest = self._agg.get(request.round_id).spec.digest
         if request.spec_digest != spec_digest:
             raise InvalidArgument("commit names a different round spec than this party holds")
-        status = self._agg.commit(request.round_id, tuple(request.cohort), request.cohort_digest)
+        cohort = holdings_from_proto(request.cohort)
+        status = self._agg.commit(request.round_id, cohort, request.cohort_digest)
         return status_to_proto(status)
 
     @grpc_errors

@@ -10,18 +10,19 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mpc import FixedPoint, max_clients_for_bound
 from mpc.errors import ParameterError
 from servers.errors import InvalidArgument
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_id(kind: str, value: str) -> str:
     """Round and client ids: 1-128 characters of ``[A-Za-z0-9._-]``, not starting with a symbol."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 40 else f"{str(value)[:40]}…"
         raise InvalidArgument(
             f"{kind} must be 1-128 characters of letters, digits and ._- "
@@ -123,13 +124,45 @@ class RoundSpec:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def cohort_digest(client_ids: list[str] | tuple[str, ...]) -> bytes:
-    """SHA-256 over the sorted, newline-terminated client ids."""
+SHARING_ID_BYTES = 16
+"""A sharing id: drawn fresh by the trainer for each update it shares, the same at every
+party and on every retry of that update."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Holding:
+    """One client's sharing as a party holds it. The cohort is a set of holdings, so
+    shares of two different sharings of one client are never summed together."""
+
+    client_id: str
+    sharing_id: bytes
+
+    def __post_init__(self) -> None:
+        check_id("client id", self.client_id)
+        if len(self.sharing_id) != SHARING_ID_BYTES:
+            raise InvalidArgument(
+                f"sharing id must be {SHARING_ID_BYTES} bytes, got {len(self.sharing_id)}"
+            )
+
+    def __str__(self) -> str:
+        return f"{self.client_id}:{self.sharing_id.hex()}"
+
+
+def cohort_digest(cohort: Iterable[Holding]) -> bytes:
+    """SHA-256 over the holdings sorted by client id, one ``<client_id>:<sharing_id hex>\\n``
+    line each."""
     h = hashlib.sha256()
-    for cid in sorted(client_ids):
-        h.update(cid.encode())
-        h.update(b"\n")
+    for holding in sorted(cohort):
+        h.update(f"{holding}\n".encode())
     return h.digest()
+
+
+def cohort_to_json(cohort: Iterable[Holding]) -> str:
+    return json.dumps([[m.client_id, m.sharing_id.hex()] for m in sorted(cohort)])
+
+
+def cohort_from_json(text: str) -> tuple[Holding, ...]:
+    return tuple(Holding(cid, bytes.fromhex(sid)) for cid, sid in json.loads(text))
 
 
 def spec_from_canonical(raw: bytes) -> RoundSpec:

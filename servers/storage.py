@@ -16,7 +16,7 @@ file are impossible; files without a row (a crash between rename and commit) and
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
 import sqlite3
 import threading
@@ -27,6 +27,7 @@ import numpy as np
 
 from mpc.ring import DTYPE, RingVector
 from servers.errors import ConfigError
+from servers.spec import Holding, cohort_from_json, cohort_to_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -60,8 +61,9 @@ class RoundRow:
     spec_digest: bytes
     state: str
     reason: str
-    cohort: tuple[str, ...] | None
+    cohort: tuple[Holding, ...] | None
     cohort_digest: bytes | None
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,28 @@ class UploadRow:
     length: int
     nbytes: int
     seed: bytes = field(default=b"", repr=False)  # kind "seed": the 32-byte seed
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take an exclusive ``flock`` on ``data_dir/.lock`` for the life of the process.
+
+    Two servers on one data directory would each run recovery and sweep the other's
+    spool; the second is refused with :class:`ConfigError` instead.
+    """
+    path = data_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"data directory {data_dir} is in use by another mpcagg server (pid {holder}); "
+            "stop it first, or give this party its own data_dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:
@@ -156,11 +180,14 @@ class Storage:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         try:
-            (self.data_dir / "spool").mkdir(parents=True, exist_ok=True)
+            # Share material lives here: owner-only, whatever the umask.
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.data_dir / "spool").mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
                 f"cannot create data directory {self.data_dir}: {exc.strerror}"
             ) from exc
+        self._lock_fd = _lock_data_dir(self.data_dir)
         self._lock = threading.Lock()
         db_path = self.data_dir / "meta.sqlite3"
         # Seeds live in the database: create it 0600 (SQLite gives its WAL the same mode).
@@ -168,12 +195,18 @@ class Storage:
         os.chmod(db_path, 0o600)
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # An acknowledged upload survives power loss: every commit is fsync'ed.
         self._db.execute("PRAGMA synchronous=FULL")
+        # Forgotten seeds are overwritten with zeros, not left in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the data directory's lock
+                self._lock_fd = -1
 
     # --- rounds -------------------------------------------------------------------------
 
@@ -190,7 +223,7 @@ class Storage:
         round_id: str,
         state: str,
         reason: str = "",
-        cohort: tuple[str, ...] | None = None,
+        cohort: tuple[Holding, ...] | None = None,
         cohort_digest: bytes | None = None,
     ) -> None:
         with self._lock:
@@ -200,7 +233,7 @@ class Storage:
                 (
                     state,
                     reason,
-                    None if cohort is None else json.dumps(list(cohort)),
+                    None if cohort is None else cohort_to_json(cohort),
                     cohort_digest,
                     round_id,
                 ),
@@ -209,8 +242,8 @@ class Storage:
     def rounds(self) -> list[RoundRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT round_id, spec, spec_digest, state, reason, cohort, cohort_digest "
-                "FROM rounds ORDER BY created_at"
+                "SELECT round_id, spec, spec_digest, state, reason, cohort, cohort_digest, "
+                "created_at FROM rounds ORDER BY created_at"
             ).fetchall()
         return [
             RoundRow(
@@ -219,8 +252,9 @@ class Storage:
                 r[2],
                 r[3],
                 r[4],
-                None if r[5] is None else tuple(json.loads(r[5])),
+                None if r[5] is None else cohort_from_json(r[5]),
                 r[6],
+                r[7],
             )
             for r in rows
         ]
@@ -296,9 +330,15 @@ class Storage:
         return self.share_path(row.round_id, row.client_id, row.kind).read_bytes()
 
     def forget_seeds(self, round_id: str) -> None:
-        """Drop a finished round's seeds (its aggregate share, if any, is durable)."""
+        """Drop a finished round's seeds (its aggregate share, if any, is durable).
+
+        ``secure_delete`` zeroes the old row's bytes in the database file, and the WAL
+        checkpoint (TRUNCATE) copies the change into it and empties the WAL, which
+        would otherwise still hold the page with the seeds.
+        """
         with self._lock:
             self._db.execute("UPDATE uploads SET seed = x'' WHERE round_id = ?", (round_id,))
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sweep(self, round_id: str, keep: set[str]) -> int:
         """Delete spool files of ``round_id`` not in ``keep`` (file names); returns the count."""

@@ -26,7 +26,6 @@ from servers.storage import DIRECT_ALIGN, UploadRow
 if TYPE_CHECKING:
     from servers.aggregator import Aggregator
 
-SHARING_ID_BYTES = 16
 DIGEST_BYTES = 32
 
 
@@ -88,6 +87,7 @@ class Receipt:
     party: int
     payload_digest: bytes
     duplicate: bool
+    sharing_id: bytes = b""
 
 
 class UploadSession:
@@ -204,7 +204,14 @@ class UploadSession:
             rnd.changed.notify_all()
         self._release()
         self._agg.metrics_upload(self._total)
-        return Receipt(h.round_id, h.client_id, self._agg.party, h.payload_digest, duplicate=False)
+        return Receipt(
+            h.round_id,
+            h.client_id,
+            self._agg.party,
+            h.payload_digest,
+            duplicate=False,
+            sharing_id=h.sharing_id,
+        )
 
     def _share(self) -> FullShare | SeedShare:
         h = self.header

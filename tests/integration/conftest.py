@@ -1,4 +1,4 @@
-"""Integration fixtures: real server processes on 127.0.0.1 (port 0, TLS and tokens).
+"""Integration fixtures: real server processes on 127.0.0.1 (port 0, mutual TLS).
 
 A module shares one :class:`LocalCluster` where that is safe (distinct round ids);
 :class:`Rig` wraps a cluster with what the tests do again and again: open a round,
@@ -108,12 +108,9 @@ class Rig:
         self.cluster = cluster
         self.config = cluster.config
         self.n = cluster.n_parties
-        self.collector = Collector(
-            self.config, token=cluster.token("collector", "collector"), retry=FAST_RETRY
-        )
-        self.collector_wire = Transport(
-            self.config, token=cluster.token("collector", "collector"), retry=NO_RETRY
-        )
+        collector = cluster.client_kwargs("collector", "collector")
+        self.collector = Collector(self.config, **collector, retry=FAST_RETRY)
+        self.collector_wire = Transport(self.config, **collector, retry=NO_RETRY)
         self._transports: list[Transport] = [self.collector_wire]
 
     def __enter__(self) -> Rig:
@@ -159,7 +156,7 @@ class Rig:
         return SecureAggregator(
             config or self.config,
             client_id,
-            token=self.cluster.token(client_id),
+            **self.cluster.client_kwargs(client_id),
             progress=False,
             retry=retry,
         )
@@ -173,7 +170,7 @@ class Rig:
     # -- trainers at the wire level ----------------------------------------------------
 
     def transport(self, client_id: str, retry: RetryPolicy = NO_RETRY) -> Transport:
-        t = Transport(self.config, token=self.cluster.token(client_id), retry=retry)
+        t = Transport(self.config, **self.cluster.client_kwargs(client_id), retry=retry)
         self._transports.append(t)
         return t
 

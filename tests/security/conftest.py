@@ -1,5 +1,6 @@
 """Shared helpers for the security suite: a TLS cluster of real server processes and
-raw gRPC channels that present exactly the credential a test asks for.
+raw gRPC channels that present exactly the client certificate a test asks for (every
+port of a TLS cluster requires one: mutual TLS).
 
 Every test module starts at most one cluster (module scope) so the suite stays
 within its time budget on two cores; every RPC carries a deadline.
@@ -21,12 +22,11 @@ from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
 from servers.credentials import KeyPair, issue_client_cert, issue_party_cert, load_key_pair
+from servers.identity import Role
 from servers.local import LocalCluster
 
 RPC_S = 5.0
 """Deadline of every raw call the suite makes."""
-
-Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -36,6 +36,7 @@ class SecureEnv:
     cluster: LocalCluster
     ca: KeyPair
     _channels: dict[tuple[Any, ...], grpc.Channel] = field(default_factory=dict)
+    _clients: dict[tuple[str, str], KeyPair] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -49,9 +50,15 @@ class SecureEnv:
         certs = self.cluster.directory / "certs"
         return load_key_pair(certs / f"party-{party}.pem", certs / f"party-{party}-key.pem")
 
-    def client_pair(self, client_id: str, role: str = "trainer") -> KeyPair:
-        """A client certificate issued by the cluster's own CA."""
-        return issue_client_cert(self.ca, client_id, role)  # type: ignore[arg-type]
+    def client_pair(self, client_id: str, role: Role = "trainer") -> KeyPair:
+        """A client certificate issued by the cluster's own CA (the same one each time)."""
+        pair = self._clients.get((client_id, role))
+        if pair is None:
+            pair = self._clients[client_id, role] = issue_client_cert(self.ca, client_id, role)
+        return pair
+
+    def collector_pair(self) -> KeyPair:
+        return self.client_pair("collector", "collector")
 
     def stray_party_pair(self, party: int) -> KeyPair:
         """A party certificate from the cluster CA for a party index outside the cluster."""
@@ -90,19 +97,19 @@ class SecureEnv:
     def agg(self, party: int, **kw: Any) -> pb_grpc.AggregationStub:
         return pb_grpc.AggregationStub(self.channel(party, **kw))  # type: ignore[no-untyped-call]
 
+    def as_trainer(self, party: int, client_id: str) -> pb_grpc.AggregationStub:
+        """``party``'s Aggregation service over mutual TLS as trainer ``client_id``."""
+        return self.agg(party, client=self.client_pair(client_id))
+
+    def as_collector(self, party: int) -> pb_grpc.AggregationStub:
+        """``party``'s Aggregation service over mutual TLS as the collector."""
+        return self.agg(party, client=self.collector_pair())
+
     def peer(self, party: int, **kw: Any) -> peer_pb2_grpc.PeerStub:
         return peer_pb2_grpc.PeerStub(self.channel(party, **kw))  # type: ignore[no-untyped-call]
 
-    def md(self, client_id: str, role: str = "trainer") -> Metadata:
-        token = self.cluster.token(client_id, role)
-        assert token is not None
-        return (("authorization", f"Bearer {token}"),)
-
-    def collector_md(self) -> Metadata:
-        return self.md("collector", "collector")
-
     def health(self, party: int, service: str = "") -> int:
-        stub = health_pb2_grpc.HealthStub(self.channel(party))
+        stub = health_pb2_grpc.HealthStub(self.channel(party, client=self.collector_pair()))
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_S)
         return int(reply.status)
 
@@ -163,9 +170,12 @@ def spec_msg(
 
 def create_round(env: SecureEnv, spec: pb.RoundSpec) -> None:
     for i in range(env.n):
-        env.agg(i).CreateRound(
-            pb.CreateRoundRequest(spec=spec), metadata=env.collector_md(), timeout=RPC_S
-        )
+        env.as_collector(i).CreateRound(pb.CreateRoundRequest(spec=spec), timeout=RPC_S)
+
+
+def sharing_of(client_id: str) -> bytes:
+    """The sharing id the upload helpers use for ``client_id`` at every party."""
+    return hashlib.sha256(b"sharing" + client_id.encode()).digest()[:16]
 
 
 def seed_upload(
@@ -174,13 +184,13 @@ def seed_upload(
     party: int,
     length: int,
     seed: bytes = b"\x07" * 32,
-    sharing_id: bytes = b"\x01" * 16,
+    sharing_id: bytes | None = None,
 ) -> list[pb.UploadMessage]:
     """A well-formed seed upload (its digest matches)."""
     header = pb.UploadHeader(
         round_id=round_id,
         client_id=client_id,
-        sharing_id=sharing_id,
+        sharing_id=sharing_of(client_id) if sharing_id is None else sharing_id,
         party=party,
         kind=pb.SEED,
         length=length,
@@ -195,14 +205,14 @@ def full_upload(
     client_id: str,
     party: int,
     data: bytes,
-    sharing_id: bytes = b"\x02" * 16,
+    sharing_id: bytes | None = None,
     chunk: int = 16,
 ) -> list[pb.UploadMessage]:
     """A well-formed full-share upload of ``data`` (little-endian uint64s) in chunks."""
     header = pb.UploadHeader(
         round_id=round_id,
         client_id=client_id,
-        sharing_id=sharing_id,
+        sharing_id=sharing_of(client_id) if sharing_id is None else sharing_id,
         party=party,
         kind=pb.FULL,
         length=len(data) // 8,
@@ -232,3 +242,14 @@ def error_of(call: Callable[[], object]) -> grpc.RpcError:
 
 def manifest_req(round_id: str = "no-such-round") -> peer_pb2.ManifestRequest:
     return peer_pb2.ManifestRequest(round_id=round_id, spec_digest=b"\x00" * 32)
+
+
+def assert_handshake_refused(call: Callable[[], object]) -> grpc.RpcError:
+    """``call`` fails because the server refused the TLS handshake, before any request
+    was read: UNAVAILABLE with the connection closed by the server ("Socket closed"),
+    not refused (the server is up) and not a status from a servicer."""
+    err = error_of(call)
+    details = err.details() or ""
+    assert err.code() is grpc.StatusCode.UNAVAILABLE, (err.code(), details)
+    assert "Socket closed" in details, details
+    return err

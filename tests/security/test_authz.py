@@ -1,37 +1,42 @@
 """Authentication and authorisation of every RPC, and the server-side privacy guards.
 
 Who may call what: peer RPCs need a party certificate of this cluster (from the
-leader); collector RPCs need the collector role; uploads need the trainer whose id
-the request names; a token must be unexpired, untampered, from this cluster's key.
-Privacy guards: each server enforces min_clients and one committed cohort per round.
+leader) on the peer port; collector RPCs need a collector certificate, uploads the
+certificate of the trainer whose id the request names, both on the client port; a
+client certificate must come from the cluster CA and be valid now, or the TLS handshake
+fails. Privacy guards: each server enforces min_clients and one committed cohort per
+round.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import peer_pb2
-from servers.credentials import load_token_signing_key
-from servers.spec import cohort_digest
-from servers.tokens import TokenIssuer
+from servers.credentials import KeyPair, create_ca, issue_client_cert
+from servers.spec import Holding, cohort_digest
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,
+    assert_handshake_refused,
     code_of,
     create_round,
     error_of,
     manifest_req,
     seed_upload,
+    sharing_of,
     spec_msg,
     start_env,
 )
@@ -51,9 +56,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEnv]:
 def _upload(env: SecureEnv, round_id: str, client_id: str, party: int) -> pb.UploadReceipt:
     seed = client_id.encode().ljust(32, b".")[:32]
     msgs = seed_upload(round_id, client_id, party, LENGTH, seed=seed)
-    reply: pb.UploadReceipt = env.agg(party).Upload(
-        iter(msgs), metadata=env.md(client_id), timeout=RPC_S
-    )
+    reply: pb.UploadReceipt = env.as_trainer(party, client_id).Upload(iter(msgs), timeout=RPC_S)
     return reply
 
 
@@ -67,22 +70,24 @@ def _open_round(env: SecureEnv, round_id: str, clients: list[str], **kw: object)
 
 
 def _close(env: SecureEnv, round_id: str) -> pb.RoundStatus:
-    reply: pb.RoundStatus = env.agg(0).CloseRound(
-        pb.CloseRoundRequest(round_id=round_id), metadata=env.collector_md(), timeout=15
+    reply: pb.RoundStatus = env.as_collector(0).CloseRound(
+        pb.CloseRoundRequest(round_id=round_id), timeout=15
     )
     return reply
 
 
-def _fetch(env: SecureEnv, party: int, round_id: str, md: object) -> list[pb.AggregateShareMessage]:
-    stream = env.agg(party).GetAggregateShare(
-        pb.GetAggregateShareRequest(round_id=round_id), metadata=md, timeout=RPC_S
+def _fetch(
+    env: SecureEnv, party: int, round_id: str, client: KeyPair
+) -> list[pb.AggregateShareMessage]:
+    stream = env.agg(party, client=client).GetAggregateShare(
+        pb.GetAggregateShareRequest(round_id=round_id), timeout=RPC_S
     )
     return list(stream)
 
 
 def _status(env: SecureEnv, party: int, round_id: str) -> pb.RoundStatus:
-    reply: pb.RoundStatus = env.agg(party).GetRound(
-        pb.GetRoundRequest(round_id=round_id), metadata=env.collector_md(), timeout=RPC_S
+    reply: pb.RoundStatus = env.as_collector(party).GetRound(
+        pb.GetRoundRequest(round_id=round_id), timeout=RPC_S
     )
     return reply
 
@@ -98,32 +103,40 @@ def committed(env: SecureEnv) -> pb.RoundSpec:
 # --- peer RPCs --------------------------------------------------------------------------
 
 
-def _peer_calls(env: SecureEnv, **channel: object) -> dict[str, Callable[[object], object]]:
+def _peer_calls(env: SecureEnv, **channel: object) -> dict[str, Callable[[], object]]:
     stub = env.peer(1, **channel)  # type: ignore[arg-type]
     return {
-        "Manifest": lambda md: stub.Manifest(manifest_req("committed"), metadata=md, timeout=RPC_S),
-        "Commit": lambda md: stub.Commit(
-            peer_pb2.CommitRequest(
-                round_id="committed",
-                cohort=["t1", "t2"],
-                cohort_digest=cohort_digest(["t1", "t2"]),
-            ),
-            metadata=md,
+        "Manifest": lambda: stub.Manifest(manifest_req("committed"), timeout=RPC_S),
+        # Refused before the request is read: its content does not matter.
+        "Commit": lambda: stub.Commit(
+            peer_pb2.CommitRequest(round_id="committed", cohort_digest=b"\x00" * 32),
             timeout=RPC_S,
         ),
-        "Fail": lambda md: stub.Fail(
-            peer_pb2.FailRequest(round_id="committed", reason="x"), metadata=md, timeout=RPC_S
+        "Fail": lambda: stub.Fail(
+            peer_pb2.FailRequest(round_id="committed", reason="x"), timeout=RPC_S
         ),
     }
 
 
+def _holders(env: SecureEnv) -> dict[str, Callable[[], KeyPair]]:
+    """Certificates from the cluster's own CA, by who holds them."""
+    return {
+        "trainer-cert": lambda: env.client_pair("t1"),
+        "collector-cert": env.collector_pair,
+        "leader-cert": lambda: env.party_pair(0),
+    }
+
+
 @pytest.mark.parametrize("method", ["Manifest", "Commit", "Fail"])
-@pytest.mark.parametrize("role", ["trainer", "collector"])
-def test_peer_rpcs_refuse_client_tokens_on_the_client_port(
-    env: SecureEnv, committed: pb.RoundSpec, method: str, role: str
+@pytest.mark.parametrize("who", ["trainer-cert", "collector-cert", "leader-cert"])
+def test_peer_rpcs_are_not_served_on_the_client_port(
+    env: SecureEnv, committed: pb.RoundSpec, method: str, who: str
 ) -> None:
-    md = env.md("t1" if role == "trainer" else "collector", role)
-    assert code_of(lambda: _peer_calls(env)[method](md)) is DENIED
+    """The Peer service listens on the peer port only: even the leader's certificate
+    reaches no peer RPC through the client port (which trainers can reach)."""
+    calls = _peer_calls(env, client=_holders(env)[who]())
+    assert code_of(calls[method]) is grpc.StatusCode.UNIMPLEMENTED
+    assert _status(env, 1, "committed").state == pb.COMMITTED
 
 
 @pytest.mark.parametrize("method", ["Manifest", "Commit", "Fail"])
@@ -134,11 +147,10 @@ def test_peer_rpcs_refuse_non_party_certificates_on_the_peer_port(
     """Certificates from the cluster's own CA that do not name a party of the cluster."""
     pair = {
         "trainer-cert": lambda: env.client_pair("t1", "trainer"),
-        "collector-cert": lambda: env.client_pair("collector", "collector"),
+        "collector-cert": env.collector_pair,
         "party-7-cert": lambda: env.stray_party_pair(7),
     }[who]()
-    md = env.collector_md()  # a valid token does not help either
-    assert code_of(lambda: _peer_calls(env, peer=True, client=pair)[method](md)) is DENIED
+    assert code_of(_peer_calls(env, peer=True, client=pair)[method]) is DENIED
 
 
 @pytest.mark.parametrize("method", ["Manifest", "Commit", "Fail"])
@@ -147,7 +159,7 @@ def test_peer_rpcs_are_taken_only_from_the_leader(
 ) -> None:
     """Party 2 is a genuine party, but only party 0 coordinates rounds."""
     calls = _peer_calls(env, peer=True, client=env.party_pair(2))
-    assert code_of(lambda: calls[method](())) is DENIED
+    assert code_of(calls[method]) is DENIED
     assert _status(env, 1, "committed").state == pb.COMMITTED
 
 
@@ -159,7 +171,7 @@ def test_the_leader_certificate_is_accepted_on_the_peer_port(
         peer_pb2.ManifestRequest(round_id="committed", spec_digest=committed_digest(env)),
         timeout=RPC_S,
     )
-    assert reply.state == pb.COMMITTED and list(reply.client_ids) == ["t1", "t2", "t3"]
+    assert reply.state == pb.COMMITTED and [h.client_id for h in reply.held] == ["t1", "t2", "t3"]
 
 
 def committed_digest(env: SecureEnv) -> bytes:
@@ -171,19 +183,17 @@ def committed_digest(env: SecureEnv) -> bytes:
 
 def _collector_calls(
     env: SecureEnv, party: int = 0, **channel: object
-) -> dict[str, Callable[[object], object]]:
+) -> dict[str, Callable[[], object]]:
     stub = env.agg(party, **channel)  # type: ignore[arg-type]
     return {
-        "CreateRound": lambda md: stub.CreateRound(
-            pb.CreateRoundRequest(spec=spec_msg("by-a-trainer")), metadata=md, timeout=RPC_S
+        "CreateRound": lambda: stub.CreateRound(
+            pb.CreateRoundRequest(spec=spec_msg("by-a-trainer")), timeout=RPC_S
         ),
-        "CloseRound": lambda md: stub.CloseRound(
-            pb.CloseRoundRequest(round_id="committed"), metadata=md, timeout=RPC_S
+        "CloseRound": lambda: stub.CloseRound(
+            pb.CloseRoundRequest(round_id="committed"), timeout=RPC_S
         ),
-        "GetAggregateShare": lambda md: list(
-            stub.GetAggregateShare(
-                pb.GetAggregateShareRequest(round_id="committed"), metadata=md, timeout=RPC_S
-            )
+        "GetAggregateShare": lambda: list(
+            stub.GetAggregateShare(pb.GetAggregateShareRequest(round_id="committed"), timeout=RPC_S)
         ),
     }
 
@@ -192,59 +202,78 @@ def _collector_calls(
 def test_a_trainer_may_not_run_rounds_or_fetch_shares(
     env: SecureEnv, committed: pb.RoundSpec, method: str
 ) -> None:
-    err = error_of(lambda: _collector_calls(env)[method](env.md("t1")))
+    err = error_of(_collector_calls(env, client=env.client_pair("t1"))[method])
     assert err.code() is DENIED
     assert "collector" in (err.details() or "")
 
 
 def test_a_trainer_may_not_fetch_an_open_rounds_share_either(env: SecureEnv) -> None:
     _open_round(env, "still-open", ["t1"])
-    assert code_of(lambda: _fetch(env, 1, "still-open", env.md("t1"))) is DENIED
+    assert code_of(lambda: _fetch(env, 1, "still-open", env.client_pair("t1"))) is DENIED
 
 
 @pytest.mark.parametrize("method", ["CreateRound", "CloseRound", "GetAggregateShare"])
 def test_a_party_certificate_is_no_collector_credential(
     env: SecureEnv, committed: pb.RoundSpec, method: str
 ) -> None:
-    calls = _collector_calls(env, 1, peer=True, client=env.party_pair(0))
-    assert code_of(lambda: calls[method](())) is UNAUTH
+    """A genuine party certificate (the leader's) on the client port identifies a server,
+    not the collector; on the peer port the Aggregation service is not served at all."""
+    on_client_port = _collector_calls(env, 1, client=env.party_pair(0))
+    err = error_of(on_client_port[method])
+    assert err.code() is UNAUTH
+    assert "identifies a server, not a trainer or the collector" in (err.details() or "")
+    on_peer_port = _collector_calls(env, 1, peer=True, client=env.collector_pair())
+    assert code_of(on_peer_port[method]) is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_upload_naming_another_client_is_denied(env: SecureEnv) -> None:
     create_round(env, spec_msg("impersonation", LENGTH))
     msgs = seed_upload("impersonation", "victim", 1, LENGTH)
-    err = error_of(lambda: env.agg(1).Upload(iter(msgs), metadata=env.md("mallory"), timeout=RPC_S))
+    err = error_of(lambda: env.as_trainer(1, "mallory").Upload(iter(msgs), timeout=RPC_S))
     assert err.code() is DENIED
-    # The collector is no trainer: it may not upload for anyone either.
-    err = error_of(
-        lambda: env.agg(1).Upload(iter(msgs), metadata=env.collector_md(), timeout=RPC_S)
+    assert "authenticated as 'mallory' but the request names client 'victim'" in (
+        err.details() or ""
     )
+    # The collector is no trainer: it may not upload for anyone either.
+    err = error_of(lambda: env.as_collector(1).Upload(iter(msgs), timeout=RPC_S))
     assert err.code() is DENIED
     assert _status(env, 1, "impersonation").received == 0
+    # The victim's own certificate is accepted for the very same messages.
+    assert env.as_trainer(1, "victim").Upload(iter(msgs), timeout=RPC_S).party == 1
 
 
-def _all_client_calls(env: SecureEnv) -> dict[str, Callable[[object], object]]:
-    stub = env.agg(1)
+def test_metadata_claims_change_nobody_s_identity(env: SecureEnv, committed: pb.RoundSpec) -> None:
+    """Only the certificate identifies the caller: a header naming the collector (an old
+    bearer token, say) does not make a trainer the collector."""
+    stub = env.as_trainer(1, "t1")
+    md = (("authorization", "Bearer collector"), ("x-mpcagg-client-id", "collector"))
+    err = error_of(
+        lambda: stub.CreateRound(
+            pb.CreateRoundRequest(spec=spec_msg("by-header")), metadata=md, timeout=RPC_S
+        )
+    )
+    assert err.code() is DENIED and "caller 't1' has role trainer" in (err.details() or "")
+
+
+def _all_client_calls(env: SecureEnv, **channel: object) -> dict[str, Callable[[], object]]:
+    stub = env.agg(1, **channel)  # type: ignore[arg-type]
+    leader = env.agg(0, **channel)  # type: ignore[arg-type]
     return {
-        "CreateRound": lambda md: stub.CreateRound(
-            pb.CreateRoundRequest(spec=spec_msg("anon")), metadata=md, timeout=RPC_S
+        "CreateRound": lambda: stub.CreateRound(
+            pb.CreateRoundRequest(spec=spec_msg("anon")), timeout=RPC_S
         ),
-        "GetRound": lambda md: stub.GetRound(
-            pb.GetRoundRequest(round_id="committed"), metadata=md, timeout=RPC_S
+        "GetRound": lambda: stub.GetRound(pb.GetRoundRequest(round_id="committed"), timeout=RPC_S),
+        "Upload": lambda: stub.Upload(
+            iter(seed_upload("committed", "t1", 1, LENGTH)), timeout=RPC_S
         ),
-        "Upload": lambda md: stub.Upload(
-            iter(seed_upload("committed", "t1", 1, LENGTH)), metadata=md, timeout=RPC_S
+        "Upload-malformed": lambda: stub.Upload(
+            iter([pb.UploadMessage(chunk=b"x")]), timeout=RPC_S
         ),
-        "Upload-malformed": lambda md: stub.Upload(
-            iter([pb.UploadMessage(chunk=b"x")]), metadata=md, timeout=RPC_S
+        "CloseRound": lambda: leader.CloseRound(
+            pb.CloseRoundRequest(round_id="committed"), timeout=RPC_S
         ),
-        "CloseRound": lambda md: env.agg(0).CloseRound(
-            pb.CloseRoundRequest(round_id="committed"), metadata=md, timeout=RPC_S
-        ),
-        "GetAggregateShare": lambda md: list(
-            stub.GetAggregateShare(
-                pb.GetAggregateShareRequest(round_id="committed"), metadata=md, timeout=RPC_S
-            )
+        "GetAggregateShare": lambda: list(
+            stub.GetAggregateShare(pb.GetAggregateShareRequest(round_id="committed"), timeout=RPC_S)
         ),
     }
 
@@ -260,107 +289,113 @@ CLIENT_METHODS = [
 
 
 @pytest.mark.parametrize("method", CLIENT_METHODS)
-def test_no_credential_is_unauthenticated(
+def test_no_client_certificate_is_refused_at_the_handshake(
     env: SecureEnv, committed: pb.RoundSpec, method: str
 ) -> None:
-    assert code_of(lambda: _all_client_calls(env)[method](())) is UNAUTH
+    """TLS without a client certificate: the client port takes no such connection, so no
+    request is ever read (the collector's certificate gets the same call answered)."""
+    assert_handshake_refused(_all_client_calls(env)[method])
+    assert code_of(_all_client_calls(env, client=env.collector_pair())["GetRound"]) is (
+        grpc.StatusCode.OK
+    )
 
 
-def _issuer(env: SecureEnv, clock: Callable[[], float] = time.time) -> TokenIssuer:
-    key = load_token_signing_key(env.cluster.directory / "certs" / "token-signing-key.pem")
-    return TokenIssuer(key, clock=clock)
+def _client_cert(
+    issuer: KeyPair,
+    client_id: str = "collector",
+    role: str = "collector",
+    *,
+    not_before_s: float = -300.0,
+    not_after_s: float = 3600.0,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+    self_signed: bool = False,
+) -> KeyPair:
+    """A client certificate shaped like ``issue_client_cert``'s, with the validity window
+    (seconds from now), extended key usage and signer under the test's control."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, client_id)])
+    issuer_cert = issuer.certificate
+    now = time.time()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name if self_signed else issuer_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_utc(now + not_before_s))
+        .not_valid_after(_utc(now + not_after_s))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"mpcagg://{role}/{client_id}")]
+            ),
+            critical=False,
+        )
+        .sign(key if self_signed else issuer.private_key(), hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
-def _bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _bad_tokens(env: SecureEnv) -> dict[str, str]:
-    good = env.cluster.token("collector", "collector")
-    assert good is not None
-    body, sig = good.split(".")
-    claims = json.loads(_unb64(body))
-    promoted = _b64(json.dumps({**claims, "sub": "mallory"}, separators=(",", ":")).encode())
-    flipped = bytearray(_unb64(sig))
-    flipped[0] ^= 1
-    an_hour_ago = time.time() - 3600
+def _bad_certs(env: SecureEnv) -> dict[str, KeyPair]:
+    """Collector certificates that must not get in, each one change away from the control."""
     return {
-        "expired": _issuer(env, clock=lambda: an_hour_ago).issue(
-            "collector", "collector", 60, "local"
-        ),
-        "expired-beyond-leeway": _issuer(env, clock=lambda: time.time() - 100).issue(
-            "collector", "collector", 60, "local"
-        ),
-        "tampered-payload": f"{promoted}.{sig}",
-        "tampered-signature": f"{body}.{_b64(bytes(flipped))}",
-        "foreign-key": TokenIssuer(Ed25519PrivateKey.generate()).issue(
-            "collector", "collector", 3600, "local"
-        ),
-        "other-cluster": _issuer(env).issue("collector", "collector", 3600, "elsewhere"),
-        "truncated": good[:-3],
-        "garbage": "not-a-token",
+        "expired": _client_cert(env.ca, not_before_s=-7200, not_after_s=-60),
+        "not-yet-valid": _client_cert(env.ca, not_before_s=3600, not_after_s=7200),
+        "foreign-ca": _client_cert(create_ca("mpcagg dev CA")),  # same CA name, other key
+        "self-signed": _client_cert(env.ca, self_signed=True),
+        "server-auth-only": _client_cert(env.ca, usage=ExtendedKeyUsageOID.SERVER_AUTH),
     }
 
 
-BAD_TOKENS = [
-    "expired",
-    "expired-beyond-leeway",
-    "tampered-payload",
-    "tampered-signature",
-    "foreign-key",
-    "other-cluster",
-    "truncated",
-    "garbage",
-]
+BAD_CERTS = ["expired", "not-yet-valid", "foreign-ca", "self-signed", "server-auth-only"]
 
 
-@pytest.mark.parametrize("kind", BAD_TOKENS)
+@pytest.mark.parametrize("kind", BAD_CERTS)
 @pytest.mark.parametrize("method", ["GetRound", "CreateRound", "GetAggregateShare"])
-def test_bad_tokens_are_unauthenticated(
+def test_bad_client_certificates_are_refused_at_the_handshake(
     env: SecureEnv, committed: pb.RoundSpec, kind: str, method: str
 ) -> None:
-    token = _bad_tokens(env)[kind]
-    err = error_of(lambda: _all_client_calls(env)[method](_bearer(token)))
-    assert err.code() is UNAUTH, err.details()
-    detail = err.details() or ""
-    assert token not in detail
-    assert token.split(".")[-1] not in detail
+    bad = _bad_certs(env)[kind]
+    assert_handshake_refused(_all_client_calls(env, client=bad)[method])
 
 
-def test_a_token_just_past_expiry_is_accepted_within_the_leeway(
+def test_the_bad_certificates_differ_from_a_good_one_only_in_what_they_vary(
     env: SecureEnv, committed: pb.RoundSpec
 ) -> None:
-    """The 30 s clock-skew leeway, and no more (the expired cases above are beyond it)."""
-    token = _issuer(env, clock=lambda: time.time() - 70).issue(
-        "collector", "collector", 60, "local"
-    )
-    assert code_of(lambda: _all_client_calls(env)["GetRound"](_bearer(token))) is grpc.StatusCode.OK
+    """Control: the same construction, valid now, signed by the cluster CA, gets in."""
+    good = _client_cert(env.ca)
+    assert code_of(_all_client_calls(env, client=good)["GetRound"]) is grpc.StatusCode.OK
+    assert code_of(_all_client_calls(env, client=good)["GetAggregateShare"]) is grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("scheme", ["Basic {t}", "Bearer", "{t}", "bearer  {t}x"])
-def test_malformed_authorization_headers_are_unauthenticated(
-    env: SecureEnv, committed: pb.RoundSpec, scheme: str
+def test_a_certificate_naming_another_role_is_that_role(
+    env: SecureEnv, committed: pb.RoundSpec
 ) -> None:
-    token = env.cluster.token("collector", "collector")
-    md = (("authorization", scheme.format(t=token)),)
-    assert code_of(lambda: _all_client_calls(env)["GetRound"](md)) is UNAUTH
+    """The role is the URI SAN's, which only the CA can write: a trainer certificate whose
+    id is "collector" is still a trainer."""
+    fake = issue_client_cert(env.ca, "collector", "trainer")
+    for method in ("CreateRound", "CloseRound"):
+        err = error_of(_all_client_calls(env, client=fake)[method])
+        assert err.code() is DENIED and "'collector' has role trainer" in (err.details() or "")
 
 
 # --- who may fetch -------------------------------------------------------------------------
 
 
-def _ring_sum(env: SecureEnv, round_id: str, md: object) -> np.ndarray:
+def _ring_sum(env: SecureEnv, round_id: str, client: KeyPair) -> np.ndarray:
     total = np.zeros(LENGTH, dtype=np.uint64)
     for party in range(env.n):
-        msgs = _fetch(env, party, round_id, md)
+        msgs = _fetch(env, party, round_id, client)
         assert msgs[0].WhichOneof("body") == "header"
         assert msgs[0].header.cohort_size == 2
         data = b"".join(m.chunk for m in msgs[1:])
@@ -372,18 +407,20 @@ def test_cohort_trainers_may_fetch_when_the_spec_allows(env: SecureEnv) -> None:
     _open_round(env, "open-result", ["f1", "f2"], trainers_may_fetch=True)
     _upload(env, "open-result", "late", 1)  # reaches one party only: outside the cohort
     assert _close(env, "open-result").cohort_size == 2
-    by_collector = _ring_sum(env, "open-result", env.collector_md())
-    by_trainer = _ring_sum(env, "open-result", env.md("f1"))
+    by_collector = _ring_sum(env, "open-result", env.collector_pair())
+    by_trainer = _ring_sum(env, "open-result", env.client_pair("f1"))
     assert np.array_equal(by_collector, by_trainer)
     for outsider in ("late", "stranger"):
-        assert code_of(lambda o=outsider: _fetch(env, 1, "open-result", env.md(o))) is DENIED
+        pair = env.client_pair(outsider)
+        assert code_of(lambda p=pair: _fetch(env, 1, "open-result", p)) is DENIED
 
 
 def test_cohort_trainers_may_not_fetch_when_the_spec_does_not_allow(
     env: SecureEnv, committed: pb.RoundSpec
 ) -> None:
+    t1 = env.client_pair("t1")
     for party in range(env.n):
-        assert code_of(lambda p=party: _fetch(env, p, "committed", env.md("t1"))) is DENIED
+        assert code_of(lambda p=party: _fetch(env, p, "committed", t1)) is DENIED
 
 
 # --- privacy guards ------------------------------------------------------------------------
@@ -394,11 +431,12 @@ def _commit(
 ) -> pb.RoundStatus:
     stub = env.peer(party, peer=True, client=env.party_pair(by))
     spec_digest = bytes(_status(env, party, round_id).spec_digest)
+    held = [Holding(c, sharing_of(c)) for c in cohort]
     reply: pb.RoundStatus = stub.Commit(
         peer_pb2.CommitRequest(
             round_id=round_id,
-            cohort=cohort,
-            cohort_digest=cohort_digest(cohort),
+            cohort=[pb.Holding(client_id=h.client_id, sharing_id=h.sharing_id) for h in held],
+            cohort_digest=cohort_digest(held),
             spec_digest=spec_digest,
         ),
         timeout=RPC_S,
@@ -413,7 +451,7 @@ def test_each_server_enforces_min_clients(env: SecureEnv) -> None:
     err = error_of(lambda: _commit(env, 1, "small", ["s1", "s2"]))
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "min_clients" in (err.details() or "")
-    assert code_of(lambda: _fetch(env, 1, "small", env.collector_md())) is (
+    assert code_of(lambda: _fetch(env, 1, "small", env.collector_pair())) is (
         grpc.StatusCode.FAILED_PRECONDITION
     )
     assert _status(env, 1, "small").state == pb.OPEN, "a refused commit changes nothing"
@@ -428,7 +466,7 @@ def test_a_cohort_below_min_clients_fails_the_round_and_reveals_nothing(env: Sec
     status = _close(env, "too-few")
     assert status.state == pb.FAILED and "min_clients" in status.reason
     for party in range(env.n):
-        assert code_of(lambda p=party: _fetch(env, p, "too-few", env.collector_md())) is (
+        assert code_of(lambda p=party: _fetch(env, p, "too-few", env.collector_pair())) is (
             grpc.StatusCode.FAILED_PRECONDITION
         )
 
@@ -436,7 +474,7 @@ def test_a_cohort_below_min_clients_fails_the_round_and_reveals_nothing(env: Sec
 def test_a_committed_round_is_never_recommitted_to_another_cohort(
     env: SecureEnv, committed: pb.RoundSpec
 ) -> None:
-    before = [_fetch(env, p, "committed", env.collector_md()) for p in range(env.n)]
+    before = [_fetch(env, p, "committed", env.collector_pair()) for p in range(env.n)]
     # The same cohort again: idempotent, at every party.
     for party in range(env.n):
         again = _commit(env, party, "committed", ["t1", "t2", "t3"])
@@ -446,7 +484,7 @@ def test_a_committed_round_is_never_recommitted_to_another_cohort(
         err = error_of(lambda p=party: _commit(env, p, "committed", ["t1", "t2"]))
         assert err.code() is grpc.StatusCode.ALREADY_EXISTS
     assert _close(env, "committed").cohort_size == 3
-    after = [_fetch(env, p, "committed", env.collector_md()) for p in range(env.n)]
+    after = [_fetch(env, p, "committed", env.collector_pair()) for p in range(env.n)]
     assert before == after
     # Late uploads cannot change it either.
     assert code_of(lambda: _upload(env, "committed", "t9", 1)) is (

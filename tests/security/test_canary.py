@@ -2,8 +2,8 @@
 
 Known values are planted where secrets live: the trainers' updates (a distinctive
 fixed-point pattern), their seeds (``mpc.Seed.generate`` patched to hand out seeds we
-chose, so the full shares and every seed-expanded share are known too), the bearer
-tokens, and the servers' private keys. A round then runs on a cluster logging at
+chose, so the full shares and every seed-expanded share are known too), and the private
+keys of the servers, the trainers and the collector. A round then runs on a cluster logging at
 DEBUG, a series of refused requests is provoked, and every server log line, every
 client error (message, server details, notes), client-side log record and the repr of
 every client object, spec, receipt, status and result is scanned for each secret in
@@ -25,18 +25,16 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.metrics import MetricWrapperBase
 
 import servers.server
-from clients import ClientError, Collector, SecureAggregator
+from clients import ClientCredentials, ClientError, Collector, RetryPolicy, SecureAggregator
 from clients.wire import PartyUpload
 from mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
 from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.credentials import create_ca
+from servers.credentials import CertFiles, KeyPair, create_ca, issue_client_cert
 from servers.logs import RedactFilter
 from servers.spec import RoundSpec
-from servers.tokens import TokenIssuer
 from tests.security.conftest import RPC_S, SecureEnv, full_upload, start_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -203,11 +201,10 @@ def _round(
 ) -> None:
     cluster = env.cluster
     cfg = cluster.config
-    tokens = {cid: cluster.token(cid) for cid in TRAINERS}
-    collector_token = cluster.token("collector", "collector")
-    for name, token in [*tokens.items(), ("collector", collector_token)]:
-        assert token is not None
-        secrets.add(f"token {name}", {token, token.split(".")[1]})
+    files = {cid: _files(cluster.client_files(cid)) for cid in (*TRAINERS, "canary-raw")}
+    collector_files = _files(cluster.client_files("collector", "collector"))
+    creds = {cid: ClientCredentials.from_files(f.cert, f.key) for cid, f in files.items()}
+    reprs |= {f"credentials {cid}": repr(c) for cid, c in creds.items()}
 
     planted: list[bytes] = []
 
@@ -218,7 +215,7 @@ def _round(
 
     mp.setattr(Seed, "generate", classmethod(generate))
 
-    collector = Collector(cfg, token=collector_token)
+    collector = Collector(cfg, cert=collector_files.cert, key=collector_files.key)
     spec = collector.open_round(
         ROUND, {"w": np.zeros(LENGTH)}, min_clients=2, max_clients=8, bound=4e6
     )
@@ -228,7 +225,7 @@ def _round(
         update = _update(k)
         total += update
         before = len(planted)
-        with SecureAggregator(cfg, cid, tokens[cid], progress=False) as trainer:
+        with SecureAggregator(cfg, cid, cert=creds[cid], progress=False) as trainer:
             receipts.append(trainer.submit(spec, {"w": update}))
             reprs[f"trainer {cid}"] = repr(trainer)
         seeds = planted[before:]
@@ -237,34 +234,41 @@ def _round(
 
     # Refusals a trainer or collector can run into; each message is kept for the scan.
     other = 2 * _update(0)
-    with SecureAggregator(cfg, TRAINERS[0], tokens[TRAINERS[0]], progress=False) as trainer:
+    with SecureAggregator(cfg, TRAINERS[0], cert=creds[TRAINERS[0]], progress=False) as trainer:
         before = len(planted)
         _provoke(errors, "conflicting re-upload", lambda: trainer.submit(spec, {"w": other}))
         _plant_shares(secrets, spec, TRAINERS[0], other, planted[before:], reprs)
-    tampered = str(tokens[TRAINERS[1]])[:-2] + "AA"
-    with SecureAggregator(cfg, TRAINERS[1], tampered, progress=False) as trainer:
-        _provoke(errors, "tampered token", lambda: trainer.submit(spec, {"w": _update(1)}))
-    impostor = SecureAggregator(cfg, "canary-z", tokens[TRAINERS[2]], progress=False)
-    _provoke(errors, "someone else's token", lambda: impostor.submit(spec, {"w": _update(2)}))
-    impostor.disconnect()
+    foreign = _foreign_credentials(TRAINERS[1])
+    with SecureAggregator(cfg, cert=foreign, progress=False, retry=_ONCE) as trainer:
+        _provoke(errors, "foreign CA", lambda: trainer.submit(spec, {"w": _update(1)}))
+    mismatched = files[TRAINERS[1]].cert, files[TRAINERS[2]].key
+    _provoke(
+        errors,
+        "another trainer's key",
+        lambda: SecureAggregator(cfg, cert=mismatched[0], key=mismatched[1]),
+    )
+    _provoke(
+        errors,
+        "someone else's certificate",
+        lambda: SecureAggregator(cfg, "canary-z", cert=creds[TRAINERS[2]]),
+    )
     _provoke(errors, "result before commit", lambda: collector.result(ROUND, spec))
-    _raw_refusals(env, secrets, errors, tokens)
+    _raw_refusals(env, secrets, errors)
 
     share_files |= _spool_modes(cluster.directory, "open")
     closed = collector.close(ROUND, wait_s=20)
     result = collector.result(ROUND, spec)
     share_files |= _spool_modes(cluster.directory, "committed")
     assert np.array_equal(result.sum["w"], total), "the canary round is exact"
-    with SecureAggregator(cfg, TRAINERS[2], tokens[TRAINERS[2]], progress=False) as late:
+    with SecureAggregator(cfg, TRAINERS[2], cert=creds[TRAINERS[2]], progress=False) as late:
         _provoke(errors, "upload after commit", lambda: late.submit(spec, {"w": _update(2)}))
-    trainer_fetch = Collector(cfg, client_id=TRAINERS[0], token=tokens[TRAINERS[0]])
+    trainer_fetch = Collector(cfg, client_id=TRAINERS[0], cert=creds[TRAINERS[0]])
     _provoke(errors, "trainer fetches", lambda: trainer_fetch.aggregate_ring(ROUND))
+    collector_pair = KeyPair(collector_files.cert.read_bytes(), collector_files.key.read_bytes())
     for party in range(env.n):  # what the collector receives
         msgs = list(
-            env.agg(party).GetAggregateShare(
-                pb.GetAggregateShareRequest(round_id=ROUND),
-                metadata=(("authorization", f"Bearer {collector_token}"),),
-                timeout=RPC_S,
+            env.agg(party, client=collector_pair).GetAggregateShare(
+                pb.GetAggregateShareRequest(round_id=ROUND), timeout=RPC_S
             )
         )
         vector = np.frombuffer(b"".join(m.chunk for m in msgs[1:]), dtype="<u8")
@@ -321,20 +325,32 @@ def _plant_shares(
         reprs[f"{cid} share {s.party}"] = repr(s) + repr(PartyUpload.from_share(s))
 
 
-def _raw_refusals(
-    env: SecureEnv, secrets: Secrets, errors: dict[str, str], tokens: dict[str, str | None]
-) -> None:
+def _files(files: CertFiles | None) -> CertFiles:
+    assert files is not None, "the canary cluster runs with TLS"
+    return files
+
+
+_ONCE = RetryPolicy(attempts=1)
+
+
+def _foreign_credentials(client_id: str) -> ClientCredentials:
+    """A certificate for ``client_id`` from a CA the cluster does not trust (same name)."""
+    pair = issue_client_cert(create_ca("mpcagg dev CA"), client_id, "trainer")
+    return ClientCredentials(pair.cert_pem, pair.key_pem)
+
+
+def _raw_refusals(env: SecureEnv, secrets: Secrets, errors: dict[str, str]) -> None:
     """Malformed uploads whose payload is secret material: errors must not echo it."""
     cid = "canary-raw"
-    md = env.md(cid)
-    stub = env.agg(1)
+    raw_files = _files(env.cluster.client_files(cid))
+    stub = env.agg(1, client=KeyPair(raw_files.cert.read_bytes(), raw_files.key.read_bytes()))
     seed = _seed("raw")
     secrets.add("raw seed", _bytes_forms(seed))
     data = hashlib.sha512(b"canary raw share").digest()[:48]  # six ring elements
     secrets.add("raw full share", _vector_forms(np.frombuffer(data, dtype="<u8")))
 
-    def upload(name: str, msgs: list[pb.UploadMessage], metadata: Any = md) -> None:
-        _provoke(errors, name, lambda: stub.Upload(iter(msgs), metadata=metadata, timeout=RPC_S))
+    def upload(name: str, msgs: list[pb.UploadMessage], client: Any = stub) -> None:
+        _provoke(errors, name, lambda: client.Upload(iter(msgs), timeout=RPC_S))
 
     def seed_header(seed_bytes: bytes, **kw: Any) -> pb.UploadHeader:
         fields: dict[str, Any] = {
@@ -366,12 +382,8 @@ def _raw_refusals(
     wrong = full_upload(ROUND, cid, 1, data)
     wrong[0].header.payload_digest = hashlib.sha256(data[::-1]).digest()
     upload("full share digest mismatch", wrong)
-    upload("seed as a bearer token", full, (("authorization", f"Bearer {seed.hex()}"),))
-    upload(
-        "share bytes as a token", full, (("authorization", f"Bearer {data.hex()}.{seed.hex()}"),)
-    )
-    token = tokens[TRAINERS[0]]
-    upload("token of another client", full, (("authorization", f"Bearer {token}"),))
+    other = env.agg(1, client=env.client_pair(TRAINERS[0]))
+    upload("certificate of another client", full, other)
 
 
 # --- the scans -----------------------------------------------------------------------------
@@ -382,8 +394,9 @@ def test_the_canaries_are_planted(observed: Observed) -> None:
     names = set(observed.secrets.forms)
     assert {f"{c} full share" for c in TRAINERS} <= names
     assert sum(name.startswith("canary-a seed") for name in names) >= 2
-    assert any(name.startswith("token") for name in names)
     assert any(name.startswith("private key party-0") for name in names)
+    assert {f"private key trainer-{c}-key.pem" for c in TRAINERS} <= names
+    assert "private key collector-key.pem" in names
     assert len(observed.errors) >= 15
     # Positive control: a text holding a seed in any of the forms is caught.
     seed = _seed("#0")
@@ -404,8 +417,10 @@ def test_client_errors_hold_no_secret(observed: Observed) -> None:
     assert not {name: found for name, found in leaky.items() if found}
     # The errors are the refusals they should be, and say why.
     assert "ALREADY_EXISTS" in observed.errors["conflicting re-upload"]
-    assert "UNAUTHENTICATED" in observed.errors["tampered token"]
-    assert "PERMISSION_DENIED" in observed.errors["someone else's token"]
+    assert "UNAVAILABLE" in observed.errors["foreign CA"]  # refused at the TLS handshake
+    assert "not the private key" in observed.errors["another trainer's key"]
+    assert "does not match the client certificate" in observed.errors["someone else's certificate"]
+    assert "PERMISSION_DENIED" in observed.errors["certificate of another client"]
     assert re.search(r"32 bytes", observed.errors["seed too long"])
 
 
@@ -433,9 +448,8 @@ def test_metrics_have_no_labels_that_could_carry_secrets() -> None:
         assert set(metric._labelnames) <= {"party", "method", "code", "state"}
 
 
-def test_the_log_redaction_filter_catches_tokens_and_keys() -> None:
+def test_the_log_redaction_filter_catches_private_keys() -> None:
     """The last line of defence in every server's log handler (servers.logs.configure)."""
-    token = TokenIssuer(Ed25519PrivateKey.generate()).issue("t1", "trainer", 60, "c")
     key_pem = create_ca().key_pem.decode()
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -444,12 +458,12 @@ def test_the_log_redaction_filter_catches_tokens_and_keys() -> None:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("metadata: authorization: Bearer %s", token)
-        logger.warning("raw token %s in a message", token)
         logger.warning("a key:\n%s", key_pem)
+        logger.warning("two keys: %s and %s", key_pem, key_pem)
+        logger.warning("no key here: -----BEGIN CERTIFICATE-----")
     finally:
         logger.removeHandler(handler)
     text = stream.getvalue()
     assert text.count("<redacted>") == 3
-    assert token not in text and token.split(".")[1] not in text
     assert "PRIVATE KEY" not in text and key_pem.splitlines()[1] not in text
+    assert "-----BEGIN CERTIFICATE-----" in text, "public material is left alone"

@@ -53,9 +53,10 @@ DIGEST_FIELDS = {
     "RoundStatus.spec_digest",
     "RoundStatus.cohort_digest",
     "UploadReceipt.payload_digest",
+    "UploadReceipt.sharing_id",
+    "Holding.sharing_id",
     "AggregateShareHeader.cohort_digest",
     "AggregateShareHeader.spec_digest",
-    "ManifestReply.checksum",
     "ManifestReply.cohort_digest",
 }
 RING_FIELDS = {"AggregateShareMessage.chunk"}
@@ -136,6 +137,9 @@ def test_no_response_can_carry_a_clients_share() -> None:
             "AggregateShareMessage",
             "AggregateShareHeader",
             "ManifestReply",
+            "Holding",
+            "RoundSpec",
+            "TensorSpec",
         )
     }
 
@@ -149,10 +153,11 @@ def test_only_aggregate_share_chunks_carry_ring_data() -> None:
                 bytes_fields.add(name)
             if _is_repeated(field) and field.type != FieldDescriptor.TYPE_STRING:
                 bulk_fields.add(name)  # a repeated number or bytes could hold a vector
-            if _is_repeated(field) and field.type == FieldDescriptor.TYPE_STRING:
-                assert name == "ManifestReply.client_ids"  # ids, for peers only
+            assert not (_is_repeated(field) and field.type == FieldDescriptor.TYPE_STRING)
     assert bytes_fields == DIGEST_FIELDS | RING_FIELDS
-    assert bulk_fields == set()
+    # Repeated fields: the spec's tensors and their shapes (the spec is public), and a
+    # manifest's holdings (client id and 16-byte sharing id each, for peers only).
+    assert bulk_fields == {"RoundSpec.tensors", "TensorSpec.shape", "ManifestReply.held"}
     # Scalars are counts, indices and states, never ring elements (no 64-bit numbers
     # other than the aggregate's length).
     wide = {
@@ -161,7 +166,12 @@ def test_only_aggregate_share_chunks_carry_ring_data() -> None:
         for f in m.fields
         if f.type in _NUMERIC and f.type not in (FieldDescriptor.TYPE_UINT32,)
     }
-    assert wide == {"AggregateShareHeader.length"}
+    assert wide == {
+        "AggregateShareHeader.length",
+        "TensorSpec.shape",  # dimensions
+        "RoundSpec.bound",  # the public per-coordinate bound
+        "RoundSpec.deadline_unix",
+    }
 
 
 def test_ring_data_is_served_only_by_get_aggregate_share() -> None:
@@ -185,14 +195,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEnv]:
 
 
 def _fetch(env: SecureEnv, party: int, round_id: str) -> list[pb.AggregateShareMessage]:
-    stub = env.agg(party)
+    stub = env.as_collector(party)
     req = pb.GetAggregateShareRequest(round_id=round_id)
-    return list(stub.GetAggregateShare(req, metadata=env.collector_md(), timeout=RPC_S))
+    return list(stub.GetAggregateShare(req, timeout=RPC_S))
 
 
-def _digests(message: object) -> list[bytes]:
+def _digests(message: object) -> list[tuple[str, bytes]]:
     return [
-        value
+        (field.name, value)
         for field, value in message.ListFields()  # type: ignore[attr-defined]
         if field.type == FieldDescriptor.TYPE_BYTES and field.name != "chunk"
     ]
@@ -205,15 +215,13 @@ def test_aggregate_shares_only_for_committed_cohorts_of_min_clients(env: SecureE
     for cid in ("a", "b"):
         for party in range(env.n):
             msgs = seed_upload("live", cid, party, length, seed=cid.encode() * 32)
-            responses.append(env.agg(party).Upload(iter(msgs), metadata=env.md(cid), timeout=RPC_S))
+            responses.append(env.as_trainer(party, cid).Upload(iter(msgs), timeout=RPC_S))
     # OPEN: nothing is served at any party.
     for party in range(env.n):
         assert code_of(lambda p=party: _fetch(env, p, "live")) is (
             grpc.StatusCode.FAILED_PRECONDITION
         )
-    closed = env.agg(0).CloseRound(
-        pb.CloseRoundRequest(round_id="live"), metadata=env.collector_md(), timeout=15
-    )
+    closed = env.as_collector(0).CloseRound(pb.CloseRoundRequest(round_id="live"), timeout=15)
     assert closed.state == pb.COMMITTED and closed.cohort_size >= min_clients
     responses.append(closed)
     for party in range(env.n):
@@ -222,17 +230,15 @@ def test_aggregate_shares_only_for_committed_cohorts_of_min_clients(env: SecureE
         assert header.cohort_size == 2 and header.length == length
         assert sum(len(m.chunk) for m in msgs[1:]) == 8 * length
         responses += [msgs[0].header]
-    for response in responses:
-        for digest in _digests(response):
-            assert len(digest) == 32, response
+    for response in responses:  # 32-byte digests and 16-byte sharing ids, nothing longer
+        for field, value in _digests(response):
+            assert len(value) == (16 if field == "sharing_id" else 32), response
     # A round that failed for too few clients serves nothing either.
     create_round(env, spec_msg("lonely", length, min_clients=min_clients))
     for party in range(env.n):
         msgs = seed_upload("lonely", "a", party, length)
-        env.agg(party).Upload(iter(msgs), metadata=env.md("a"), timeout=RPC_S)
-    failed = env.agg(0).CloseRound(
-        pb.CloseRoundRequest(round_id="lonely"), metadata=env.collector_md(), timeout=15
-    )
+        env.as_trainer(party, "a").Upload(iter(msgs), timeout=RPC_S)
+    failed = env.as_collector(0).CloseRound(pb.CloseRoundRequest(round_id="lonely"), timeout=15)
     assert failed.state == pb.FAILED
     for party in range(env.n):
         assert code_of(lambda p=party: _fetch(env, p, "lonely")) is (

@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from clients import Collector, SecureAggregator
 from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import peer_pb2
-from servers.spec import RoundSpec, cohort_digest
+from servers.credentials import KeyPair
+from servers.identity import Role
+from servers.spec import Holding, RoundSpec, cohort_digest
 from tests.security.conftest import (
     SecureEnv,
     create_round,
@@ -75,13 +77,12 @@ class World:
     env: SecureEnv
     spec: RoundSpec
     expected: np.ndarray
-    md: dict[str, tuple[tuple[str, str], ...]]
     counter: Iterator[int]
+    held: tuple[Holding, ...] = ()
 
-    def metadata(self, client_id: str, role: str = "trainer") -> tuple[tuple[str, str], ...]:
-        if client_id not in self.md:
-            self.md[client_id] = self.env.md(client_id, role)
-        return self.md[client_id]
+    def stub(self, party: int, client_id: str, role: Role = "trainer") -> Any:
+        """``party``'s Aggregation service as ``client_id`` (mutual TLS, its certificate)."""
+        return self.env.agg(party, client=self.env.client_pair(client_id, role))
 
 
 def _update(k: int) -> dict[str, np.ndarray]:
@@ -92,16 +93,19 @@ def _update(k: int) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for env in start_env(tmp_path_factory.mktemp("fuzz"), limits=LIMITS):
-        token = env.cluster.token("collector", "collector")
-        with Collector(env.cluster.config, token=token) as collector:
+        config = env.cluster.config
+        with Collector(config, **env.cluster.client_kwargs("collector", "collector")) as collector:
             spec = collector.open_round(ROUND, _update(0), min_clients=2, max_clients=500)
         expected = np.zeros(LENGTH)
+        held = []
         for k, cid in enumerate(HONEST):
-            with SecureAggregator(env.cluster.config, cid, env.cluster.token(cid)) as trainer:
-                assert trainer.submit(spec, _update(k)).complete
+            with SecureAggregator(config, cid, **env.cluster.client_kwargs(cid)) as trainer:
+                receipt = trainer.submit(spec, _update(k))
+                assert receipt.complete
+            held.append(Holding(cid, bytes.fromhex(receipt.sharing_id)))
             expected += _update(k)["w"]
         create_round(env, spec_msg(VICTIM, LENGTH))
-        yield World(env, spec, expected, {}, itertools.count())
+        yield World(env, spec, expected, itertools.count(), tuple(held))
 
 
 def _outcome(call: Callable[[], object]) -> tuple[Code, str]:
@@ -152,9 +156,8 @@ _messages = st.one_of(
 def test_random_upload_streams_are_refused(
     world: World, messages: list[pb.UploadMessage], caller: str, party: int
 ) -> None:
-    stub = world.env.agg(party)
-    md = world.metadata(caller)
-    outcome = _outcome(lambda: stub.Upload(iter(messages), metadata=md, timeout=RPC_S))
+    stub = world.stub(party, caller)
+    outcome = _outcome(lambda: stub.Upload(iter(messages), timeout=RPC_S))
     # A concurrent retry of the same client is told to come back (UNAVAILABLE).
     _assert_refused(outcome, REFUSALS | {Code.UNAVAILABLE})
 
@@ -244,24 +247,22 @@ def test_mutated_uploads_are_refused_with_the_right_code(
         kind = kinds[0]
     client_id = f"m{next(world.counter)}"
     msgs = mutate(_valid(world, kind, client_id))
-    md = world.metadata(client_id)
-    stub = world.env.agg(1)
-    code, details = _outcome(lambda: stub.Upload(iter(msgs), metadata=md, timeout=RPC_S))
+    stub = world.stub(1, client_id)
+    code, details = _outcome(lambda: stub.Upload(iter(msgs), timeout=RPC_S))
     assert code is expected, f"{mutation} ({kind}): {code} {details}"
     # Nothing of the refused upload stays behind: the same client can now upload for real.
     code, details = _outcome(
-        lambda: stub.Upload(iter(_valid(world, kind, client_id)), metadata=md, timeout=RPC_S)
+        lambda: stub.Upload(iter(_valid(world, kind, client_id)), timeout=RPC_S)
     )
     assert code is Code.OK, f"after {mutation} ({kind}): {code} {details}"
 
 
 def test_oversized_chunks_and_headers_are_refused(world: World) -> None:
-    stub = world.env.agg(1)
-    md = world.metadata("big")
+    stub = world.stub(1, "big")
     head = _valid(world, "full", "big")[0]
     too_big = pb.UploadMessage(chunk=bytes(9000))
     for msgs in ([head, too_big], [pb.UploadMessage(header=pb.UploadHeader(seed=bytes(9000)))]):
-        code, details = _outcome(lambda m=msgs: stub.Upload(iter(m), metadata=md, timeout=RPC_S))
+        code, details = _outcome(lambda m=msgs: stub.Upload(iter(m), timeout=RPC_S))
         assert code is Code.RESOURCE_EXHAUSTED, details
 
 
@@ -290,12 +291,9 @@ _specs = st.builds(
 @given(spec=_specs)
 def test_random_round_specs(world: World, spec: pb.RoundSpec) -> None:
     """At party 1 only (a round created at one party never closes: harmless)."""
-    stub = world.env.agg(1)
-    md = world.metadata("collector", "collector")
+    stub = world.stub(1, "collector", "collector")
     req = pb.CreateRoundRequest(spec=spec)
-    _assert_refused(
-        _outcome(lambda: stub.CreateRound(req, metadata=md, timeout=RPC_S)), REFUSALS | {Code.OK}
-    )
+    _assert_refused(_outcome(lambda: stub.CreateRound(req, timeout=RPC_S)), REFUSALS | {Code.OK})
 
 
 _other_rounds = (st.text(max_size=300) | _long).filter(lambda r: r not in (ROUND, VICTIM))
@@ -303,19 +301,15 @@ _other_rounds = (st.text(max_size=300) | _long).filter(lambda r: r not in (ROUND
 
 @settings(FUZZ, max_examples=60)
 @given(round_id=_other_rounds, role=st.sampled_from(["collector", "trainer"]))
-def test_random_round_ids(world: World, round_id: str, role: str) -> None:
-    md = world.metadata("collector" if role == "collector" else "f0", role)
+def test_random_round_ids(world: World, round_id: str, role: Role) -> None:
+    caller = "collector" if role == "collector" else "f0"
     for party in (0, 1):
-        stub = world.env.agg(party)
+        stub = world.stub(party, caller, role)
         calls = [
-            lambda s=stub: s.GetRound(
-                pb.GetRoundRequest(round_id=round_id), metadata=md, timeout=RPC_S
-            ),
-            lambda s=stub: s.CloseRound(
-                pb.CloseRoundRequest(round_id=round_id), metadata=md, timeout=RPC_S
-            ),
+            lambda s=stub: s.GetRound(pb.GetRoundRequest(round_id=round_id), timeout=RPC_S),
+            lambda s=stub: s.CloseRound(pb.CloseRoundRequest(round_id=round_id), timeout=RPC_S),
             lambda s=stub: s.GetAggregateShare(
-                pb.GetAggregateShareRequest(round_id=round_id), metadata=md, timeout=RPC_S
+                pb.GetAggregateShareRequest(round_id=round_id), timeout=RPC_S
             ),
         ]
         for call in calls:
@@ -345,11 +339,14 @@ def test_random_peer_calls(
 ) -> None:
     """With the leader's certificate, so the calls reach the peer handlers."""
     stub = world.env.peer(1, peer=True, client=world.env.party_pair(0))
-    cohort_hash = cohort_digest(cohort) if honest_digest else digest
+    sharing = digest[:16]  # 0-16 bytes: well-formed or not
+    lines = sorted(f"{c}:{sharing.hex()}\n" for c in cohort)  # cohort_digest's form, unvalidated
+    cohort_hash = hashlib.sha256("".join(lines).encode()).digest() if honest_digest else digest
+    held = [pb.Holding(client_id=c, sharing_id=sharing) for c in cohort]
     requests = {
         "Manifest": peer_pb2.ManifestRequest(round_id=round_id, spec_digest=digest),
         "Commit": peer_pb2.CommitRequest(
-            round_id=round_id, cohort=cohort, cohort_digest=cohort_hash, spec_digest=digest
+            round_id=round_id, cohort=held, cohort_digest=cohort_hash, spec_digest=digest
         ),
         "Fail": peer_pb2.FailRequest(round_id=round_id, reason=reason),
     }
@@ -378,7 +375,10 @@ SAMPLES = [
     pb.UploadMessage(chunk=b"\x09" * 16),
     pb.CreateRoundRequest(spec=spec_msg("confused", 4)),
     pb.RoundSpec(round_id=VICTIM),
-    peer_pb2.CommitRequest(round_id=VICTIM, cohort=["h0", "h1"]),
+    peer_pb2.CommitRequest(
+        round_id=VICTIM,
+        cohort=[pb.Holding(client_id=c, sharing_id=b"\x00" * 16) for c in ("h0", "h1")],
+    ),
     peer_pb2.ManifestRequest(round_id=VICTIM, spec_digest=b"\x01" * 32),
     peer_pb2.FailRequest(round_id="confused", reason="type confusion"),
     pb.GetAggregateShareRequest(round_id=VICTIM),
@@ -387,18 +387,24 @@ SAMPLES = [
 _payloads = st.binary(max_size=300) | st.sampled_from([m.SerializeToString() for m in SAMPLES])
 
 
-def _raw_call(world: World, path: str, payloads: list[bytes], md: Any) -> tuple[Code, str]:
+def _raw_call(world: World, path: str, payloads: list[bytes], caller: KeyPair) -> tuple[Code, str]:
+    """``path`` with raw bytes: peer methods as the leader on the peer port, the others as
+    ``caller`` on the client port."""
     kind, peer = METHODS[path]
     env = world.env
-    channel = env.channel(1, peer=True, client=env.party_pair(0)) if peer else env.channel(1)
+    channel = (
+        env.channel(1, peer=True, client=env.party_pair(0))
+        if peer
+        else env.channel(1, client=caller)
+    )
     if kind == "unary":
         rpc = channel.unary_unary(path)
-        return _outcome(lambda: rpc(payloads[0], metadata=md, timeout=RPC_S))
+        return _outcome(lambda: rpc(payloads[0], timeout=RPC_S))
     if kind == "server-stream":
         stream = channel.unary_stream(path)
-        return _outcome(lambda: stream(payloads[0], metadata=md, timeout=RPC_S))
+        return _outcome(lambda: stream(payloads[0], timeout=RPC_S))
     upload = channel.stream_unary(path)
-    return _outcome(lambda: upload(iter(payloads), metadata=md, timeout=RPC_S))
+    return _outcome(lambda: upload(iter(payloads), timeout=RPC_S))
 
 
 @settings(FUZZ, max_examples=150)
@@ -408,11 +414,11 @@ def _raw_call(world: World, path: str, payloads: list[bytes], md: Any) -> tuple[
     role=st.sampled_from(["collector", "trainer"]),
 )
 def test_garbage_and_type_confused_bytes(
-    world: World, path: str, payloads: list[bytes], role: str
+    world: World, path: str, payloads: list[bytes], role: Role
 ) -> None:
     """Identity serializers: the bytes go on the wire as they are."""
-    md = world.metadata("collector" if role == "collector" else "f1", role)
-    code, details = _raw_call(world, path, payloads, md)
+    caller = world.env.client_pair("collector" if role == "collector" else "f1", role)
+    code, details = _raw_call(world, path, payloads, caller)
     if code is Code.INTERNAL:
         assert details == DESERIALIZE  # gRPC's own answer to unparsable bytes
         return
@@ -434,19 +440,19 @@ def test_after_the_fuzzing_every_server_serves_and_rounds_are_exact(world: World
             ln.endswith("ERROR grpc._common: Exception deserializing message!") for ln in errors
         )
         assert log.count("Traceback") == len(errors)
-    token = env.cluster.token("collector", "collector")
-    with Collector(env.cluster.config, token=token) as collector:
+    config = env.cluster.config
+    with Collector(config, **env.cluster.client_kwargs("collector", "collector")) as collector:
         closed = collector.close(ROUND, wait_s=20)
         assert closed.cohort_size == len(HONEST), closed
         # The honest round, fuzzed while open, reveals exactly the honest sum.
         result = collector.result(ROUND, world.spec)
         assert np.array_equal(result.sum["w"], world.expected)
-        assert result.cohort_digest == cohort_digest(list(HONEST))
+        assert result.cohort_digest == cohort_digest(world.held)
         # And a following honest round is exact too.
         spec2 = collector.open_round("after", _update(0), min_clients=2)
         expected = np.zeros(LENGTH)
         for k, cid in enumerate(HONEST):
-            with SecureAggregator(env.cluster.config, cid, env.cluster.token(cid)) as trainer:
+            with SecureAggregator(config, cid, **env.cluster.client_kwargs(cid)) as trainer:
                 assert trainer.submit(spec2, _update(k + 3)).complete
             expected += _update(k + 3)["w"]
         assert collector.close("after", wait_s=20).cohort_size == len(HONEST)

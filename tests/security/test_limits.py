@@ -61,16 +61,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEnv]:
 
 
 def _create(env: SecureEnv, spec: pb.RoundSpec, party: int = 1) -> pb.RoundStatus:
-    reply: pb.RoundStatus = env.agg(party).CreateRound(
-        pb.CreateRoundRequest(spec=spec), metadata=env.collector_md(), timeout=RPC_S
+    reply: pb.RoundStatus = env.as_collector(party).CreateRound(
+        pb.CreateRoundRequest(spec=spec), timeout=RPC_S
     )
     return reply
 
 
 def _upload(env: SecureEnv, msgs: list[pb.UploadMessage], client_id: str) -> pb.UploadReceipt:
-    reply: pb.UploadReceipt = env.agg(1).Upload(
-        iter(msgs), metadata=env.md(client_id), timeout=RPC_S
-    )
+    reply: pb.UploadReceipt = env.as_trainer(1, client_id).Upload(iter(msgs), timeout=RPC_S)
     return reply
 
 
@@ -89,9 +87,9 @@ def test_max_vector_length(env: SecureEnv) -> None:
     )
     assert _create(env, _spec("just-fits", 64)).state == pb.OPEN
     # Through the collector client, the error names the server's limit too.
-    token = env.cluster.token("collector", "collector")
+    collector = env.cluster.client_kwargs("collector", "collector")
     with (
-        Collector(env.cluster.cluster_file, token=token) as c,
+        Collector(env.cluster.cluster_file, **collector) as c,
         pytest.raises(LimitExceeded, match=r"exceeds this server's limit \(64\)"),
     ):
         c.open_round("too-long-too", {"w": np.zeros(100)})
@@ -154,9 +152,7 @@ def _held_upload(
         yield from seed_upload(round_id, client_id, 1, 4)
         release.wait(timeout=30)
 
-    future: grpc.Future = env.agg(1).Upload.future(
-        messages(), metadata=env.md(client_id), timeout=40
-    )
+    future: grpc.Future = env.as_trainer(1, client_id).Upload.future(messages(), timeout=40)
     return future
 
 
@@ -181,9 +177,7 @@ def test_max_concurrent_streams(env: SecureEnv) -> None:
         assert ("mpcagg-retryable", "1") in tuple(err.trailing_metadata() or ())
         # Everything else is still answered while the uploads are at their cap.
         env.assert_all_serving()
-        status = env.agg(1).GetRound(
-            pb.GetRoundRequest(round_id="streams"), metadata=env.collector_md(), timeout=RPC_S
-        )
+        status = env.as_collector(1).GetRound(pb.GetRoundRequest(round_id="streams"), timeout=RPC_S)
         assert status.state == pb.OPEN
         peer = env.peer(1, peer=True, client=env.party_pair(0))
         assert code_of(lambda: peer.Manifest(manifest_req(), timeout=RPC_S)) is (
@@ -227,10 +221,11 @@ def test_every_client_call_has_a_deadline(env: SecureEnv, monkeypatch: pytest.Mo
     monkeypatch.setattr(grpc, "secure_channel", recorded)
     cfg = env.cluster.config
     tensors = {"w": np.arange(4, dtype=np.float64)}
-    with Collector(cfg, token=env.cluster.token("collector", "collector")) as collector:
+    with Collector(cfg, **env.cluster.client_kwargs("collector", "collector")) as collector:
         spec = collector.open_round("deadlines", tensors, min_clients=2, max_clients=4)
         for cid in ("d1", "d2"):
-            with SecureAggregator(cfg, cid, env.cluster.token(cid), progress=False) as trainer:
+            client = env.cluster.client_kwargs(cid)
+            with SecureAggregator(cfg, cid, **client, progress=False) as trainer:
                 trainer.submit(spec, tensors)
         collector.status("deadlines")
         assert collector.close("deadlines", wait_s=20).cohort_size == 2
@@ -255,7 +250,7 @@ def test_a_stalled_upload_hits_the_client_deadline_and_frees_its_slot(env: Secur
 
     started = time.monotonic()
     with (
-        Transport(short, token=env.cluster.token("slow")) as transport,
+        Transport(short, **env.cluster.client_kwargs("slow")) as transport,
         pytest.raises(ClientUnavailable) as info,
     ):
         transport.upload(1, stalled())

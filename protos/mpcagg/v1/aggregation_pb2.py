@@ -24,41 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmpcagg/v1/aggregation.proto\x12\tmpcagg.v1\")\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"\xdc\x01\n\tRoundSpec\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.mpcagg.v1.TensorSpec\x12\x16\n\x0eprecision_bits\x18\x03 \x01(\r\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x13\n\x0bmin_clients\x18\x05 \x01(\r\x12\x13\n\x0bmax_clients\x18\x06 \x01(\r\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tn_parties\x18\x08 \x01(\r\x12\x1a\n\x12trainers_may_fetch\x18\t \x01(\x08\"\xb7\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x13\n\x0bspec_digest\x18\x03 \x01(\x0c\x12\x10\n\x08received\x18\x04 \x01(\r\x12\x13\n\x0b\x63ohort_size\x18\x05 \x01(\r\x12\x15\n\rcohort_digest\x18\x06 \x01(\x0c\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05party\x18\x08 \x01(\r\"8\n\x12\x43reateRoundRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"#\n\x0fGetRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"%\n\x11\x43loseRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\xc5\x01\n\x0cUploadHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nsharing_id\x18\x03 \x01(\x0c\x12\r\n\x05party\x18\x04 \x01(\r\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.mpcagg.v1.ShareKind\x12\x0e\n\x06length\x18\x06 \x01(\x04\x12\x16\n\x0epayload_digest\x18\x07 \x01(\x0c\x12\x0c\n\x04seed\x18\x08 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\t \x01(\x0c\"S\n\rUploadMessage\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.mpcagg.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"n\n\rUploadReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\r\x12\x16\n\x0epayload_digest\x18\x04 \x01(\x0c\x12\x11\n\tduplicate\x18\x05 \x01(\x08\",\n\x18GetAggregateShareRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\x88\x01\n\x14\x41ggregateShareHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ohort_size\x18\x04 \x01(\r\x12\x15\n\rcohort_digest\x18\x05 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x06 \x01(\x0c\"c\n\x15\x41ggregateShareMessage\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.mpcagg.v1.AggregateShareHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody*[\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0b\n\x07\x43LOSING\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04*;\n\tShareKind\x12\x1a\n\x16SHARE_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04SEED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x32\xf5\x02\n\x0b\x41ggregation\x12\x44\n\x0b\x43reateRound\x12\x1d.mpcagg.v1.CreateRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x08GetRound\x12\x1a.mpcagg.v1.GetRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x06Upload\x12\x18.mpcagg.v1.UploadMessage\x1a\x18.mpcagg.v1.UploadReceipt(\x01\x12\x42\n\nCloseRound\x12\x1c.mpcagg.v1.CloseRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\\\n\x11GetAggregateShare\x12#.mpcagg.v1.GetAggregateShareRequest\x1a .mpcagg.v1.AggregateShareMessage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmpcagg/v1/aggregation.proto\x12\tmpcagg.v1\")\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"\xdc\x01\n\tRoundSpec\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.mpcagg.v1.TensorSpec\x12\x16\n\x0eprecision_bits\x18\x03 \x01(\r\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x13\n\x0bmin_clients\x18\x05 \x01(\r\x12\x13\n\x0bmax_clients\x18\x06 \x01(\r\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tn_parties\x18\x08 \x01(\r\x12\x1a\n\x12trainers_may_fetch\x18\t \x01(\x08\"\xdb\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x13\n\x0bspec_digest\x18\x03 \x01(\x0c\x12\x10\n\x08received\x18\x04 \x01(\r\x12\x13\n\x0b\x63ohort_size\x18\x05 \x01(\r\x12\x15\n\rcohort_digest\x18\x06 \x01(\x0c\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05party\x18\x08 \x01(\r\x12\"\n\x04spec\x18\t \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"8\n\x12\x43reateRoundRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"#\n\x0fGetRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"%\n\x11\x43loseRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\xc5\x01\n\x0cUploadHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nsharing_id\x18\x03 \x01(\x0c\x12\r\n\x05party\x18\x04 \x01(\r\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.mpcagg.v1.ShareKind\x12\x0e\n\x06length\x18\x06 \x01(\x04\x12\x16\n\x0epayload_digest\x18\x07 \x01(\x0c\x12\x0c\n\x04seed\x18\x08 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\t \x01(\x0c\"S\n\rUploadMessage\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.mpcagg.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"0\n\x07Holding\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nsharing_id\x18\x02 \x01(\x0c\"\x82\x01\n\rUploadReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\r\x12\x16\n\x0epayload_digest\x18\x04 \x01(\x0c\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x12\n\nsharing_id\x18\x06 \x01(\x0c\",\n\x18GetAggregateShareRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\x88\x01\n\x14\x41ggregateShareHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ohort_size\x18\x04 \x01(\r\x12\x15\n\rcohort_digest\x18\x05 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x06 \x01(\x0c\"c\n\x15\x41ggregateShareMessage\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.mpcagg.v1.AggregateShareHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody*[\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0b\n\x07\x43LOSING\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04*;\n\tShareKind\x12\x1a\n\x16SHARE_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04SEED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x32\xf5\x02\n\x0b\x41ggregation\x12\x44\n\x0b\x43reateRound\x12\x1d.mpcagg.v1.CreateRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x08GetRound\x12\x1a.mpcagg.v1.GetRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x06Upload\x12\x18.mpcagg.v1.UploadMessage\x1a\x18.mpcagg.v1.UploadReceipt(\x01\x12\x42\n\nCloseRound\x12\x1c.mpcagg.v1.CloseRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\\\n\x11GetAggregateShare\x12#.mpcagg.v1.GetAggregateShareRequest\x1a .mpcagg.v1.AggregateShareMessage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mpcagg.v1.aggregation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUNDSTATE']._serialized_start=1311
-  _globals['_ROUNDSTATE']._serialized_end=1402
-  _globals['_SHAREKIND']._serialized_start=1404
-  _globals['_SHAREKIND']._serialized_end=1463
+  _globals['_ROUNDSTATE']._serialized_start=1418
+  _globals['_ROUNDSTATE']._serialized_end=1509
+  _globals['_SHAREKIND']._serialized_start=1511
+  _globals['_SHAREKIND']._serialized_end=1570
   _globals['_TENSORSPEC']._serialized_start=42
   _globals['_TENSORSPEC']._serialized_end=83
   _globals['_ROUNDSPEC']._serialized_start=86
   _globals['_ROUNDSPEC']._serialized_end=306
   _globals['_ROUNDSTATUS']._serialized_start=309
-  _globals['_ROUNDSTATUS']._serialized_end=492
-  _globals['_CREATEROUNDREQUEST']._serialized_start=494
-  _globals['_CREATEROUNDREQUEST']._serialized_end=550
-  _globals['_GETROUNDREQUEST']._serialized_start=552
-  _globals['_GETROUNDREQUEST']._serialized_end=587
-  _globals['_CLOSEROUNDREQUEST']._serialized_start=589
-  _globals['_CLOSEROUNDREQUEST']._serialized_end=626
-  _globals['_UPLOADHEADER']._serialized_start=629
-  _globals['_UPLOADHEADER']._serialized_end=826
-  _globals['_UPLOADMESSAGE']._serialized_start=828
-  _globals['_UPLOADMESSAGE']._serialized_end=911
-  _globals['_UPLOADRECEIPT']._serialized_start=913
-  _globals['_UPLOADRECEIPT']._serialized_end=1023
-  _globals['_GETAGGREGATESHAREREQUEST']._serialized_start=1025
-  _globals['_GETAGGREGATESHAREREQUEST']._serialized_end=1069
-  _globals['_AGGREGATESHAREHEADER']._serialized_start=1072
-  _globals['_AGGREGATESHAREHEADER']._serialized_end=1208
-  _globals['_AGGREGATESHAREMESSAGE']._serialized_start=1210
-  _globals['_AGGREGATESHAREMESSAGE']._serialized_end=1309
-  _globals['_AGGREGATION']._serialized_start=1466
-  _globals['_AGGREGATION']._serialized_end=1839
+  _globals['_ROUNDSTATUS']._serialized_end=528
+  _globals['_CREATEROUNDREQUEST']._serialized_start=530
+  _globals['_CREATEROUNDREQUEST']._serialized_end=586
+  _globals['_GETROUNDREQUEST']._serialized_start=588
+  _globals['_GETROUNDREQUEST']._serialized_end=623
+  _globals['_CLOSEROUNDREQUEST']._serialized_start=625
+  _globals['_CLOSEROUNDREQUEST']._serialized_end=662
+  _globals['_UPLOADHEADER']._serialized_start=665
+  _globals['_UPLOADHEADER']._serialized_end=862
+  _globals['_UPLOADMESSAGE']._serialized_start=864
+  _globals['_UPLOADMESSAGE']._serialized_end=947
+  _globals['_HOLDING']._serialized_start=949
+  _globals['_HOLDING']._serialized_end=997
+  _globals['_UPLOADRECEIPT']._serialized_start=1000
+  _globals['_UPLOADRECEIPT']._serialized_end=1130
+  _globals['_GETAGGREGATESHAREREQUEST']._serialized_start=1132
+  _globals['_GETAGGREGATESHAREREQUEST']._serialized_end=1176
+  _globals['_AGGREGATESHAREHEADER']._serialized_start=1179
+  _globals['_AGGREGATESHAREHEADER']._serialized_end=1315
+  _globals['_AGGREGATESHAREMESSAGE']._serialized_start=1317
+  _globals['_AGGREGATESHAREMESSAGE']._serialized_end=1416
+  _globals['_AGGREGATION']._serialized_start=1573
+  _globals['_AGGREGATION']._serialized_end=1946
 # @@protoc_insertion_point(module_scope)

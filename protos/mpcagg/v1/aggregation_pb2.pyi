@@ -151,6 +151,7 @@ class RoundStatus(_message.Message):
     COHORT_DIGEST_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PARTY_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     state: Global___RoundState.ValueType
     spec_digest: _builtins.bytes
@@ -163,6 +164,10 @@ class RoundStatus(_message.Message):
     reason: _builtins.str
     """why FAILED, or what CLOSING waits for"""
     party: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___RoundSpec:
+        """the whole spec, so a trainer can join with the round id alone"""
+
     def __init__(
         self,
         *,
@@ -174,10 +179,11 @@ class RoundStatus(_message.Message):
         cohort_digest: _builtins.bytes = ...,
         reason: _builtins.str = ...,
         party: _builtins.int = ...,
+        spec: Global___RoundSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_digest", b"cohort_digest", "cohort_size", b"cohort_size", "party", b"party", "reason", b"reason", "received", b"received", "round_id", b"round_id", "spec_digest", b"spec_digest", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_digest", b"cohort_digest", "cohort_size", b"cohort_size", "party", b"party", "reason", b"reason", "received", b"received", "round_id", b"round_id", "spec", b"spec", "spec_digest", b"spec_digest", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +326,33 @@ class UploadMessage(_message.Message):
 Global___UploadMessage: _TypeAlias = UploadMessage  # noqa: Y015
 
 @_typing.final
+class Holding(_message.Message):
+    """One client's sharing as a party holds it: the cohort is agreed over these pairs,
+    so shares of two different sharings of one client are never summed together.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SHARING_ID_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    sharing_id: _builtins.bytes
+    """16 bytes"""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        sharing_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "sharing_id", b"sharing_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Holding: _TypeAlias = Holding  # noqa: Y015
+
+@_typing.final
 class UploadReceipt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -328,12 +361,15 @@ class UploadReceipt(_message.Message):
     PARTY_FIELD_NUMBER: _builtins.int
     PAYLOAD_DIGEST_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    SHARING_ID_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     client_id: _builtins.str
     party: _builtins.int
     payload_digest: _builtins.bytes
     duplicate: _builtins.bool
     """an identical earlier upload was already acknowledged"""
+    sharing_id: _builtins.bytes
+    """the sharing this party holds for the client"""
     def __init__(
         self,
         *,
@@ -342,10 +378,11 @@ class UploadReceipt(_message.Message):
         party: _builtins.int = ...,
         payload_digest: _builtins.bytes = ...,
         duplicate: _builtins.bool = ...,
+        sharing_id: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "duplicate", b"duplicate", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "duplicate", b"duplicate", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "sharing_id", b"sharing_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

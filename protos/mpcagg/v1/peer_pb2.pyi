@@ -43,43 +43,38 @@ Global___ManifestRequest: _TypeAlias = ManifestRequest  # noqa: Y015
 
 @_typing.final
 class ManifestReply(_message.Message):
-    """What a party durably holds for a round; it stops accepting uploads first."""
+    """What a party durably holds for a round; it stops accepting uploads first.
+    (Fields 3-5 carried bare client ids and a checksum; TLS authenticates the reply.)
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
     PARTY_FIELD_NUMBER: _builtins.int
-    CLIENT_IDS_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    CHECKSUM_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     COHORT_DIGEST_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     party: _builtins.int
-    count: _builtins.int
-    checksum: _builtins.bytes
-    """SHA-256 over the sorted ids"""
     state: _aggregation_pb2.RoundState.ValueType
     cohort_digest: _builtins.bytes
     """if already committed"""
     @_builtins.property
-    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """sorted"""
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[_aggregation_pb2.Holding]:
+        """sorted by client id; the cohort once COMMITTED"""
 
     def __init__(
         self,
         *,
         round_id: _builtins.str = ...,
         party: _builtins.int = ...,
-        client_ids: _abc.Iterable[_builtins.str] | None = ...,
-        count: _builtins.int = ...,
-        checksum: _builtins.bytes = ...,
         state: _aggregation_pb2.RoundState.ValueType = ...,
         cohort_digest: _builtins.bytes = ...,
+        held: _abc.Iterable[_aggregation_pb2.Holding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "client_ids", b"client_ids", "cohort_digest", b"cohort_digest", "count", b"count", "party", b"party", "round_id", b"round_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_digest", b"cohort_digest", "held", b"held", "party", b"party", "round_id", b"round_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,23 +85,23 @@ class CommitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
-    COHORT_FIELD_NUMBER: _builtins.int
     COHORT_DIGEST_FIELD_NUMBER: _builtins.int
     SPEC_DIGEST_FIELD_NUMBER: _builtins.int
+    COHORT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     cohort_digest: _builtins.bytes
     spec_digest: _builtins.bytes
     @_builtins.property
-    def cohort(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """sorted client ids"""
+    def cohort(self) -> _containers.RepeatedCompositeFieldContainer[_aggregation_pb2.Holding]:
+        """sorted by client id: the sharings every party holds"""
 
     def __init__(
         self,
         *,
         round_id: _builtins.str = ...,
-        cohort: _abc.Iterable[_builtins.str] | None = ...,
         cohort_digest: _builtins.bytes = ...,
         spec_digest: _builtins.bytes = ...,
+        cohort: _abc.Iterable[_aggregation_pb2.Holding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from clients import (
+    ClientCredentials,
     CloseTimeout,
     Collector,
     Conflict,
@@ -33,6 +34,7 @@ from clients import (
     RoundState,
     RoundStateError,
     SecureAggregator,
+    UpdateConflict,
     UploadFailed,
 )
 from mpc import FixedPoint, FullShare, Seed, SeedShare, Share, SharingContext, full_party_for
@@ -41,6 +43,7 @@ from protos.mpcagg.v1 import aggregation_pb2 as pb
 from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from servers.config import ClusterConfig, Limits
 from servers.convert import spec_from_proto
+from servers.credentials import create_ca, issue_client_cert
 from servers.spec import RoundSpec, cohort_digest
 from tests.unit.clients import make_cluster
 
@@ -70,6 +73,7 @@ class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
         self.up = True
         self.fail_next_uploads = 0
         self.drop_next_acks = 0
+        self.ack_wrong_digest = False
         self.reject_uploads = ""
         self.attempts: list[tuple[pb.UploadHeader, bytes]] = []
         self.metadata: list[dict[str, str]] = []
@@ -162,7 +166,7 @@ class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
                 round_id=header.round_id,
                 client_id=client,
                 party=self.index,
-                payload_digest=digest,
+                payload_digest=bytes(32) if self.ack_wrong_digest else digest,
                 duplicate=duplicate,
             )
 
@@ -244,7 +248,7 @@ def model(seed: int) -> torch.nn.Module:
     return torch.nn.Linear(5, 3)
 
 
-def trainer(fake: FakeCluster, client_id: str, **kw: Any) -> SecureAggregator:
+def trainer(fake: FakeCluster, client_id: str | None, **kw: Any) -> SecureAggregator:
     kw.setdefault("progress", False)
     return SecureAggregator(fake.config, client_id, retry=FAST, **kw)
 
@@ -353,6 +357,32 @@ def test_lost_acknowledgement_is_acknowledged_again_as_duplicate(fake: FakeClust
         assert col.close("r1", wait_s=5).cohort_size == 1
 
 
+def test_an_acknowledgement_lost_for_good_is_unknown_until_resumed(fake: FakeCluster) -> None:
+    """The whole payload went out and no answer came: the receipt says "unknown", never
+    "failed" (the party holds the share); resuming settles it as a duplicate."""
+    fake.parties[1].drop_next_acks = 1
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+        with SecureAggregator(
+            fake.config, "carol", retry=RetryPolicy(attempts=1), progress=False
+        ) as t:
+            receipt = t.submit(spec, model(1).named_parameters())
+            assert sorted(receipt.unknown) == [1] and receipt.failed == {}
+            assert not receipt.complete and receipt.pending == (1,)
+            settled = t.resume(receipt)
+        assert settled.complete and settled.duplicates == (1,)
+        assert settled.sharing_id == receipt.sharing_id
+        assert col.close("r1", wait_s=5).cohort_size == 1
+
+
+def test_an_acknowledgement_of_another_payload_is_refused(fake: FakeCluster) -> None:
+    fake.parties[1].ack_wrong_digest = True
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+    with trainer(fake, "dave") as t, pytest.raises(ProtocolError, match="acknowledged another"):
+        t.submit(spec, model(1).named_parameters())
+
+
 def test_spec_mismatch_uploads_nothing(fake: FakeCluster) -> None:
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters())
@@ -412,28 +442,48 @@ def test_invalid_argument_is_raised_with_the_server_message(fake: FakeCluster) -
     assert len(fake.parties[1].attempts) == 1  # not retried
 
 
-def test_token_is_sent_and_never_shown(fake: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_certificate_names_the_trainer_and_its_key_is_never_shown(
+    fake: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without TLS (the fake cluster) the certificate only names the client; no credential
+    travels as metadata, and the key shows up in no repr or log line."""
     caplog.set_level(logging.DEBUG)
     fake.parties[0].fail_next_uploads = 1  # a retry gets logged
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters())
-    token = "tok3n.s3cr3t-value"
-    with trainer(fake, "alice", token=token) as t:
-        assert token not in repr(t)
+    pair = issue_client_cert(create_ca(), "alice", "trainer")
+    key_line = pair.key_pem.decode().splitlines()[1]
+    with trainer(fake, None, cert=ClientCredentials(pair.cert_pem, pair.key_pem)) as t:
+        assert t.client_id == "alice"
+        assert key_line not in repr(t)
         t.submit(spec, model(1).named_parameters())
-    uploads = [md for md in fake.parties[1].metadata if "authorization" in md]
-    assert uploads and all(md["authorization"] == f"Bearer {token}" for md in uploads)
-    assert "retrying" in caplog.text and token not in caplog.text
-    assert all("authorization" not in md for md in fake.parties[0].metadata[:1])  # collector
+    assert {h.client_id for p in fake.parties for h, _ in p.attempts} == {"alice"}
+    assert "retrying" in caplog.text and key_line not in caplog.text
+    assert all("authorization" not in md for p in fake.parties for md in p.metadata)
 
 
-def test_resubmission_is_a_conflict(fake: FakeCluster) -> None:
+def test_identical_resubmission_is_acknowledged_as_already_counted(fake: FakeCluster) -> None:
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters())
+    with trainer(fake, "alice") as t:
+        first = t.submit(spec, model(1).named_parameters())
+        again = t.submit(spec, model(1).named_parameters())  # the same sharing is reused
+    assert first.complete and again.complete
+    assert again.sharing_id == first.sharing_id
+    assert again.duplicates == tuple(range(spec.n_parties)) and first.duplicates == ()
+
+
+def test_a_different_update_for_a_shared_round_is_refused_before_sending(
+    fake: FakeCluster,
+) -> None:
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters())
     with trainer(fake, "alice") as t:
         t.submit(spec, model(1).named_parameters())
-        with pytest.raises(Conflict, match="another payload"):
-            t.submit(spec, model(1).named_parameters())  # fresh seeds: another payload
+        before = [len(p.metadata) for p in fake.parties]
+        with pytest.raises(UpdateConflict, match="different update"):
+            t.submit(spec, model(2).named_parameters())
+        assert [len(p.metadata) for p in fake.parties] == before  # nothing was sent
 
 
 def test_round_failed_below_min_clients(fake: FakeCluster) -> None:

@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from clients import ClientCredentials, Collector, SecureAggregator
 from clients import transport as tr
 from clients.errors import (
     Busy,
     ConfigError,
     Conflict,
+    InputError,
     InvalidInput,
     LimitExceeded,
+    RoundNotFound,
     RoundRejected,
     RoundStateError,
     ServerError,
     Unavailable,
 )
+from protos.mpcagg.v1 import aggregation_pb2 as pb
+from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from servers.config import ClusterConfig, Limits, TlsConfig
+from servers.credentials import (
+    Identity,
+    KeyPair,
+    client_from_auth_context,
+    create_ca,
+    issue_client_cert,
+    issue_party_cert,
+    write_key_pair,
+)
 from tests.unit.clients import make_cluster, party_toml
 
 
@@ -143,18 +159,100 @@ def test_retry_policy_validates() -> None:
         tr.RetryPolicy(attempts=0)
 
 
-def test_token_is_checked_and_never_shown() -> None:
-    t = tr.Transport(cluster(), token="s3cr3t-token")
-    assert "s3cr3t" not in repr(t)
-    assert repr(t._secrets) == "<redacted>"
-    assert t._call_options()["metadata"] == (("authorization", "Bearer s3cr3t-token"),)
-    with pytest.raises(TypeError):
-        pickle.dumps(t._secrets)
-    for bad in ("", "has space", "new\nline"):
-        with pytest.raises(ConfigError) as err:
-            tr.Transport(cluster(), token=bad)
-        assert bad not in str(err.value) or bad == ""
-    assert tr.Transport(cluster())._call_options()["metadata"] == ()
+@pytest.fixture(scope="module")
+def ca() -> KeyPair:
+    return create_ca()
+
+
+@pytest.fixture(scope="module")
+def alice(ca: KeyPair) -> ClientCredentials:
+    pair = issue_client_cert(ca, "alice", "trainer")
+    return ClientCredentials(pair.cert_pem, pair.key_pem)
+
+
+def _files(tmp_path: Path, pair: KeyPair, name: str = "c") -> tuple[Path, Path]:
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem"
+    write_key_pair(pair, cert, key)
+    return cert, key
+
+
+def test_client_credentials_hide_the_key(alice: ClientCredentials) -> None:
+    key_line = alice.key_pem.decode().splitlines()[1]
+    assert repr(alice) == "ClientCredentials(trainer 'alice', key=<redacted>)"
+    assert key_line not in str(alice)
+    t = tr.Transport(cluster(), cert=alice)
+    assert key_line not in repr(t) and "PRIVATE" not in repr(t)
+    with pytest.raises(TypeError, match="refuse to be pickled"):
+        pickle.dumps(alice)
+    with pytest.raises(TypeError, match="refuse to be pickled"):
+        copy.copy(alice)
+
+
+def test_client_credentials_are_checked(tmp_path: Path, ca: KeyPair) -> None:
+    bob = issue_client_cert(ca, "bob", "trainer")
+    carol = issue_client_cert(ca, "carol", "trainer")
+    party = issue_party_cert(ca, 0, ["localhost"])
+    cases = [
+        (b"not a certificate", bob.key_pem, "not a PEM certificate"),
+        (bob.cert_pem, b"not a key", "not an unencrypted PEM private key"),
+        (bob.cert_pem, carol.key_pem, "not the private key of the client certificate"),
+        (party.cert_pem, party.key_pem, r"\(CN=party-0\) names no trainer or collector"),
+    ]
+    for cert_pem, key_pem, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            ClientCredentials(cert_pem, key_pem)
+        assert "PRIVATE" not in str(err.value)
+    cert, key = _files(tmp_path, bob)
+    assert ClientCredentials.from_files(cert, key).identity.client_id == "bob"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="cannot read client key"):
+        ClientCredentials.from_files(cert, tmp_path / "missing.pem")
+
+
+def test_cert_and_key_go_together(tmp_path: Path, ca: KeyPair, alice: ClientCredentials) -> None:
+    cert, key = _files(tmp_path, issue_client_cert(ca, "dave", "trainer"))
+    assert tr.Transport(cluster(), cert=cert, key=key).client_id(None) == "dave"
+    assert tr.Transport(cluster(), cert=str(cert), key=str(key)).client_id(None) == "dave"
+    for kw in ({"cert": cert}, {"key": key}):
+        with pytest.raises(ConfigError, match="needs both cert= and key="):
+            tr.Transport(cluster(), **kw)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not with ClientCredentials"):
+        tr.Transport(cluster(), cert=alice, key=key)
+
+
+def test_client_id_defaults_to_the_certificate_and_must_agree(
+    ca: KeyPair, alice: ClientCredentials
+) -> None:
+    assert SecureAggregator(cluster(), cert=alice).client_id == "alice"
+    assert SecureAggregator(cluster(), "alice", cert=alice).client_id == "alice"
+    with pytest.raises(
+        InputError, match="'bob' does not match the client certificate, which names"
+    ):
+        SecureAggregator(cluster(), "bob", cert=alice)
+    with pytest.raises(InputError, match="client id must be"):
+        SecureAggregator(cluster(), "a/b", cert=alice)
+    with pytest.raises(InputError, match="a client id is needed"):
+        SecureAggregator(cluster())  # no certificate, no id (a plaintext cluster)
+    assert SecureAggregator(cluster(), "bob").client_id == "bob"
+    pair = issue_client_cert(ca, "orchestrator", "collector")
+    boss = ClientCredentials(pair.cert_pem, pair.key_pem)
+    assert Collector(cluster(), cert=boss).client_id == "orchestrator"
+    assert Collector(cluster()).client_id == "collector"
+    with pytest.raises(InputError, match="does not match"):
+        Collector(cluster(), "collector", cert=boss)
+
+
+def test_a_tls_cluster_needs_a_client_certificate(tmp_path: Path, alice: ClientCredentials) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"CA")
+    tls = cluster(tls=TlsConfig(ca=ca))
+    for make in (
+        lambda: tr.Transport(tls),
+        lambda: SecureAggregator(tls, "alice"),
+        lambda: Collector(tls),
+    ):
+        with pytest.raises(ConfigError, match="requires a client certificate issued by the"):
+            make()
+    assert tr.Transport(tls, cert=alice).credentials is alice
 
 
 def test_channel_options_and_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -173,12 +271,17 @@ def test_channel_options_and_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ca = tmp_path / "ca.pem"
     ca.write_bytes(b"CA")
     c = cluster(tls=TlsConfig(ca=ca), limits=Limits(max_message_bytes=3 << 20))
-    with tr.Transport(c) as t:
+    pair = issue_client_cert(create_ca(), "alice", "trainer")
+    with tr.Transport(c, cert=ClientCredentials(pair.cert_pem, pair.key_pem)) as t:
         t._stub(1)
     assert seen["address"] == "127.0.0.1:50052"
     assert seen["options"]["grpc.max_send_message_length"] == 3 << 20
     assert seen["options"]["grpc.max_receive_message_length"] == 3 << 20
-    assert seen["creds"] == {"root_certificates": b"CA"}
+    assert seen["creds"] == {
+        "root_certificates": b"CA",
+        "private_key": pair.key_pem,
+        "certificate_chain": pair.cert_pem,
+    }
     with pytest.raises(ConfigError, match="cannot read cluster CA"):
         tr.Transport(cluster(tls=TlsConfig(ca=tmp_path / "missing.pem")))
 
@@ -196,3 +299,53 @@ def test_port_zero_is_looked_up_again_in_the_cluster_file(tmp_path: Path) -> Non
 def test_missing_cluster_file_is_a_client_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read cluster file"):
         tr.Transport(tmp_path / "nope.toml")
+
+
+class _WhoCalls(pb_grpc.AggregationServicer):  # type: ignore[misc]
+    """Records who each GetRound came from, then answers NOT_FOUND."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Identity | None, dict[str, str]]] = []
+
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> Any:
+        ident = client_from_auth_context(context.auth_context())
+        self.seen.append((ident, dict(context.invocation_metadata())))
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such round")
+
+
+def test_the_certificate_is_presented_over_mutual_tls(tmp_path: Path, ca: KeyPair) -> None:
+    """Against a real gRPC server that requires client certificates, as the parties do."""
+    server_pair = issue_party_cert(ca, 0, ["127.0.0.1", "localhost"])
+    servicer = _WhoCalls()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_AggregationServicer_to_server(servicer, server)
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        grpc.ssl_server_credentials(
+            [(server_pair.key_pem, server_pair.cert_pem)],
+            root_certificates=ca.cert_pem,
+            require_client_auth=True,
+        ),
+    )
+    server.start()
+    try:
+        (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+        c = make_cluster(
+            [f"127.0.0.1:{port}", "127.0.0.1:1"], tls=TlsConfig(ca=tmp_path / "ca.pem")
+        )
+        cert, key = _files(tmp_path, issue_client_cert(ca, "alice", "trainer"))
+        with tr.Transport(c, cert=cert, key=key) as t, pytest.raises(RoundNotFound):
+            t.get_round(0, "r1")
+        # A certificate from another CA does not get through the handshake.
+        stranger = issue_client_cert(create_ca(), "alice", "trainer")
+        with (
+            tr.Transport(c, cert=ClientCredentials(stranger.cert_pem, stranger.key_pem)) as t,
+            pytest.raises(Unavailable),
+        ):
+            t.get_round(0, "r1")
+    finally:
+        server.stop(grace=None).wait(5)
+    assert len(servicer.seen) == 1
+    ident, metadata = servicer.seen[0]
+    assert ident is not None and (ident.client_id, ident.role) == ("alice", "trainer")
+    assert "authorization" not in metadata, "no credential travels as metadata"

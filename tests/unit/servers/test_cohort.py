@@ -20,12 +20,13 @@ from servers.cohort import Leader
 from servers.config import Limits
 from servers.errors import InvalidArgument, NotFound, Unavailable
 from servers.round import RoundState
-from servers.spec import RoundSpec, TensorSpec, cohort_digest
+from servers.spec import Holding, RoundSpec, TensorSpec, cohort_digest
 from servers.storage import Storage
 from servers.upload import UploadHeader, UploadSession
 
 N = 3
 LENGTH = 8
+SHARING = b"s" * 16
 
 
 class FakePeer:
@@ -45,7 +46,9 @@ class FakePeer:
         self._check()
         return self.agg.manifest(round_id, spec_digest)
 
-    def commit(self, round_id: str, cohort: tuple[str, ...], digest: bytes, spec: bytes) -> None:
+    def commit(
+        self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec: bytes
+    ) -> None:
         self._check()
         self.commits += 1
         self.agg.commit(round_id, cohort, digest)
@@ -61,13 +64,25 @@ def _aggregator(root: Path, party: int) -> Aggregator:
     return agg
 
 
-def _upload(aggs: list[Aggregator], spec: RoundSpec, client: str, value: int, to: set[int]) -> None:
+def _seed(sharing: bytes, client: str, index: int) -> bytes:
+    """A distinctive seed per sharing, client and party (searchable on disk)."""
+    return hashlib.sha256(b"seed" + sharing + client.encode() + bytes([index])).digest()
+
+
+def _upload(
+    aggs: list[Aggregator],
+    spec: RoundSpec,
+    client: str,
+    value: int,
+    to: set[int],
+    sharing: bytes = SHARING,
+) -> None:
     encoded = np.full(LENGTH, value, dtype=np.uint64)
     shares = mpc.share(
         encoded,
         N,
         mpc.full_party_for(client, N),
-        [mpc.Seed(bytes([value % 256]) * 32) for _ in range(N - 1)],
+        [mpc.Seed(_seed(sharing, client, i)) for i in range(N - 1)],
         mpc.SharingContext(spec.round_id, client),
     )
     for s in shares:
@@ -76,14 +91,14 @@ def _upload(aggs: list[Aggregator], spec: RoundSpec, client: str, value: int, to
         if isinstance(s, mpc.SeedShare):
             seed = s.seed.expose()
             header = UploadHeader(
-                spec.round_id, client, b"s" * 16, s.party, "seed", LENGTH,
+                spec.round_id, client, sharing, s.party, "seed", LENGTH,
                 hashlib.sha256(seed).digest(), seed,
             )  # fmt: skip
             session = aggs[s.party].begin_upload(header)
         else:
             raw = s.vector.tobytes()
             header = UploadHeader(
-                spec.round_id, client, b"s" * 16, s.party, "full", LENGTH,
+                spec.round_id, client, sharing, s.party, "full", LENGTH,
                 hashlib.sha256(raw).digest(),
             )  # fmt: skip
             session = aggs[s.party].begin_upload(header)
@@ -156,7 +171,7 @@ def test_close_resumes_after_a_peer_outage_and_a_leader_restart(
     leader.tick()  # resumes the interrupted close by itself
     status = aggs[0].status("r")
     assert status.state is RoundState.COMMITTED
-    assert status.cohort_digest == cohort_digest(("a", "b", "c"))
+    assert status.cohort_digest == cohort_digest(Holding(c, SHARING) for c in ("a", "b", "c"))
     assert {a.status("r").cohort_digest for a in aggs} == {status.cohort_digest}
     assert (_revealed(aggs, "r") == 7).all()
     assert leader.close("r").state is RoundState.COMMITTED  # idempotent

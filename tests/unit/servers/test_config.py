@@ -45,6 +45,11 @@ def test_minimal_cluster_parses_with_defaults() -> None:
         (cluster_text(3, head="colour = 'blue'"), "colour: unknown key"),
         (cluster_text(3, head="[limits]\nmax_vector_lenght = 10"), "limits.max_vector_lenght"),
         (cluster_text(3, head="[tls]\nca = 'ca.pem'\ncrl = 'x'"), "tls.crl: unknown key"),
+        # Bearer tokens are gone: a stale cluster file says so instead of running without.
+        (
+            cluster_text(3, head="[tls]\nca = 'ca.pem'\ntoken_public_key = 'token.pem'"),
+            "tls.token_public_key: unknown key",
+        ),
         (cluster_text(3, port="1"), "parties.0.port: unknown key"),
     ],
 )
@@ -119,8 +124,10 @@ def test_relative_paths_resolve_against_the_file(
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
     path = conf_dir / "cluster.toml"
-    head = '[tls]\nca = "certs/ca.pem"\ntoken_public_key = "/abs/token.pem"'
-    path.write_text(cluster_text(3, head=head, data_dir="data/p", cert="certs/p.pem"))
+    head = '[tls]\nca = "certs/ca.pem"'
+    path.write_text(
+        cluster_text(3, head=head, data_dir="data/p", cert="certs/p.pem", key="/abs/k.pem")
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory must not matter
@@ -128,10 +135,9 @@ def test_relative_paths_resolve_against_the_file(
     config = load_cluster(Path("..") / "conf" / "cluster.toml")
     assert config.tls is not None
     assert config.tls.ca == conf_dir.resolve() / "certs" / "ca.pem"
-    assert config.tls.token_public_key == Path("/abs/token.pem")
     assert config.party(0).data_dir == conf_dir.resolve() / "data" / "p"
     assert config.party(2).cert == conf_dir.resolve() / "certs" / "p.pem"
-    assert config.party(1).key is None
+    assert config.party(1).key == Path("/abs/k.pem")  # absolute paths stay as they are
     assert config.source == path.resolve()
 
 

@@ -1,14 +1,12 @@
-"""Tests of servers.credentials (pki + tokens): certificates, key files, tokens, and real TLS."""
+"""Tests of servers.credentials (pki + identity): certificates, key files, identities, real TLS."""
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import json
 import os
 import pickle
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,35 +16,29 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from servers.credentials import (
     Identity,
     KeyPair,
-    TokenIssuer,
-    TokenVerifier,
+    certificate_identity,
     client_from_auth_context,
     create_ca,
     is_issued_by,
     issue_client_cert,
     issue_party_cert,
     load_key_pair,
-    load_token_public_key,
-    load_token_signing_key,
     party_from_auth_context,
+    provision_client,
     provision_dev,
     write_key_pair,
     write_private_pem,
     write_public_pem,
-    write_token_public_key,
-    write_token_signing_key,
 )
-from servers.errors import Unauthenticated
+from servers.errors import InvalidArgument
 
 NOW = 1_800_000_000.0  # a fixed instant (2027-01-15) for every fake clock
-CLUSTER = "test-cluster"
 RPC_TIMEOUT_S = 5.0
 
 
@@ -178,13 +170,25 @@ def test_only_a_ca_can_issue(party1: KeyPair) -> None:
 
 @pytest.mark.parametrize("client_id", ["", "-x", "a/b", "a b", "x" * 129, "é"])
 def test_client_ids_are_restricted(ca: KeyPair, client_id: str) -> None:
-    with pytest.raises(ValueError, match="client id"):
+    with pytest.raises(InvalidArgument, match="client id must be 1-128 characters"):
         issue_client_cert(ca, client_id, "trainer")
 
 
 def test_unknown_client_role_is_refused(ca: KeyPair) -> None:
-    with pytest.raises(ValueError, match='unknown role "admin"'):
+    with pytest.raises(InvalidArgument, match=r"unknown role 'admin' \(expected one of trainer"):
         issue_client_cert(ca, "c1", "admin")  # type: ignore[arg-type]
+
+
+def test_certificate_identity_reads_what_issue_client_cert_wrote(ca: KeyPair) -> None:
+    pair = issue_client_cert(ca, "trainer-7", "trainer", valid_days=3)
+    expires = pair.certificate.not_valid_after_utc.timestamp()
+    assert certificate_identity(pair.cert_pem) == Identity("trainer-7", "trainer", expires)
+    collector = issue_client_cert(ca, "collector", "collector")
+    assert certificate_identity(collector.cert_pem).role == "collector"  # type: ignore[union-attr]
+    assert certificate_identity(issue_party_cert(ca, 1, ["localhost"]).cert_pem) is None
+    assert certificate_identity(ca.cert_pem) is None  # no SAN at all
+    with pytest.raises(ValueError):
+        certificate_identity(b"not a certificate")
 
 
 def test_key_pair_hides_its_key(party1: KeyPair) -> None:
@@ -229,219 +233,6 @@ def test_load_key_pair_refuses_a_foreign_key(tmp_path: Path, ca: KeyPair, party1
         load_key_pair(tmp_path / "c.pem", tmp_path / "k.pem")
 
 
-def test_token_keys_round_trip_through_pem_files(tmp_path: Path) -> None:
-    key = Ed25519PrivateKey.generate()
-    write_token_signing_key(tmp_path / "s.pem", key)
-    write_token_public_key(tmp_path / "p.pem", key.public_key())
-    assert _mode(tmp_path / "s.pem") == 0o600
-    assert b"BEGIN PRIVATE KEY" in (tmp_path / "s.pem").read_bytes()  # PKCS#8
-    assert b"BEGIN PUBLIC KEY" in (tmp_path / "p.pem").read_bytes()  # SubjectPublicKeyInfo
-    loaded = load_token_signing_key(tmp_path / "s.pem")
-    assert loaded.public_key() == load_token_public_key(tmp_path / "p.pem") == key.public_key()
-
-
-def test_token_key_loaders_refuse_other_key_types(tmp_path: Path, ca: KeyPair) -> None:
-    write_private_pem(tmp_path / "ec.pem", ca.key_pem)
-    with pytest.raises(ValueError, match="expected an Ed25519 private key"):
-        load_token_signing_key(tmp_path / "ec.pem")
-    (tmp_path / "empty.pem").write_bytes(b"")
-    with pytest.raises(ValueError, match="does not contain a PEM block"):
-        load_token_public_key(tmp_path / "empty.pem")
-
-
-# --- tokens ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Tokens:
-    key: Ed25519PrivateKey
-    clock: FakeClock
-    issuer: TokenIssuer
-    verifier: TokenVerifier
-
-
-@pytest.fixture
-def tokens() -> Tokens:
-    key = Ed25519PrivateKey.generate()
-    clock = FakeClock()
-    return Tokens(
-        key,
-        clock,
-        TokenIssuer(key, clock=clock),
-        TokenVerifier(key.public_key(), CLUSTER, leeway_s=30.0, clock=clock),
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _signed(key: Ed25519PrivateKey, payload: object) -> str:
-    """A correctly signed token with an arbitrary payload, to test the claim checks."""
-    body = json.dumps(payload).encode()
-    return f"{_b64(body)}.{_b64(key.sign(body))}"
-
-
-def _claims(**overrides: object) -> dict[str, object]:
-    claims: dict[str, object] = {
-        "v": 1,
-        "sub": "t1",
-        "role": "trainer",
-        "cluster": CLUSTER,
-        "iat": NOW,
-        "exp": NOW + 60,
-    }
-    claims.update(overrides)
-    return claims
-
-
-def _rejects(verifier: TokenVerifier, token: str, message: str) -> Unauthenticated:
-    with pytest.raises(Unauthenticated, match=message) as caught:
-        verifier.verify(token)
-    text = str(caught.value)
-    for part in token.split("."):
-        if len(part) >= 8:
-            assert part not in text and part[:16] not in text
-    return caught.value
-
-
-def test_token_round_trips(tokens: Tokens) -> None:
-    token = tokens.issuer.issue("trainer-3", "trainer", ttl_s=600, cluster=CLUSTER)
-    assert tokens.verifier.verify(token) == Identity("trainer-3", "trainer", NOW + 600)
-    payload = json.loads(_unb64(token.split(".")[0]))
-    assert payload == {
-        "v": 1,
-        "sub": "trainer-3",
-        "role": "trainer",
-        "cluster": CLUSTER,
-        "iat": int(NOW),
-        "exp": int(NOW) + 600,
-    }
-    collector = tokens.issuer.issue("collector", "collector", ttl_s=1.5, cluster=CLUSTER)
-    assert tokens.verifier.verify(collector).role == "collector"
-
-
-def test_tampered_payload_is_refused(tokens: Tokens) -> None:
-    token = tokens.issuer.issue("t1", "trainer", 600, CLUSTER)
-    body, signature = token.split(".")
-    forged = json.loads(_unb64(body)) | {"role": "collector"}
-    _rejects(tokens.verifier, f"{_b64(json.dumps(forged).encode())}.{signature}", "bad token sig")
-
-
-def test_tampered_signature_is_refused(tokens: Tokens) -> None:
-    body, signature = tokens.issuer.issue("t1", "trainer", 600, CLUSTER).split(".")
-    raw = bytearray(_unb64(signature))
-    raw[5] ^= 0x01
-    _rejects(tokens.verifier, f"{body}.{_b64(bytes(raw))}", "bad token signature")
-
-
-def test_token_from_another_key_is_refused(tokens: Tokens) -> None:
-    other = TokenIssuer(Ed25519PrivateKey.generate(), clock=tokens.clock)
-    _rejects(tokens.verifier, other.issue("t1", "trainer", 600, CLUSTER), "bad token signature")
-
-
-def test_expiry_allows_the_leeway_and_no_more(tokens: Tokens) -> None:
-    token = tokens.issuer.issue("t1", "trainer", 60, CLUSTER)
-    tokens.clock.now = NOW + 60 + 30  # exactly at exp + leeway
-    assert tokens.verifier.verify(token).client_id == "t1"
-    tokens.clock.now = NOW + 60 + 31
-    error = _rejects(tokens.verifier, token, r"token expired at 2027-01-15T08:01:00\+00:00")
-    assert "(now 2027-01-15T08:01:31+00:00" in str(error)
-
-
-def test_token_from_the_future_is_refused(tokens: Tokens) -> None:
-    token = tokens.issuer.issue("t1", "trainer", 600, CLUSTER)
-    tokens.clock.now = NOW - 29
-    assert tokens.verifier.verify(token).client_id == "t1"
-    tokens.clock.now = NOW - 31
-    _rejects(tokens.verifier, token, "issued in the future")
-
-
-def test_wrong_cluster_is_refused(tokens: Tokens) -> None:
-    token = tokens.issuer.issue("t1", "trainer", 600, "other-cluster")
-    _rejects(tokens.verifier, token, 'wrong cluster "other-cluster" \\(expected "test-cluster"\\)')
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"role": "admin"}, 'unknown role "admin"'),
-        ({"v": 2}, "unsupported token version 2"),
-        ({"v": True}, "unsupported token version"),
-        ({"sub": "a/b"}, "invalid subject"),
-        ({"sub": None}, "invalid subject"),
-        ({"cluster": 7}, "missing cluster"),
-        ({"exp": "soon"}, "invalid 'exp'"),
-        ({"iat": None}, "invalid 'iat'"),
-        ({"exp": 10**400}, "invalid 'exp'"),
-    ],
-)
-def test_signed_but_invalid_claims_are_refused(
-    tokens: Tokens, overrides: dict[str, object], message: str
-) -> None:
-    _rejects(tokens.verifier, _signed(tokens.key, _claims(**overrides)), message)
-
-
-def test_signed_non_object_payload_is_refused(tokens: Tokens) -> None:
-    _rejects(tokens.verifier, _signed(tokens.key, ["v", 1]), "not a JSON object")
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda t: t.replace(".", ""), "expected 2 dot-separated parts, got 1"),
-        (lambda t: t + ".x", "expected 2 dot-separated parts, got 3"),
-        (lambda t: t.replace("-", "+").replace("_", "/") + "+/", "not unpadded base64url"),
-        (lambda t: t + "=", "not unpadded base64url"),
-        (lambda t: t.split(".")[0] + ".", "signature is 0 bytes"),
-        (lambda t: t + "A" * 5000, "at most 4096"),
-        (lambda t: "", "expected 2 dot-separated parts"),
-    ],
-)
-def test_malformed_tokens_are_refused(
-    tokens: Tokens, make: Callable[[str], str], message: str
-) -> None:
-    token = make(tokens.issuer.issue("t1", "trainer", 600, CLUSTER))
-    _rejects(tokens.verifier, token, message)
-
-
-def test_non_canonical_base64_is_refused(tokens: Tokens) -> None:
-    body, signature = tokens.issuer.issue("t1", "trainer", 600, CLUSTER).split(".")
-    # 64 bytes -> 86 chars; the last char carries 2 unused bits that must be zero.
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    last = alphabet[alphabet.index(signature[-1]) ^ 0x01]
-    assert _unb64(signature[:-1] + last) == _unb64(signature)  # same bytes, other text
-    _rejects(tokens.verifier, f"{body}.{signature[:-1]}{last}", "not canonical")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("t1", "admin", 60, CLUSTER), "unknown role"),
-        (("t 1", "trainer", 60, CLUSTER), "client id"),
-        (("t1", "trainer", 0, CLUSTER), "positive number"),
-        (("t1", "trainer", float("inf"), CLUSTER), "positive number"),
-        (("t1", "trainer", 60, ""), "cluster name"),
-    ],
-)
-def test_issuer_refuses_bad_arguments(
-    tokens: Tokens, args: tuple[str, str, float, str], message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        tokens.issuer.issue(*args)
-
-
-def test_token_objects_do_not_show_keys(tokens: Tokens) -> None:
-    assert repr(tokens.issuer) == "TokenIssuer(signing_key=<redacted>)"
-    assert "key" not in repr(tokens.verifier)
-    with pytest.raises(TypeError, match="not picklable"):
-        pickle.dumps(tokens.issuer)
-
-
 # --- provisioning ---------------------------------------------------------------------------
 
 
@@ -449,17 +240,12 @@ def test_provision_dev_writes_everything_with_tight_modes(tmp_path: Path) -> Non
     out = provision_dev(tmp_path / "dev", 3, trainer_ids=("t1", "t2"))
     names = sorted(p.name for p in out.directory.iterdir() if not p.name.startswith("."))
     assert names == sorted(
-        ["ca.pem", "ca-key.pem", "token-signing-key.pem", "token-public-key.pem"]
+        ["ca.pem", "ca-key.pem"]
         + [f"party-{i}{s}.pem" for i in range(3) for s in ("", "-key")]
         + ["collector.pem", "collector-key.pem"]
         + [f"trainer-t{i}{s}.pem" for i in (1, 2) for s in ("", "-key")]
     )
-    for key in (
-        out.ca_key,
-        out.token_signing_key,
-        out.collector.key,
-        *(p.key for p in out.parties),
-    ):
+    for key in (out.ca_key, out.collector.key, *(p.key for p in out.parties)):
         assert _mode(key) == 0o600, key
     assert _mode(out.directory) == 0o700
     ca = load_key_pair(out.ca_cert, out.ca_key)
@@ -471,9 +257,52 @@ def test_provision_dev_writes_everything_with_tight_modes(tmp_path: Path) -> Non
     assert _sans(out.trainer("t2").load()).get_values_for_type(x509.UniformResourceIdentifier) == [
         "mpcagg://trainer/t2"
     ]
-    issuer = TokenIssuer(load_token_signing_key(out.token_signing_key))
-    verifier = TokenVerifier(load_token_public_key(out.token_public_key), CLUSTER)
-    assert verifier.verify(issuer.issue("t1", "trainer", 60, CLUSTER)).client_id == "t1"
+    assert certificate_identity(out.collector.load().cert_pem) == Identity(
+        "collector", "collector", out.collector.load().certificate.not_valid_after_utc.timestamp()
+    )
+
+
+def test_provision_dev_refuses_bad_client_ids(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="client id must be"):
+        provision_dev(tmp_path, 3, trainer_ids=("ok", "not ok"))
+    with pytest.raises(InvalidArgument, match="client id must be"):
+        provision_dev(tmp_path, 3, collector_id="a/b")
+
+
+def test_provision_client_issues_once_and_then_reuses(tmp_path: Path) -> None:
+    clock = FakeClock()
+    dev = provision_dev(tmp_path, 3, clock=clock)
+    ca = load_key_pair(dev.ca_cert, dev.ca_key)
+    files = provision_client(tmp_path, "hospital-7", clock=clock)
+    assert (files.cert.name, files.key.name) == (
+        "trainer-hospital-7.pem",
+        "trainer-hospital-7-key.pem",
+    )
+    assert _mode(files.key) == 0o600
+    pair = files.load()
+    assert is_issued_by(pair, ca, clock=clock)
+    ident = certificate_identity(pair.cert_pem)
+    assert ident is not None and (ident.client_id, ident.role) == ("hospital-7", "trainer")
+    assert provision_client(tmp_path, "hospital-7", clock=clock) == files
+    assert files.load() == pair, "a certificate that still fits is reused"
+    boss = provision_client(tmp_path, "boss", "collector", clock=clock)
+    assert boss.cert.name == "collector-boss.pem"
+    assert certificate_identity(boss.load().cert_pem).role == "collector"  # type: ignore[union-attr]
+    assert provision_client(tmp_path, "collector", "collector", clock=clock) == dev.collector
+    clock.now += 400 * 86400  # the CA has expired: nothing is issued under it
+    with pytest.raises(ValueError, match="expired"):
+        provision_client(tmp_path, "hospital-7", clock=clock)
+
+
+def test_provision_client_needs_a_ca_and_valid_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="holds no CA"):
+        provision_client(tmp_path / "nothing", "t1")
+    provision_dev(tmp_path, 1)
+    with pytest.raises(InvalidArgument, match="client id must be"):
+        provision_client(tmp_path, "../t1")
+    with pytest.raises(InvalidArgument, match="unknown role"):
+        provision_client(tmp_path, "t1", "admin")
+    assert not any("admin" in p.name or ".." in p.name for p in tmp_path.iterdir())
 
 
 def test_provision_dev_is_idempotent(tmp_path: Path) -> None:
