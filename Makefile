@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SOURCES := api mpc protocol wire servers clients ops bench tests scripts examples
 
 .PHONY: venv demo up test lint typecheck bench bench-quick protos clean
 
@@ -24,11 +25,11 @@ up: $(STAMP)
 	$(BIN)/mpcagg up
 
 lint: $(STAMP)
-	$(BIN)/ruff check mpc servers clients bench tests scripts
-	$(BIN)/ruff format --check mpc servers clients bench tests scripts
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy mpc servers clients
+	$(BIN)/python scripts/typecheck.py
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider

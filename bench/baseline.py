@@ -39,12 +39,12 @@ from typing import NoReturn
 import grpc
 import numpy as np
 
-from mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.config import Limits
-from servers.credentials import KeyPair, issue_client_cert, load_key_pair, provision_dev
-from servers.identity import check_role, client_from_auth_context
-from servers.storage import SpoolWriter
+from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
+from mpcagg.ops.credentials import KeyPair, issue_client_cert, load_key_pair, provision_dev
+from mpcagg.protocol.cluster import Limits
+from mpcagg.servers.identity import check_role, client_from_auth_context
+from mpcagg.servers.storage import SpoolWriter
+from mpcagg.v1 import aggregation_pb2 as pb
 
 SERVICE = "mpcagg.bench.v1.PlainAggregation"
 REPO_ROOT = Path(__file__).resolve().parent.parent

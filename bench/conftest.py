@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mpc.ring import ELEMENT_BYTES
+from mpcagg.mpc.ring import ELEMENT_BYTES
 
 _DIST_ENV = ("DISTRIBUTED_BACKEND", "RENDEZVOUS", "WORLD_SIZE", "RANK", "GLOO_SOCKET_IFNAME")
 
@@ -69,7 +69,7 @@ def measure(benchmark: Any) -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def crypten_single_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A single-party CrypTen (gloo on loopback, rendezvous in a temporary directory)."""
-    from mpc import crypten_shim
+    from mpcagg.mpc import crypten_shim
 
     saved = {key: os.environ.get(key) for key in _DIST_ENV}
     rdv: Path = tmp_path_factory.mktemp("crypten-bench") / "rdv"

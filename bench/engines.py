@@ -30,7 +30,7 @@ def measure(dims: list[int], repeats: int) -> list[dict[str, Any]]:
     """Time every (engine, share kind, d); an engine that cannot load gives an error row."""
     import numpy as np
 
-    import mpc
+    import mpcagg.mpc as mpc
 
     rows: list[dict[str, Any]] = []
     engines: dict[str, Any] = {}

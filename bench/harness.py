@@ -40,11 +40,11 @@ from bench.grid import Cell, Plan
 from bench.procstats import ProcessMeter
 from bench.rounds import PlainRounds, RoundTiming, SecureRounds, TrainerInputs
 from bench.wireprobe import CountingRelay
-from clients import ClientCredentials
-from servers.config import ClusterConfig, Limits
-from servers.credentials import issue_client_cert, load_key_pair
-from servers.identity import Role
-from servers.local import LocalCluster
+from mpcagg import ClientCredentials
+from mpcagg.ops.credentials import issue_client_cert, load_key_pair
+from mpcagg.ops.local import LocalCluster
+from mpcagg.protocol.cluster import ClusterConfig, Limits
+from mpcagg.servers.identity import Role
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -50,11 +50,12 @@ SINK = "/mpcagg.bench.v1.Sink/Upload"
 
 def _drive(kind: str, args: dict[str, Any], queue: Any) -> None:
     """Child process: ``streams`` threads upload ``uploads`` vectors; reports GB/s."""
-    from clients import ClientCredentials, wire
-    from clients.transport import Transport
-    from mpc import FullShare
-    from mpc.ring import DTYPE
-    from protos.mpcagg.v1 import aggregation_pb2 as pb
+    from mpcagg import ClientCredentials
+    from mpcagg.clients.transport import Transport
+    from mpcagg.mpc import FullShare
+    from mpcagg.mpc.ring import DTYPE
+    from mpcagg.v1 import aggregation_pb2 as pb
+    from mpcagg.wire import messages as wire
 
     vec = np.random.default_rng(1).integers(0, 2**63, args["dim"], dtype=np.uint64).astype(DTYPE)
     upload = wire.PartyUpload.from_share(FullShare(party=0, vector=vec))
@@ -138,7 +139,7 @@ def _run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sink_server(tls: tuple[bytes, bytes] | None, ca: bytes | None) -> tuple[grpc.Server, int]:
-    from protos.mpcagg.v1 import aggregation_pb2 as pb
+    from mpcagg.v1 import aggregation_pb2 as pb
 
     def upload(requests: Iterator[Any], context: Any) -> Any:
         for _ in requests:
@@ -264,12 +265,12 @@ def server(
     profile: bool,
 ) -> dict[str, Any]:
     """Uploads into a real party 0; with ``profile``, each Upload call under cProfile."""
-    from clients.transport import Transport
-    from servers.config import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
-    from servers.credentials import issue_client_cert, load_key_pair
-    from servers.server import start_server
-    from servers.service import AggregationService
-    from servers.spec import RoundSpec, TensorSpec
+    from mpcagg.clients.transport import Transport
+    from mpcagg.ops.credentials import issue_client_cert, load_key_pair
+    from mpcagg.protocol.cluster import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
+    from mpcagg.protocol.spec import RoundSpec, TensorSpec
+    from mpcagg.servers.server import start_server
+    from mpcagg.servers.service import AggregationService
 
     workdir = workdir / ("profiled" if profile else "unprofiled")
     original = AggregationService.Upload
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from servers.credentials import provision_dev
+    from mpcagg.ops.credentials import provision_dev
 
     dim = args.dim // 4 if args.quick else args.dim
     with tempfile.TemporaryDirectory(prefix="mpcagg-ingest-") as tmp:

@@ -32,12 +32,12 @@ import numpy as np
 from bench import baseline
 from bench.grid import Cell
 from bench.procstats import ProcessMeter, ProcessRound
-from clients import ClientCredentials, Collector, SecureAggregator
-from clients.results import Receipt, RoundState
-from mpc import FixedPoint
-from mpc.ring import DTYPE, RingVector
-from servers.config import ClusterConfig
-from servers.credentials import KeyPair
+from mpcagg import ClientCredentials, Collector, SecureAggregator
+from mpcagg.clients.results import Receipt, RoundState
+from mpcagg.mpc import FixedPoint
+from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.ops.credentials import KeyPair
+from mpcagg.protocol.cluster import ClusterConfig
 
 PRECISION_BITS = 16
 BOUND = 1.0

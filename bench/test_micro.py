@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-import mpc
-from mpc import prg
-from mpc.ring import DTYPE, ELEMENT_BYTES
+import mpcagg.mpc as mpc
+from mpcagg.mpc import prg
+from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES
 
 D = 10**6
 N_PARTIES = 3

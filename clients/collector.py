@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.credentials import ClientCredentials
-from clients.errors import (
+from mpcagg.clients.credentials import ClientCredentials
+from mpcagg.clients.errors import (
     ClientError,
     CloseTimeout,
     Conflict,
@@ -26,14 +26,14 @@ from clients.errors import (
     ProtocolError,
     RpcFailed,
 )
-from clients.layout import TensorLayout
-from clients.results import AggregateResult, AggregateShare, RoundInfo, RoundState
-from clients.rounds import fetch_spec
-from clients.transport import RetryPolicy, Transport
-from mpc.ring import add_, zeros
-from servers.config import ClusterConfig
-from servers.errors import InvalidArgument
-from servers.spec import RoundSpec
+from mpcagg.clients.layout import TensorLayout
+from mpcagg.clients.results import AggregateResult, AggregateShare, RoundInfo, RoundState
+from mpcagg.clients.rounds import fetch_spec
+from mpcagg.clients.transport import RetryPolicy, Transport
+from mpcagg.mpc.ring import add_, zeros
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.spec import RoundSpec
 
 LEADER = 0
 

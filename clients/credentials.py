@@ -15,10 +15,10 @@ from typing import NoReturn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from clients.errors import ConfigError, InputError
-from servers.errors import InvalidArgument
-from servers.identity import Identity, certificate_identity
-from servers.spec import check_id
+from mpcagg.clients.errors import ConfigError, InputError
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.spec import check_id
+from mpcagg.servers.identity import Identity, certificate_identity
 
 PathLike = str | Path
 

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.errors import InputError, LayoutError
-from servers.errors import InvalidArgument
-from servers.spec import RoundSpec, TensorSpec
+from mpcagg.clients.errors import InputError, LayoutError
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.spec import RoundSpec, TensorSpec
 
 FloatArray = npt.NDArray[np.floating[Any]]
 

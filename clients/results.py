@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from servers.spec import RoundSpec
+    from mpcagg.protocol.spec import RoundSpec
 
 
 class RoundState(enum.Enum):

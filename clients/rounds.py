@@ -3,11 +3,11 @@ learns a round with its id alone."""
 
 from __future__ import annotations
 
-from clients.errors import InputError, ProtocolError, UploadFailed
-from clients.results import RoundInfo
-from clients.transport import Transport
-from servers.errors import InvalidArgument
-from servers.spec import RoundSpec, check_id
+from mpcagg.clients.errors import InputError, ProtocolError, UploadFailed
+from mpcagg.clients.results import RoundInfo
+from mpcagg.clients.transport import Transport
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.spec import RoundSpec, check_id
 
 
 def fetch_spec(transport: Transport, round_id: str) -> RoundSpec:

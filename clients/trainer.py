@@ -22,9 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clients import wire
-from clients.credentials import ClientCredentials
-from clients.errors import (
+from mpcagg.clients.credentials import ClientCredentials
+from mpcagg.clients.errors import (
     ClientError,
     InputError,
     ProtocolError,
@@ -32,15 +31,16 @@ from clients.errors import (
     UpdateConflict,
     UploadFailed,
 )
-from clients.layout import FloatArray, TensorLayout
-from clients.progress import UploadProgress, wants_progress
-from clients.results import AggregateResult, Receipt, RoundInfo, RoundState, UploadAck
-from clients.rounds import fetch_spec
-from clients.transport import RetryPolicy, Transport
-from mpc import EncodingError, Seed, SharingContext, full_party_for, share
-from mpc.ring import RingVector, to_bytes
-from servers.config import ClusterConfig
-from servers.spec import SHARING_ID_BYTES, RoundSpec
+from mpcagg.clients.layout import FloatArray, TensorLayout
+from mpcagg.clients.progress import UploadProgress, wants_progress
+from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState, UploadAck
+from mpcagg.clients.rounds import fetch_spec
+from mpcagg.clients.transport import RetryPolicy, Transport
+from mpcagg.mpc import EncodingError, Seed, SharingContext, full_party_for, share
+from mpcagg.mpc.ring import RingVector, to_bytes
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
+from mpcagg.wire import messages as wire
 
 log = logging.getLogger("mpcagg.clients")
 
@@ -314,7 +314,7 @@ class SecureAggregator:
         is committed, and this trainer is in its cohort; otherwise the server's
         :class:`PermissionDenied` or :class:`RoundRejected` is raised.
         """
-        from clients.collector import Collector
+        from mpcagg.clients.collector import Collector
 
         return Collector._over(self._transport, self.client_id).result(spec.round_id, spec)
 

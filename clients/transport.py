@@ -26,15 +26,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from clients import wire
-from clients.credentials import (
+from mpcagg.clients.credentials import (
     ClientCredentials,
     PathLike,
     client_credentials,
     read_file,
     resolve_client_id,
 )
-from clients.errors import (
+from mpcagg.clients.errors import (
     Busy,
     ClientError,
     ConfigError,
@@ -49,12 +48,13 @@ from clients.errors import (
     Unauthenticated,
     Unavailable,
 )
-from clients.results import AggregateShare, RoundInfo, UploadAck
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from servers.config import ClusterConfig, load_cluster
-from servers.errors import ConfigError as ServerConfigError
-from servers.spec import RoundSpec
+from mpcagg.clients.results import AggregateShare, RoundInfo, UploadAck
+from mpcagg.protocol.cluster import ClusterConfig, load_cluster
+from mpcagg.protocol.errors import ConfigError as ServerConfigError
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from mpcagg.wire import messages as wire
 
 log = logging.getLogger("mpcagg.clients")
 

@@ -10,8 +10,8 @@ Public surface::
     MpcError and subclasses                           the error tree (mpc.errors)
 """
 
-from mpc.engines import Engine, get_engine
-from mpc.errors import (
+from mpcagg.mpc.engines import Engine, get_engine
+from mpcagg.mpc.errors import (
     EncodingError,
     EngineUnavailable,
     LengthError,
@@ -19,10 +19,10 @@ from mpc.errors import (
     ParameterError,
     SeedError,
 )
-from mpc.fixed_point import FixedPoint, max_bound, max_clients_for_bound
-from mpc.prg import PROTOCOL_VERSION, PrgContext, expand, expand_into
-from mpc.seed import SEED_BYTES, Seed
-from mpc.sharing import (
+from mpcagg.mpc.fixed_point import FixedPoint, max_bound, max_clients_for_bound
+from mpcagg.mpc.prg import PROTOCOL_VERSION, PrgContext, expand, expand_into
+from mpcagg.mpc.seed import SEED_BYTES, Seed
+from mpcagg.mpc.sharing import (
     FullShare,
     SeedShare,
     Share,

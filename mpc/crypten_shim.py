@@ -12,7 +12,7 @@ import importlib
 import sys
 from types import ModuleType
 
-from mpc.errors import EngineUnavailable
+from mpcagg.mpc.errors import EngineUnavailable
 
 _OLD = "torch.onnx._internal.registration"
 _NEW = "torch.onnx._internal.torchscript_exporter.registration"

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mpc.errors import EncodingError, ParameterError
-from mpc.ring import DTYPE, RingVector, as_int64
+from mpcagg.mpc.errors import EncodingError, ParameterError
+from mpcagg.mpc.ring import DTYPE, RingVector, as_int64
 
 DEFAULT_PRECISION_BITS = 16
 _INT63 = (1 << 63) - 1

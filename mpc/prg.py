@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mpc.errors import ParameterError
-from mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
-from mpc.seed import Seed
+from mpcagg.mpc.errors import ParameterError
+from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
+from mpcagg.mpc.seed import Seed
 
 PROTOCOL_VERSION = 1
 USAGE_SHARE = "share"

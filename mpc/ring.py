@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mpc.errors import LengthError
+from mpcagg.mpc.errors import LengthError
 
 DTYPE = np.dtype("<u8")
 """Ring element dtype: unsigned 64-bit, little-endian (the wire format)."""

@@ -12,7 +12,7 @@ import hmac
 import secrets
 from typing import Any, NoReturn
 
-from mpc.errors import SeedError
+from mpcagg.mpc.errors import SeedError
 
 SEED_BYTES = 32
 

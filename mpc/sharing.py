@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc import prg
-from mpc.errors import LengthError, ParameterError
-from mpc.ring import DTYPE, RingVector
-from mpc.seed import Seed
+from mpcagg.mpc import prg
+from mpcagg.mpc.errors import LengthError, ParameterError
+from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.mpc.seed import Seed
 
 MAX_PARTIES = 64
 

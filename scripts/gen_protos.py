@@ -36,12 +36,7 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # Generated code imports `mpcagg.v1...`; make it import `protos.mpcagg.v1...`.
-    for path in (target / "mpcagg" / "v1").glob("*_pb2*.py*"):
-        text = path.read_text()
-        text = text.replace("from mpcagg.v1 import", "from protos.mpcagg.v1 import")
-        text = text.replace("import mpcagg.v1.", "import protos.mpcagg.v1.")
-        path.write_text(text)
+    # Generated code imports `mpcagg.v1...`: the package the stubs are installed as.
 
 
 def main() -> None:

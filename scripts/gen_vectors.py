@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-import mpc
-from mpc import prg
-from mpc.errors import MpcError
+import mpcagg.mpc as mpc
+from mpcagg.mpc import prg
+from mpcagg.mpc.errors import MpcError
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "tests" / "vectors" / f"v{mpc.PROTOCOL_VERSION}"

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpc import FullShare, Seed, SeedShare, SharingContext
-from mpc.engines import Engine
-from mpc.ring import DTYPE, RingVector
-from servers.config import Limits
-from servers.errors import (
+from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
+from mpcagg.mpc.engines import Engine
+from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.protocol.cluster import Limits
+from mpcagg.protocol.errors import (
     AlreadyExists,
     InvalidArgument,
     LimitExceeded,
@@ -28,8 +28,7 @@ from servers.errors import (
     RoundNotOpen,
     Unavailable,
 )
-from servers.round import Round, RoundState, UploadRecord
-from servers.spec import (
+from mpcagg.protocol.spec import (
     SHARING_ID_BYTES,
     Holding,
     RoundSpec,
@@ -37,8 +36,9 @@ from servers.spec import (
     cohort_digest,
     spec_from_canonical,
 )
-from servers.storage import Storage, UploadRow
-from servers.upload import (
+from mpcagg.servers.round import Round, RoundState, UploadRecord
+from mpcagg.servers.storage import Storage, UploadRow
+from mpcagg.servers.upload import (
     DIGEST_BYTES,
     BufferPool,
     Receipt,

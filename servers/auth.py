@@ -16,9 +16,14 @@ from typing import Any
 
 import grpc
 
-from servers.errors import PermissionDenied, Unauthenticated
-from servers.identity import Identity, Role, client_from_auth_context, party_from_auth_context
-from servers.pki import Clock
+from mpcagg.ops.pki import Clock
+from mpcagg.protocol.errors import PermissionDenied, Unauthenticated
+from mpcagg.servers.identity import (
+    Identity,
+    Role,
+    client_from_auth_context,
+    party_from_auth_context,
+)
 
 LEADER = 0
 EXPECTED = (

@@ -31,8 +31,8 @@ from typing import Final, Literal, TypeGuard, get_args
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from servers.errors import InvalidArgument
-from servers.spec import check_id
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.spec import check_id
 
 Role = Literal["trainer", "collector"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from servers.aggregator import Manifest
-from servers.config import ClusterConfig, load_cluster
-from servers.convert import holdings_from_proto, holdings_to_proto, state_from_proto
-from servers.spec import Holding
-from servers.status import error_from_code
+from mpcagg.protocol.cluster import ClusterConfig, load_cluster
+from mpcagg.protocol.spec import Holding
+from mpcagg.servers.aggregator import Manifest
+from mpcagg.v1 import peer_pb2, peer_pb2_grpc
+from mpcagg.wire.convert import holdings_from_proto, holdings_to_proto, state_from_proto
+from mpcagg.wire.status import error_from_code
 
 
 @dataclass(frozen=True, slots=True)

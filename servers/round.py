@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from servers.errors import RoundNotOpen
-from servers.spec import Holding, RoundSpec
+from mpcagg.protocol.errors import RoundNotOpen
+from mpcagg.protocol.spec import Holding, RoundSpec
 
 
 class RoundState(enum.Enum):

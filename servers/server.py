@@ -21,17 +21,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, start_http_server
 
-from mpc.engines import get_engine
-from protos.mpcagg.v1 import aggregation_pb2_grpc, peer_pb2_grpc
-from servers.aggregator import Aggregator
-from servers.auth import Authenticator, PeerAuthenticator
-from servers.cohort import Leader
-from servers.config import ClusterConfig
-from servers.errors import ConfigError
-from servers.peers import PeerTls, peer_clients
-from servers.pki import read_pem
-from servers.service import AggregationService, PeerService
-from servers.storage import Storage
+from mpcagg.mpc.engines import get_engine
+from mpcagg.ops.pki import read_pem
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.errors import ConfigError
+from mpcagg.servers.aggregator import Aggregator
+from mpcagg.servers.auth import Authenticator, PeerAuthenticator
+from mpcagg.servers.leader import Leader
+from mpcagg.servers.peers import PeerTls, peer_clients
+from mpcagg.servers.service import AggregationService, PeerService
+from mpcagg.servers.storage import Storage
+from mpcagg.v1 import aggregation_pb2_grpc, peer_pb2_grpc
 
 log = logging.getLogger("mpcagg.server")
 

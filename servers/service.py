@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from mpc.ring import RingVector
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from servers.aggregator import Aggregator, Status
-from servers.auth import Authenticator, PeerAuthenticator
-from servers.convert import (
+from mpcagg.mpc.ring import RingVector
+from mpcagg.protocol.errors import Busy, InvalidArgument, PermissionDenied, RoundNotOpen
+from mpcagg.servers.aggregator import Aggregator, Status
+from mpcagg.servers.auth import Authenticator, PeerAuthenticator
+from mpcagg.servers.upload import Receipt, UploadSession
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from mpcagg.v1 import peer_pb2, peer_pb2_grpc
+from mpcagg.wire.convert import (
     header_from_proto,
     holdings_from_proto,
     holdings_to_proto,
@@ -28,12 +30,10 @@ from servers.convert import (
     state_to_proto,
     status_to_proto,
 )
-from servers.errors import Busy, InvalidArgument, PermissionDenied, RoundNotOpen
-from servers.status import grpc_errors, grpc_stream_errors
-from servers.upload import Receipt, UploadSession
+from mpcagg.wire.status import grpc_errors, grpc_stream_errors
 
 if TYPE_CHECKING:
-    from servers.cohort import Leader
+    from mpcagg.servers.leader import Leader
 
 log = logging.getLogger("mpcagg.service")
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mpc.ring import DTYPE, RingVector
-from servers.errors import ConfigError
-from servers.spec import Holding, cohort_from_json, cohort_to_json
+from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.spec import Holding, cohort_from_json, cohort_to_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (

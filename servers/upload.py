@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpc import FullShare, Seed, SeedShare, SharingContext
-from mpc.ring import DTYPE, RingVector
-from servers.errors import InvalidArgument
-from servers.round import Round, RoundState, UploadRecord
-from servers.storage import DIRECT_ALIGN, UploadRow
+from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
+from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.servers.round import Round, RoundState, UploadRecord
+from mpcagg.servers.storage import DIRECT_ALIGN, UploadRow
 
 if TYPE_CHECKING:
-    from servers.aggregator import Aggregator
+    from mpcagg.servers.aggregator import Aggregator
 
 DIGEST_BYTES = 32
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from clients import Collector, SecureAggregator
-from servers.config import load_cluster
+from mpcagg import Collector, SecureAggregator
+from mpcagg.protocol.cluster import load_cluster
 
 SHAPE = (4, 8)
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from clients import Collector
+from mpcagg import Collector
 
 ROUND, TRAINERS = "round-7", 3
 

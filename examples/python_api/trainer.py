@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from clients import SecureAggregator
+from mpcagg import SecureAggregator
 
 me = sys.argv[1]
 k = int(me.rsplit("-", 1)[1])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from mpc.engines.base import Engine
-from mpc.engines.numpy_engine import NumpyEngine
-from mpc.errors import ParameterError
-from mpc.fixed_point import DEFAULT_PRECISION_BITS
+from mpcagg.mpc.engines.base import Engine
+from mpcagg.mpc.engines.numpy_engine import NumpyEngine
+from mpcagg.mpc.errors import ParameterError
+from mpcagg.mpc.fixed_point import DEFAULT_PRECISION_BITS
 
 ENGINE_NAMES = ("numpy", "crypten")
 
@@ -16,7 +16,7 @@ def get_engine(name: str = "numpy", precision_bits: int = DEFAULT_PRECISION_BITS
     if name == "numpy":
         return NumpyEngine()
     if name == "crypten":
-        from mpc.engines.crypten_engine import CryptenEngine
+        from mpcagg.mpc.engines.crypten_engine import CryptenEngine
 
         return CryptenEngine(precision_bits)
     raise ParameterError(f"engine must be one of {', '.join(ENGINE_NAMES)}; got {name!r}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from mpc.ring import RingVector
-from mpc.sharing import Share
+from mpcagg.mpc.ring import RingVector
+from mpcagg.mpc.sharing import Share
 
 
 @runtime_checkable

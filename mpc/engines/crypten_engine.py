@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from mpc import crypten_shim, ring
-from mpc.fixed_point import DEFAULT_PRECISION_BITS
-from mpc.ring import RingVector
-from mpc.sharing import Share
+from mpcagg.mpc import crypten_shim, ring
+from mpcagg.mpc.fixed_point import DEFAULT_PRECISION_BITS
+from mpcagg.mpc.ring import RingVector
+from mpcagg.mpc.sharing import Share
 
 
 class CryptenEngine:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mpc import prg, ring
-from mpc.ring import DTYPE, RingVector
-from mpc.sharing import FullShare, SeedShare, Share
+from mpcagg.mpc import prg, ring
+from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.mpc.sharing import FullShare, SeedShare, Share
 
 # Full shares are added in large chunks (8 MiB): a plain add streams through memory
 # once whatever the chunk, and each extra call costs time (bench/test_micro.py: at

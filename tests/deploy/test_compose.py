@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from servers.config import load_cluster
+from mpcagg.protocol.cluster import load_cluster
 from tests.deploy.common import CLIENT_PORT, DEPLOY, N_PARTIES, PEER_PORT, host_port
 
 COMPOSE_DIR = DEPLOY / "compose"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.config import load_cluster
+from mpcagg.protocol.cluster import load_cluster
 from tests.deploy.common import CLIENT_PORT, CLUSTER_FILES, DEPLOY, PEER_PORT, run, tool
 
 RULES = DEPLOY / "firewall" / "mpcagg.nft"

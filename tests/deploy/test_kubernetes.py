@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from servers.config import parse_cluster
+from mpcagg.protocol.cluster import parse_cluster
 from tests.deploy.common import CLIENT_PORT, DEPLOY, N_PARTIES, PEER_PORT, host_port, run, tool
 from tests.deploy.kustomize import render
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.config import load_cluster
+from mpcagg.protocol.cluster import load_cluster
 from tests.deploy.common import CLIENT_PORT, CLUSTER_FILES, DEPLOY, N_PARTIES, PEER_PORT, REPO
 
 RUN_AS_MAIN = (
@@ -48,7 +48,7 @@ def test_cluster_file_loads_with_tls_and_fixed_ports(name: str) -> None:
 def test_server_starts_up_without_torch() -> None:
     # The image installs no torch: the server's import path must not need it.
     result = python(
-        "from servers.cli import app; import servers.server, servers.config, clients; "
+        "from mpcagg.ops.cli import app; import mpcagg.servers.server, mpcagg.protocol.cluster; "
         "app(['server', '--help'], standalone_mode=False)"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,7 +56,7 @@ def test_server_starts_up_without_torch() -> None:
 
 
 def test_mpcagg_health_exists_for_the_probes() -> None:
-    result = python("from servers.cli import app; app(['health', '--help'], standalone_mode=False)")
+    result = python("from mpcagg.ops.cli import app; app(['health', '--help'], standalone_mode=False)")
     if result.returncode != 0 and "No such command" in result.stderr:
         pytest.skip(
             "`mpcagg health` is not in servers/cli.py yet: the Docker HEALTHCHECK, the Compose "
@@ -67,7 +67,7 @@ def test_mpcagg_health_exists_for_the_probes() -> None:
 
 
 def test_demo_round_completes_against_a_local_tls_cluster(tmp_path: Path) -> None:
-    from servers.local import LocalCluster
+    from mpcagg.ops.local import LocalCluster
 
     creds = tmp_path / "creds"
     creds.mkdir()

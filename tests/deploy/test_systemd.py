@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.config import Limits, load_cluster
+from mpcagg.protocol.cluster import Limits, load_cluster
 from tests.deploy.common import CLUSTER_FILES, DEPLOY, N_PARTIES, run, tool
 
 SYSTEMD = DEPLOY / "systemd"

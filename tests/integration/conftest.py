@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from clients import (
+from mpcagg import (
     Collector,
     Receipt,
     RetryPolicy,
@@ -31,15 +31,15 @@ from clients import (
     RoundState,
     SecureAggregator,
     TensorLayout,
-    wire,
 )
-from clients.results import UploadAck
-from clients.transport import Transport
-from mpc import Seed, SharingContext, full_party_for, share
-from mpc.ring import DTYPE
-from servers.config import ClusterConfig
-from servers.local import LocalCluster
-from servers.spec import RoundSpec
+from mpcagg.clients.results import UploadAck
+from mpcagg.clients.transport import Transport
+from mpcagg.mpc import Seed, SharingContext, full_party_for, share
+from mpcagg.mpc.ring import DTYPE
+from mpcagg.ops.local import LocalCluster
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.wire import messages as wire
 
 RPC_TIMEOUT_S = 10.0
 # min_cohort 1: some tests watch a single upload; the default floor (2) is tested in

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from clients import (
+from mpcagg import (
     Conflict,
     InvalidInput,
     LayoutError,
@@ -24,11 +24,11 @@ from clients import (
     RoundState,
     RoundStateError,
     RpcFailed,
-    wire,
 )
-from mpc import full_party_for
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.spec import RoundSpec
+from mpcagg.mpc import full_party_for
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.wire import messages as wire
 from tests.integration.conftest import (
     FAST_RETRY,
     NO_RETRY,

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from clients import RoundState
-from servers.local import LocalCluster
+from mpcagg import RoundState
+from mpcagg.ops.local import LocalCluster
 from tests.integration.conftest import Rig, encode_all, exact_inputs, ring_sum, running_cluster
 
 pytestmark = pytest.mark.crypten

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from servers import demo
-from servers.cli import app
+from mpcagg.ops import demo
+from mpcagg.ops.cli import app
 
 
 def test_demo_rounds_are_exact_including_a_dropout(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from clients import CloseTimeout, RoundRejected, RoundState, RoundStateError, RpcFailed, wire
-from mpc import full_party_for
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.local import LocalCluster
-from servers.spec import RoundSpec
+from mpcagg import CloseTimeout, RoundRejected, RoundState, RoundStateError, RpcFailed
+from mpcagg.mpc import full_party_for
+from mpcagg.ops.local import LocalCluster
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.wire import messages as wire
 from tests.integration.conftest import (
     RPC_TIMEOUT_S,
     Rig,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import RetryPolicy, RoundState
+from mpcagg import RetryPolicy, RoundState
 from tests.integration.conftest import Rig, exact_inputs, running_cluster
 
 PATIENT = RetryPolicy(attempts=6, initial_backoff_s=0.2, max_backoff_s=2.0)

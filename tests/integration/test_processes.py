@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from servers.config import dump_cluster
-from servers.local import LocalCluster
+from mpcagg.ops.local import LocalCluster
+from mpcagg.protocol.cluster import dump_cluster
 from tests.integration.conftest import running_cluster
 
 ROOT = Path(__file__).resolve().parents[2]

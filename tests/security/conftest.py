@@ -18,12 +18,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from protos.mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from servers.credentials import KeyPair, issue_client_cert, issue_party_cert, load_key_pair
-from servers.identity import Role
-from servers.local import LocalCluster
+from mpcagg.ops.credentials import KeyPair, issue_client_cert, issue_party_cert, load_key_pair
+from mpcagg.ops.local import LocalCluster
+from mpcagg.servers.identity import Role
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from mpcagg.v1 import peer_pb2, peer_pb2_grpc
 
 RPC_S = 5.0
 """Deadline of every raw call the suite makes."""

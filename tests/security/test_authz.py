@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import peer_pb2
-from servers.credentials import KeyPair, create_ca, issue_client_cert
-from servers.spec import Holding, cohort_digest
+from mpcagg.ops.credentials import KeyPair, create_ca, issue_client_cert
+from mpcagg.protocol.spec import Holding, cohort_digest
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,

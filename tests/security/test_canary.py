@@ -27,14 +27,14 @@ import numpy as np
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-import servers.server
-from clients import ClientCredentials, ClientError, Collector, RetryPolicy, SecureAggregator
-from clients.wire import PartyUpload
-from mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.credentials import CertFiles, KeyPair, create_ca, issue_client_cert
-from servers.logs import RedactFilter
-from servers.spec import RoundSpec
+from mpcagg import ClientCredentials, ClientError, Collector, RetryPolicy, SecureAggregator
+from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
+from mpcagg.ops.credentials import CertFiles, KeyPair, create_ca, issue_client_cert
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.servers import server as server_module
+from mpcagg.servers.logs import RedactFilter
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.wire.messages import PartyUpload
 from tests.security.conftest import RPC_S, SecureEnv, full_upload, start_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -442,7 +442,7 @@ def test_share_material_on_disk_is_owner_only(observed: Observed) -> None:
 
 
 def test_metrics_have_no_labels_that_could_carry_secrets() -> None:
-    metrics = [m for m in vars(servers.server).values() if isinstance(m, MetricWrapperBase)]
+    metrics = [m for m in vars(server_module).values() if isinstance(m, MetricWrapperBase)]
     assert metrics
     for metric in metrics:
         assert set(metric._labelnames) <= {"party", "method", "code", "state"}

@@ -43,17 +43,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from clients import Collector, SecureAggregator, wire
-from mpc import Seed, SharingContext, full_party_for, share
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from servers.config import load_cluster
-from servers.credentials import KeyPair, create_ca, issue_client_cert, load_key_pair
-from servers.identity import Identity, client_from_auth_context
-from servers.local import LocalCluster
-from servers.server import RunningServer, start_server
-from servers.service import AggregationService
-from servers.spec import RoundSpec
+from mpcagg import Collector, SecureAggregator
+from mpcagg.mpc import Seed, SharingContext, full_party_for, share
+from mpcagg.ops.credentials import KeyPair, create_ca, issue_client_cert, load_key_pair
+from mpcagg.ops.local import LocalCluster
+from mpcagg.protocol.cluster import load_cluster
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.servers.identity import Identity, client_from_auth_context
+from mpcagg.servers.server import RunningServer, start_server
+from mpcagg.servers.service import AggregationService
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from mpcagg.wire import messages as wire
 from tests.security.conftest import RPC_S, assert_handshake_refused, error_of
 
 pytestmark = pytest.mark.timeout(180)

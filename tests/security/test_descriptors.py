@@ -16,8 +16,8 @@ import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import peer_pb2
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,

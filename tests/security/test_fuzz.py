@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients import Collector, SecureAggregator
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import peer_pb2
-from servers.credentials import KeyPair
-from servers.identity import Role
-from servers.spec import Holding, RoundSpec, cohort_digest
+from mpcagg import Collector, SecureAggregator
+from mpcagg.ops.credentials import KeyPair
+from mpcagg.protocol.spec import Holding, RoundSpec, cohort_digest
+from mpcagg.servers.identity import Role
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (
     SecureEnv,
     create_round,

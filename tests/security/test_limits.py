@@ -18,11 +18,11 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import Collector, LimitExceeded, SecureAggregator
-from clients import Unavailable as ClientUnavailable
-from clients.transport import Transport
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.config import ClusterConfig
+from mpcagg import Collector, LimitExceeded, SecureAggregator
+from mpcagg import Unavailable as ClientUnavailable
+from mpcagg.clients.transport import Transport
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.v1 import aggregation_pb2 as pb
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,

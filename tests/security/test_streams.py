@@ -16,10 +16,10 @@ from typing import Any, NoReturn
 import grpc
 import pytest
 
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.auth import Authenticator
-from servers.service import AggregationService
-from servers.spec import RoundSpec, TensorSpec
+from mpcagg.protocol.spec import RoundSpec, TensorSpec
+from mpcagg.servers.auth import Authenticator
+from mpcagg.servers.service import AggregationService
+from mpcagg.v1 import aggregation_pb2 as pb
 from tests.unit.servers.test_cohort import LENGTH, FakePeer, _aggregator, _upload
 
 CAP = 2
@@ -52,7 +52,7 @@ class Context:
 
 
 def test_aggregate_share_streams_beyond_the_cap_are_refused(tmp_path: Path) -> None:
-    from servers.cohort import Leader
+    from mpcagg.servers.leader import Leader
 
     spec = RoundSpec("big", (TensorSpec("w", (LENGTH,)),), 3, min_clients=2)
     aggs = [_aggregator(tmp_path, p) for p in range(3)]

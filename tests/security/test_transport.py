@@ -23,10 +23,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.cli import app
-from servers.config import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
-from servers.credentials import (
+from mpcagg.ops.cli import app
+from mpcagg.ops.credentials import (
     certificate_identity,
     create_ca,
     is_issued_by,
@@ -35,8 +33,10 @@ from servers.credentials import (
     load_key_pair,
     provision_dev,
 )
-from servers.errors import ConfigError
-from servers.server import start_server
+from mpcagg.protocol.cluster import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
+from mpcagg.protocol.errors import ConfigError
+from mpcagg.servers.server import start_server
+from mpcagg.v1 import aggregation_pb2 as pb
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,
@@ -181,7 +181,7 @@ def test_server_cli_refuses_to_start_without_tls(tmp_path: Path) -> None:
     cluster_file = tmp_path / "cluster.toml"
     cluster_file.write_text(dump_cluster(_plain_cluster(tmp_path)))
     proc = subprocess.run(
-        [sys.executable, "-m", "servers.cli", "server", "--config", str(cluster_file), *PARTY_1],
+        [sys.executable, "-m", "mpcagg.ops.cli", "server", "--config", str(cluster_file), *PARTY_1],
         capture_output=True,
         text=True,
         timeout=60,

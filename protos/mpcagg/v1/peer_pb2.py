@@ -22,7 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from protos.mpcagg.v1 import aggregation_pb2 as mpcagg_dot_v1_dot_aggregation__pb2
+from mpcagg.v1 import aggregation_pb2 as mpcagg_dot_v1_dot_aggregation__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpcagg/v1/peer.proto\x12\tmpcagg.v1\x1a\x1bmpcagg/v1/aggregation.proto\"8\n\x0fManifestRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0bspec_digest\x18\x02 \x01(\x0c\"\xa1\x01\n\rManifestReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x15\n\rcohort_digest\x18\x07 \x01(\x0c\x12 \n\x04held\x18\x08 \x03(\x0b\x32\x12.mpcagg.v1.HoldingJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"w\n\rCommitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x15\n\rcohort_digest\x18\x03 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x04 \x01(\x0c\x12\"\n\x06\x63ohort\x18\x05 \x03(\x0b\x32\x12.mpcagg.v1.HoldingJ\x04\x08\x02\x10\x03\"/\n\x0b\x46\x61ilRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xbc\x01\n\x04Peer\x12@\n\x08Manifest\x12\x1a.mpcagg.v1.ManifestRequest\x1a\x18.mpcagg.v1.ManifestReply\x12:\n\x06\x43ommit\x12\x18.mpcagg.v1.CommitRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\x36\n\x04\x46\x61il\x12\x16.mpcagg.v1.FailRequest\x1a\x16.mpcagg.v1.RoundStatusb\x06proto3')

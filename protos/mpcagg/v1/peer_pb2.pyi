@@ -7,7 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from protos.mpcagg.v1 import aggregation_pb2 as _aggregation_pb2
+from mpcagg.v1 import aggregation_pb2 as _aggregation_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from protos.mpcagg.v1 import aggregation_pb2 as mpcagg_dot_v1_dot_aggregation__pb2
-from protos.mpcagg.v1 import peer_pb2 as mpcagg_dot_v1_dot_peer__pb2
+from mpcagg.v1 import aggregation_pb2 as mpcagg_dot_v1_dot_aggregation__pb2
+from mpcagg.v1 import peer_pb2 as mpcagg_dot_v1_dot_peer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

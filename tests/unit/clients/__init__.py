@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from servers.config import ClusterConfig, PartyConfig
+from mpcagg.protocol.cluster import ClusterConfig, PartyConfig
 
 
 def party_config(index: int, address: str) -> PartyConfig:

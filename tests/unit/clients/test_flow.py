@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients import (
+from mpcagg import (
     ClientCredentials,
     CloseTimeout,
     Collector,
@@ -37,14 +37,14 @@ from clients import (
     UpdateConflict,
     UploadFailed,
 )
-from mpc import FixedPoint, FullShare, Seed, SeedShare, Share, SharingContext, full_party_for
-from mpc.engines import NumpyEngine
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from servers.config import ClusterConfig, Limits
-from servers.convert import spec_from_proto
-from servers.credentials import create_ca, issue_client_cert
-from servers.spec import RoundSpec, cohort_digest
+from mpcagg.mpc import FixedPoint, FullShare, Seed, SeedShare, Share, SharingContext, full_party_for
+from mpcagg.mpc.engines import NumpyEngine
+from mpcagg.ops.credentials import create_ca, issue_client_cert
+from mpcagg.protocol.cluster import ClusterConfig, Limits
+from mpcagg.protocol.spec import RoundSpec, cohort_digest
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from mpcagg.wire.convert import spec_from_proto
 from tests.unit.clients import make_cluster
 
 pytestmark = pytest.mark.timeout(60)

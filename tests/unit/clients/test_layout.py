@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from clients import InputError, LayoutError, TensorLayout
-from servers.spec import RoundSpec, TensorSpec
+from mpcagg import InputError, LayoutError, TensorLayout
+from mpcagg.protocol.spec import RoundSpec, TensorSpec
 
 
 def small_model() -> torch.nn.Module:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients import Collector, ProtocolError
-from clients.results import AggregateShare
-from mpc.ring import DTYPE
-from servers.config import ClusterConfig, PartyConfig
-from servers.spec import RoundSpec, TensorSpec
+from mpcagg import Collector, ProtocolError
+from mpcagg.clients.results import AggregateShare
+from mpcagg.mpc.ring import DTYPE
+from mpcagg.protocol.cluster import ClusterConfig, PartyConfig
+from mpcagg.protocol.spec import RoundSpec, TensorSpec
 
 SPEC = RoundSpec(
     "r7", (TensorSpec("a", (3,)), TensorSpec("b", (2, 2))), 2, bound=1.0, max_clients=14

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
-from clients import ClientCredentials, Collector, SecureAggregator
-from clients import transport as tr
-from clients.errors import (
+from mpcagg import ClientCredentials, Collector, SecureAggregator
+from mpcagg.clients import transport as tr
+from mpcagg.clients.errors import (
     Busy,
     ConfigError,
     Conflict,
@@ -26,10 +26,7 @@ from clients.errors import (
     ServerError,
     Unavailable,
 )
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from protos.mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from servers.config import ClusterConfig, Limits, TlsConfig
-from servers.credentials import (
+from mpcagg.ops.credentials import (
     Identity,
     KeyPair,
     client_from_auth_context,
@@ -38,6 +35,9 @@ from servers.credentials import (
     issue_party_cert,
     write_key_pair,
 )
+from mpcagg.protocol.cluster import ClusterConfig, Limits, TlsConfig
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from tests.unit.clients import make_cluster, party_toml
 
 

@@ -7,11 +7,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from clients.errors import ProtocolError
-from clients.results import RoundState
-from clients.wire import PartyUpload, read_aggregate_share, round_info, upload_messages
-from mpc import FullShare, Seed, SeedShare, SharingContext
-from protos.mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.clients.errors import ProtocolError
+from mpcagg.clients.results import RoundState
+from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
+from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.wire.messages import PartyUpload, read_aggregate_share, round_info, upload_messages
 
 SHARING_ID = bytes(range(16))
 

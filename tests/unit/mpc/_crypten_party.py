@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpc import crypten_shim
+from mpcagg.mpc import crypten_shim
 
 
 def main(share_path: str, out_dir: str, precision_bits: int) -> None:

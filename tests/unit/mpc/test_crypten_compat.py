@@ -29,9 +29,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mpc
-from mpc import crypten_shim, prg
-from mpc.engines import Engine
+import mpcagg.mpc as mpc
+from mpcagg.mpc import crypten_shim, prg
+from mpcagg.mpc.engines import Engine
 
 pytestmark = pytest.mark.crypten
 

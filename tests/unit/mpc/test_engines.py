@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mpc
-from mpc import prg
-from mpc.engines import ENGINE_NAMES, NumpyEngine, get_engine
-from mpc.engines.numpy_engine import _ADD_CHUNK
-from mpc.sharing import FullShare, SeedShare
+import mpcagg.mpc as mpc
+from mpcagg.mpc import prg
+from mpcagg.mpc.engines import ENGINE_NAMES, NumpyEngine, get_engine
+from mpcagg.mpc.engines.numpy_engine import _ADD_CHUNK
+from mpcagg.mpc.sharing import FullShare, SeedShare
 
 CTX = mpc.SharingContext(round_id="round-1", client_id="client-1")
 

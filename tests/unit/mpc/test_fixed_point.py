@@ -8,8 +8,13 @@ import re
 import numpy as np
 import pytest
 
-import mpc
-from mpc.fixed_point import DEFAULT_PRECISION_BITS, FixedPoint, max_bound, max_clients_for_bound
+import mpcagg.mpc as mpc
+from mpcagg.mpc.fixed_point import (
+    DEFAULT_PRECISION_BITS,
+    FixedPoint,
+    max_bound,
+    max_clients_for_bound,
+)
 
 INT63 = (1 << 63) - 1
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-import mpc
-from mpc import prg
-from mpc.prg import CHUNK_ELEMENTS, PrgContext, add_stream_into, expand, expand_into
-from mpc.seed import Seed
+import mpcagg.mpc as mpc
+from mpcagg.mpc import prg
+from mpcagg.mpc.prg import CHUNK_ELEMENTS, PrgContext, add_stream_into, expand, expand_into
+from mpcagg.mpc.seed import Seed
 
 SEED = Seed(bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"))
 CTX = PrgContext(round_id="round-7", client_id="client-42", party=1)

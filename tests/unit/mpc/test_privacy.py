@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import mpc
-from mpc import prg
-from mpc.ring import RingVector
+import mpcagg.mpc as mpc
+from mpcagg.mpc import prg
+from mpcagg.mpc.ring import RingVector
 
 ALPHA = 1e-6
 N_VALUES = (3, 4)

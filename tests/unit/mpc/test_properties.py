@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import mpc
-from mpc.engines import NumpyEngine
+import mpcagg.mpc as mpc
+from mpcagg.mpc.engines import NumpyEngine
 
 TOP = 2**64 - 1
 INT63 = 2**63 - 1

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-import mpc
-from mpc import ring
+import mpcagg.mpc as mpc
+from mpcagg.mpc import ring
 
 TOP = 2**64 - 1
 

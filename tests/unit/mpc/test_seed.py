@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import mpc
-from mpc.seed import SEED_BYTES, Seed
+import mpcagg.mpc as mpc
+from mpcagg.mpc.seed import SEED_BYTES, Seed
 
 MATERIAL = bytes.fromhex("8f3a5c0e1d2b4a6978e7c6d5b4a39281f0e1d2c3b4a5968778695a4b3c2d1e0f")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import mpc
-from mpc import prg
-from mpc.sharing import MAX_PARTIES, FullShare, SeedShare, full_party_for, seed_parties
+import mpcagg.mpc as mpc
+from mpcagg.mpc import prg
+from mpcagg.mpc.sharing import MAX_PARTIES, FullShare, SeedShare, full_party_for, seed_parties
 
 CTX = mpc.SharingContext(round_id="round-1", client_id="client-1")
 X = np.array([0, 1, 2**63, 2**64 - 1, 0x0123456789ABCDEF], dtype=np.uint64)

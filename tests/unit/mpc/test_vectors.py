@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import mpc
-from mpc import errors, prg
+import mpcagg.mpc as mpc
+from mpcagg.mpc import errors, prg
 
 ROOT = Path(__file__).resolve().parents[3]
 VECTOR_DIR = ROOT / "tests" / "vectors" / f"v{mpc.PROTOCOL_VERSION}"

@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from servers.auth import Authenticator
-from servers.credentials import Identity, KeyPair, create_ca, issue_client_cert, issue_party_cert
-from servers.errors import PermissionDenied, Unauthenticated
+from mpcagg.ops.credentials import Identity, KeyPair, create_ca, issue_client_cert, issue_party_cert
+from mpcagg.protocol.errors import PermissionDenied, Unauthenticated
+from mpcagg.servers.auth import Authenticator
 
 NOW = 1_800_000_000.0
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mpc
-from mpc.engines import NumpyEngine
-from servers.aggregator import Aggregator, Manifest
-from servers.cohort import Leader
-from servers.config import Limits
-from servers.errors import InvalidArgument, NotFound, Unavailable
-from servers.round import RoundState
-from servers.spec import Holding, RoundSpec, TensorSpec, cohort_digest
-from servers.storage import Storage
-from servers.upload import UploadHeader, UploadSession
+import mpcagg.mpc as mpc
+from mpcagg.mpc.engines import NumpyEngine
+from mpcagg.protocol.cluster import Limits
+from mpcagg.protocol.errors import InvalidArgument, NotFound, Unavailable
+from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, cohort_digest
+from mpcagg.servers.aggregator import Aggregator, Manifest
+from mpcagg.servers.leader import Leader
+from mpcagg.servers.round import RoundState
+from mpcagg.servers.storage import Storage
+from mpcagg.servers.upload import UploadHeader, UploadSession
 
 N = 3
 LENGTH = 8

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from servers.config import ClusterConfig, dump_cluster, load_cluster, parse_cluster
-from servers.errors import ConfigError
+from mpcagg.protocol.cluster import ClusterConfig, dump_cluster, load_cluster, parse_cluster
+from mpcagg.protocol.errors import ConfigError
 
 
 def party(i: int, **extra: str) -> str:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from servers.credentials import (
+from mpcagg.ops.credentials import (
     Identity,
     KeyPair,
     certificate_identity,
@@ -36,7 +36,7 @@ from servers.credentials import (
     write_private_pem,
     write_public_pem,
 )
-from servers.errors import InvalidArgument
+from mpcagg.protocol.errors import InvalidArgument
 
 NOW = 1_800_000_000.0  # a fixed instant (2027-01-15) for every fake clock
 RPC_TIMEOUT_S = 5.0

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servers.aggregator import Aggregator
-from servers.cohort import Leader
-from servers.config import Limits
-from servers.errors import ConfigError, InvalidArgument, RoundNotOpen
-from servers.round import RoundState
-from servers.spec import Holding, RoundSpec, TensorSpec, check_id, cohort_digest
-from servers.storage import Storage
-from servers.upload import UploadHeader, UploadSession
+from mpcagg.protocol.cluster import Limits
+from mpcagg.protocol.errors import ConfigError, InvalidArgument, RoundNotOpen
+from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, check_id, cohort_digest
+from mpcagg.servers.aggregator import Aggregator
+from mpcagg.servers.leader import Leader
+from mpcagg.servers.round import RoundState
+from mpcagg.servers.storage import Storage
+from mpcagg.servers.upload import UploadHeader, UploadSession
 from tests.unit.servers.test_cohort import (
     LENGTH,
     SHARING,
@@ -212,7 +212,7 @@ def test_every_commit_is_synchronous_full(tmp_path: Path, monkeypatch: pytest.Mo
         db.set_trace_callback(statements.append)
         return db
 
-    monkeypatch.setattr("servers.storage.sqlite3.connect", traced)
+    monkeypatch.setattr("mpcagg.servers.storage.sqlite3.connect", traced)
     storage = Storage(tmp_path / "d")
     try:
         assert "PRAGMA synchronous=FULL" in statements

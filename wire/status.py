@@ -14,8 +14,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from mpc.errors import MpcError
-from servers import errors
+from mpcagg.mpc.errors import MpcError
+from mpcagg.protocol import errors
 
 log = logging.getLogger("mpcagg.status")
 

@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mpc import FixedPoint, max_clients_for_bound
-from mpc.errors import ParameterError
-from servers.errors import InvalidArgument
+from mpcagg.mpc import FixedPoint, max_clients_for_bound
+from mpcagg.mpc.errors import ParameterError
+from mpcagg.protocol.errors import InvalidArgument
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

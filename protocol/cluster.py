@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servers.errors import ConfigError
+from mpcagg.protocol.errors import ConfigError
 
 MiB = 1 << 20
 

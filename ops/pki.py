@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from servers.identity import MAX_PARTY, Role, check_role, client_uri, party_uri
-from servers.spec import check_id
+from mpcagg.protocol.spec import check_id
+from mpcagg.servers.identity import MAX_PARTY, Role, check_role, client_uri, party_uri
 
 Clock = Callable[[], float]
 """Seconds since the epoch; ``time.time`` in production, a fake in tests."""

@@ -20,11 +20,11 @@ import logging
 import threading
 import time
 
-from servers.aggregator import Aggregator, Manifest, Status
-from servers.errors import NotFound, ServiceError
-from servers.peers import PeerClient
-from servers.round import RoundState
-from servers.spec import Holding, cohort_digest
+from mpcagg.protocol.errors import NotFound, ServiceError
+from mpcagg.protocol.spec import Holding, cohort_digest
+from mpcagg.servers.aggregator import Aggregator, Manifest, Status
+from mpcagg.servers.peers import PeerClient
+from mpcagg.servers.round import RoundState
 
 log = logging.getLogger("mpcagg.leader")
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from servers.errors import ServiceError
+from mpcagg.protocol.errors import ServiceError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +24,7 @@ app.add_typer(certs_app, name="certs")
 
 
 def _logging(level: str) -> None:
-    from servers.logs import configure
+    from mpcagg.servers.logs import configure
 
     configure(level)
 
@@ -49,8 +49,8 @@ def server(
 ) -> None:
     """Run one aggregation server, as in production."""
     _logging(log_level)
-    from servers.config import load_cluster
-    from servers.server import serve_forever
+    from mpcagg.protocol.cluster import load_cluster
+    from mpcagg.servers.server import serve_forever
 
     try:
         serve_forever(
@@ -71,8 +71,8 @@ def health(
     timeout: Annotated[float, typer.Option(help="Seconds per port.")] = 5.0,
 ) -> None:
     """Exit 0 if the party answers SERVING on both ports, 1 if not (for container probes)."""
-    from servers.config import load_cluster
-    from servers.health import check_health
+    from mpcagg.ops.health import check_health
+    from mpcagg.protocol.cluster import load_cluster
 
     try:
         serving = check_health(load_cluster(config), party, timeout=timeout)
@@ -93,7 +93,7 @@ def up(
 ) -> None:
     """Start a local cluster on 127.0.0.1 and keep it in the foreground (Ctrl-C stops it)."""
     _logging("WARNING")
-    from servers.local import LocalCluster
+    from mpcagg.ops.local import LocalCluster
 
     cluster = LocalCluster(directory, parties, tls=not insecure, engine=engine)
     try:
@@ -140,7 +140,7 @@ def demo(
 ) -> None:
     """A local cluster plus simulated trainers running secure federated averaging."""
     _logging("WARNING")
-    from servers.demo import run_demo
+    from mpcagg.ops.demo import run_demo
 
     try:
         ok = run_demo(
@@ -168,7 +168,7 @@ def certs_dev(
     ] = None,
 ) -> None:
     """Create (or reuse) a development CA, party certificates and client certificates."""
-    from servers.credentials import provision_dev
+    from mpcagg.ops.credentials import provision_dev
 
     try:
         creds = provision_dev(
@@ -196,7 +196,7 @@ def certs_party(
     host: Annotated[list[str], typer.Option(help="Host name or IP (repeat).")],
 ) -> None:
     """Issue a server certificate for one party (e.g. another organisation's host)."""
-    from servers.pki import issue_party_cert, load_key_pair, write_key_pair
+    from mpcagg.ops.pki import issue_party_cert, load_key_pair, write_key_pair
 
     try:
         ca = load_key_pair(directory / "ca.pem", directory / "ca-key.pem")
@@ -218,8 +218,8 @@ def certs_client(
     days: Annotated[int, typer.Option(help="Validity in days (keep it short).")] = 30,
 ) -> None:
     """Issue a client certificate (mutual TLS) for a trainer or the collector."""
-    from servers.identity import check_role
-    from servers.pki import issue_client_cert, load_key_pair, write_key_pair
+    from mpcagg.ops.pki import issue_client_cert, load_key_pair, write_key_pair
+    from mpcagg.servers.identity import check_role
 
     try:
         ca = load_key_pair(directory / "ca.pem", directory / "ca-key.pem")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from servers.config import ClusterConfig
-from servers.errors import ConfigError
-from servers.pki import read_pem
+from mpcagg.ops.pki import read_pem
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.errors import ConfigError
 
 
 def check_health(cluster: ClusterConfig, party: int, *, timeout: float = 5.0) -> bool:

@@ -3,12 +3,12 @@ transport that imports ``*_pb2``."""
 
 from __future__ import annotations
 
-from protos.mpcagg.v1 import aggregation_pb2 as pb
-from servers.aggregator import Status
-from servers.errors import InvalidArgument
-from servers.round import RoundState
-from servers.spec import Holding, RoundSpec, TensorSpec
-from servers.upload import Receipt, UploadHeader
+from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec
+from mpcagg.servers.aggregator import Status
+from mpcagg.servers.round import RoundState
+from mpcagg.servers.upload import Receipt, UploadHeader
+from mpcagg.v1 import aggregation_pb2 as pb
 
 
 def spec_from_proto(msg: pb.RoundSpec) -> RoundSpec:

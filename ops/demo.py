@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients import Collector, RetryPolicy, SecureAggregator, TensorLayout
-from mpc import ring
-from servers.config import ClusterConfig
-from servers.local import LocalCluster
-from servers.spec import RoundSpec
+from mpcagg import Collector, RetryPolicy, SecureAggregator, TensorLayout
+from mpcagg.mpc import ring
+from mpcagg.ops.local import LocalCluster
+from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.spec import RoundSpec
 
 FEATURES = 32
 HIDDEN = 64

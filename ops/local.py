@@ -18,11 +18,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
-from servers.config import ClusterConfig, Limits, PartyConfig, TlsConfig, dump_cluster, load_cluster
-from servers.credentials import CertFiles, provision_client, provision_dev
-from servers.errors import ConfigError
-from servers.health import check_health
-from servers.pki import read_pem
+from mpcagg.ops.credentials import CertFiles, provision_client, provision_dev
+from mpcagg.ops.health import check_health
+from mpcagg.ops.pki import read_pem
+from mpcagg.protocol.cluster import (
+    ClusterConfig,
+    Limits,
+    PartyConfig,
+    TlsConfig,
+    dump_cluster,
+    load_cluster,
+)
+from mpcagg.protocol.errors import ConfigError
 
 
 class ClientFiles(TypedDict, total=False):
@@ -125,7 +132,7 @@ class LocalCluster:
         port_file.unlink(missing_ok=True)
         log = open(self.directory / f"party-{party}.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = [
-            sys.executable, "-m", "servers.cli", "server",
+            sys.executable, "-m", "mpcagg.ops.cli", "server",
             "--config", str(self.cluster_file), "--party", str(party),
             "--port-file", str(port_file), "--log-level", self.log_level,
         ]  # fmt: skip

@@ -30,19 +30,7 @@ from typing import Final
 
 from cryptography import x509
 
-from servers.identity import (
-    ROLES,
-    AuthContext,
-    Identity,
-    Role,
-    certificate_identity,
-    check_role,
-    client_from_auth_context,
-    client_uri,
-    party_from_auth_context,
-    party_uri,
-)
-from servers.pki import (
+from mpcagg.ops.pki import (
     Clock,
     KeyPair,
     create_ca,
@@ -55,7 +43,19 @@ from servers.pki import (
     write_private_pem,
     write_public_pem,
 )
-from servers.spec import check_id
+from mpcagg.protocol.spec import check_id
+from mpcagg.servers.identity import (
+    ROLES,
+    AuthContext,
+    Identity,
+    Role,
+    certificate_identity,
+    check_role,
+    client_from_auth_context,
+    client_uri,
+    party_from_auth_context,
+    party_uri,
+)
 
 __all__ = [
     "ROLES",

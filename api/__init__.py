@@ -1,0 +1,81 @@
+"""mpcagg: secure aggregation of model updates across three or more servers.
+
+Public surface::
+
+    SecureAggregator(cluster, client_id=None, *, cert=None, key=None)  trainer
+        .join(round_id) -> RoundSpec                 the spec, from the servers
+        .submit(round_id_or_spec, tensors, *, use_grad=False) -> Receipt
+        .resume(receipt, tensors=None) -> Receipt   finish the same sharing
+    Collector(cluster, client_id=None, *, cert=None, key=None)         orchestrator
+        .open_round(round_id, tensors_or_model, ...) -> RoundSpec
+        .status(round_id) -> list[RoundInfo]
+        .close(round_id, wait_s=30.0) -> RoundInfo
+        .aggregate_ring(round_id) -> (uint64 vector, cohort size)
+        .result(round_id, spec) -> AggregateResult
+    TensorLayout                                       names + shapes <-> flat vector
+    Receipt, RoundInfo, RoundState, AggregateResult    what calls return
+    RetryPolicy                                        transient-error retries
+    ClientCredentials                                  client certificate + key (mutual TLS)
+    ClientError and subclasses                         the error tree (clients.errors)
+"""
+
+from mpcagg.clients.collector import Collector
+from mpcagg.clients.credentials import ClientCredentials
+from mpcagg.clients.errors import (
+    Busy,
+    ClientError,
+    CloseTimeout,
+    ConfigError,
+    Conflict,
+    InputError,
+    InvalidInput,
+    LayoutError,
+    LimitExceeded,
+    PermissionDenied,
+    ProtocolError,
+    RoundNotFound,
+    RoundRejected,
+    RoundStateError,
+    RpcFailed,
+    ServerError,
+    Unauthenticated,
+    Unavailable,
+    UpdateConflict,
+    UploadFailed,
+)
+from mpcagg.clients.layout import TensorLayout
+from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState
+from mpcagg.clients.trainer import SecureAggregator
+from mpcagg.clients.transport import RetryPolicy
+
+__all__ = [
+    "AggregateResult",
+    "Busy",
+    "ClientCredentials",
+    "ClientError",
+    "CloseTimeout",
+    "Collector",
+    "ConfigError",
+    "Conflict",
+    "InputError",
+    "InvalidInput",
+    "LayoutError",
+    "LimitExceeded",
+    "PermissionDenied",
+    "ProtocolError",
+    "Receipt",
+    "RetryPolicy",
+    "RoundInfo",
+    "RoundNotFound",
+    "RoundRejected",
+    "RoundState",
+    "RoundStateError",
+    "RpcFailed",
+    "SecureAggregator",
+    "ServerError",
+    "TensorLayout",
+    "Unauthenticated",
+    "Unavailable",
+    "UpdateConflict",
+    "UploadFailed",
+]
