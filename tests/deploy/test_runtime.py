@@ -56,7 +56,9 @@ def test_server_starts_up_without_torch() -> None:
 
 
 def test_mpcagg_health_exists_for_the_probes() -> None:
-    result = python("from mpcagg.ops.cli import app; app(['health', '--help'], standalone_mode=False)")
+    result = python(
+        "from mpcagg.ops.cli import app; app(['health', '--help'], standalone_mode=False)"
+    )
     if result.returncode != 0 and "No such command" in result.stderr:
         pytest.skip(
             "`mpcagg health` is not in servers/cli.py yet: the Docker HEALTHCHECK, the Compose "
