@@ -16,63 +16,63 @@ Public surface::
     Receipt, RoundInfo, RoundState, AggregateResult    what calls return
     RetryPolicy                                        transient-error retries
     ClientCredentials                                  client certificate + key (mutual TLS)
-    ClientError and subclasses                         the error tree (clients.errors)
+    MpcaggError and subclasses                         the error tree (clients.errors)
 """
 
 from mpcagg.clients.collector import Collector
 from mpcagg.clients.credentials import ClientCredentials
-from mpcagg.clients.errors import (
+from mpcagg.clients.layout import TensorLayout
+from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState
+from mpcagg.clients.trainer import SecureAggregator
+from mpcagg.clients.transport import RetryPolicy
+from mpcagg.protocol.errors import (
+    AlreadyExists,
     Busy,
-    ClientError,
     CloseTimeout,
     ConfigError,
-    Conflict,
     InputError,
-    InvalidInput,
+    InvalidArgument,
     LayoutError,
     LimitExceeded,
+    MpcaggError,
+    NotFound,
     PermissionDenied,
     ProtocolError,
-    RoundNotFound,
-    RoundRejected,
+    RoundNotOpen,
     RoundStateError,
-    RpcFailed,
     ServerError,
+    ServiceError,
     Unauthenticated,
     Unavailable,
     UpdateConflict,
     UploadFailed,
 )
-from mpcagg.clients.layout import TensorLayout
-from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState
-from mpcagg.clients.trainer import SecureAggregator
-from mpcagg.clients.transport import RetryPolicy
 
 __all__ = [
     "AggregateResult",
+    "AlreadyExists",
     "Busy",
     "ClientCredentials",
-    "ClientError",
     "CloseTimeout",
     "Collector",
     "ConfigError",
-    "Conflict",
     "InputError",
-    "InvalidInput",
+    "InvalidArgument",
     "LayoutError",
     "LimitExceeded",
+    "MpcaggError",
+    "NotFound",
     "PermissionDenied",
     "ProtocolError",
     "Receipt",
     "RetryPolicy",
     "RoundInfo",
-    "RoundNotFound",
-    "RoundRejected",
+    "RoundNotOpen",
     "RoundState",
     "RoundStateError",
-    "RpcFailed",
     "SecureAggregator",
     "ServerError",
+    "ServiceError",
     "TensorLayout",
     "Unauthenticated",
     "Unavailable",

@@ -18,21 +18,21 @@ import numpy as np
 import numpy.typing as npt
 
 from mpcagg.clients.credentials import ClientCredentials
-from mpcagg.clients.errors import (
-    ClientError,
-    CloseTimeout,
-    Conflict,
-    InputError,
-    ProtocolError,
-    RpcFailed,
-)
 from mpcagg.clients.layout import TensorLayout
 from mpcagg.clients.results import AggregateResult, AggregateShare, RoundInfo, RoundState
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
 from mpcagg.mpc.ring import add_, zeros
 from mpcagg.protocol.cluster import ClusterConfig
-from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.errors import (
+    AlreadyExists,
+    CloseTimeout,
+    InputError,
+    InvalidArgument,
+    MpcaggError,
+    ProtocolError,
+    ServiceError,
+)
 from mpcagg.protocol.spec import RoundSpec
 
 LEADER = 0
@@ -125,7 +125,7 @@ class Collector:
                 return t.retrying(
                     lambda: t.create_round(party, spec), what=f"CreateRound at {party}"
                 )
-            except Conflict:
+            except AlreadyExists:
                 # A retried create whose first attempt went through, or a re-open with
                 # the same spec: accept it if the server holds exactly this spec.
                 info = t.retrying(lambda: t.get_round(party, round_id), what=f"GetRound at {party}")
@@ -134,7 +134,7 @@ class Collector:
                 return info
 
         outcomes = t.each_party(create)
-        errors = [o for o in outcomes.values() if isinstance(o, ClientError)]
+        errors = [o for o in outcomes.values() if isinstance(o, MpcaggError)]
         created = [p for p, o in outcomes.items() if isinstance(o, RoundInfo)]
         if errors:
             errors[0].add_note(f"round {round_id!r} was created at parties {created}")
@@ -187,7 +187,7 @@ class Collector:
             remaining = max(deadline - time.monotonic(), 0.0)
             try:
                 info = t.close_round(LEADER, round_id, timeout=min(t.timeout, max(remaining, 1.0)))
-            except RpcFailed as exc:
+            except ServiceError as exc:
                 if not exc.transient:
                     raise
                 last = str(exc)
@@ -208,7 +208,7 @@ class Collector:
 
         Fetches every server's aggregate share, checks that all report the same
         round, spec digest, cohort digest, cohort size and length, and adds them
-        modulo 2^64. Raises the first server error (e.g. :class:`RoundRejected` if the
+        modulo 2^64. Raises the first server error (e.g. :class:`RoundNotOpen` if the
         round is not committed) or :class:`ProtocolError` if the servers disagree.
         """
         shares = self._aggregate_shares(round_id)
@@ -262,7 +262,7 @@ class Collector:
                 lambda: t.aggregate_share(p, round_id), what=f"GetAggregateShare at {p}"
             )
         )
-        errors = [o for o in outcomes.values() if isinstance(o, ClientError)]
+        errors = [o for o in outcomes.values() if isinstance(o, MpcaggError)]
         if errors:
             raise errors[0]
         shares = [o for o in outcomes.values() if isinstance(o, AggregateShare)]

@@ -15,8 +15,7 @@ from typing import NoReturn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mpcagg.clients.errors import ConfigError, InputError
-from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.errors import ConfigError, InputError, InvalidArgument
 from mpcagg.protocol.spec import check_id
 from mpcagg.servers.identity import Identity, certificate_identity
 

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mpcagg.clients.errors import InputError, LayoutError
-from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.errors import InputError, InvalidArgument, LayoutError
 from mpcagg.protocol.spec import RoundSpec, TensorSpec
 
 FloatArray = npt.NDArray[np.floating[Any]]

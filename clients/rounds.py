@@ -3,10 +3,9 @@ learns a round with its id alone."""
 
 from __future__ import annotations
 
-from mpcagg.clients.errors import InputError, ProtocolError, UploadFailed
 from mpcagg.clients.results import RoundInfo
 from mpcagg.clients.transport import Transport
-from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.errors import InputError, InvalidArgument, ProtocolError, UploadFailed
 from mpcagg.protocol.spec import RoundSpec, check_id
 
 

@@ -23,14 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from mpcagg.clients.credentials import ClientCredentials
-from mpcagg.clients.errors import (
-    ClientError,
-    InputError,
-    ProtocolError,
-    RoundStateError,
-    UpdateConflict,
-    UploadFailed,
-)
 from mpcagg.clients.layout import FloatArray, TensorLayout
 from mpcagg.clients.progress import UploadProgress, wants_progress
 from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState, UploadAck
@@ -39,6 +31,14 @@ from mpcagg.clients.transport import RetryPolicy, Transport
 from mpcagg.mpc import EncodingError, Seed, SharingContext, full_party_for, share
 from mpcagg.mpc.ring import RingVector, to_bytes
 from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.errors import (
+    InputError,
+    MpcaggError,
+    ProtocolError,
+    RoundStateError,
+    UpdateConflict,
+    UploadFailed,
+)
 from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
 from mpcagg.wire import messages as wire
 
@@ -134,8 +134,8 @@ class SecureAggregator:
         documented there). Raises :class:`InputError`/:class:`LayoutError` for unusable
         input (nothing sent); with ``verify``, :class:`ProtocolError` if a server holds
         another spec and :class:`RoundStateError` if the round is not open; the
-        server's :class:`RpcFailed` for a non-transient refusal (e.g.
-        :class:`RoundRejected` for a closed round); :class:`UploadFailed` if no party
+        server's :class:`ServiceError` for a non-transient refusal (e.g.
+        :class:`RoundNotOpen` for a closed round); :class:`UploadFailed` if no party
         acknowledged.
         """
         spec = self.join(round_) if isinstance(round_, str) else round_
@@ -264,7 +264,7 @@ class SecureAggregator:
         acked: list[int] = []
         duplicates: list[int] = []
         unknown: dict[int, str] = {}
-        fatal: list[ClientError] = []
+        fatal: list[MpcaggError] = []
         for party, outcome in outcomes.items():
             if isinstance(outcome, UploadAck):
                 acked.append(party)
@@ -312,7 +312,7 @@ class SecureAggregator:
 
         Servers serve it only if the round's spec says ``trainers_may_fetch``, the round
         is committed, and this trainer is in its cohort; otherwise the server's
-        :class:`PermissionDenied` or :class:`RoundRejected` is raised.
+        :class:`PermissionDenied` or :class:`RoundNotOpen` is raised.
         """
         from mpcagg.clients.collector import Collector
 

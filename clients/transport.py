@@ -6,7 +6,7 @@ cluster's CA and the client presents its client certificate
 (:class:`clients.credentials.ClientCredentials`), which every party's client port
 requires. The private key is never logged or shown. Every call has the cluster's
 ``rpc_timeout_s`` deadline. :func:`translate` is the one place where
-``grpc.RpcError`` becomes a :class:`clients.errors.RpcFailed`; :meth:`Transport.retrying`
+``grpc.RpcError`` becomes a :class:`clients.errors.ServiceError`; :meth:`Transport.retrying`
 retries the transient ones (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) with bounded,
 exponentially growing, jittered back-off.
 """
@@ -33,70 +33,20 @@ from mpcagg.clients.credentials import (
     read_file,
     resolve_client_id,
 )
-from mpcagg.clients.errors import (
-    Busy,
-    ClientError,
-    ConfigError,
-    Conflict,
-    InvalidInput,
-    LimitExceeded,
-    PermissionDenied,
-    RoundNotFound,
-    RoundRejected,
-    RpcFailed,
-    ServerError,
-    Unauthenticated,
-    Unavailable,
-)
 from mpcagg.clients.results import AggregateShare, RoundInfo, UploadAck
 from mpcagg.protocol.cluster import ClusterConfig, load_cluster
-from mpcagg.protocol.errors import ConfigError as ServerConfigError
+from mpcagg.protocol.errors import ConfigError, MpcaggError, ServiceError, Unavailable
 from mpcagg.protocol.spec import RoundSpec
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from mpcagg.wire import messages as wire
+from mpcagg.wire.status import translate
 
 log = logging.getLogger("mpcagg.clients")
 
 T = TypeVar("T")
 
-STATUS_ERRORS: dict[grpc.StatusCode, type[RpcFailed]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: RoundNotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: RoundRejected,
-    grpc.StatusCode.ALREADY_EXISTS: Conflict,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-    grpc.StatusCode.ABORTED: Unavailable,
-}
-"""gRPC status → client error; any other status becomes :class:`ServerError`."""
-
-
 _STUB: Any = pb_grpc.AggregationStub  # generated without annotations
-
-
-def translate(exc: grpc.RpcError, party: int, method: str) -> RpcFailed:
-    """The client error for a failed call (the one translation point)."""
-    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if callable(getattr(exc, "details", None)) else ""
-    cls = STATUS_ERRORS.get(code, ServerError)
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _retryable(exc):
-        cls = Busy
-    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-    return cls(party, method, name, details or "")
-
-
-RETRYABLE = "mpcagg-retryable"
-"""Trailing metadata a server sets on RESOURCE_EXHAUSTED for a limit that frees up by itself."""
-
-
-def _retryable(exc: grpc.RpcError) -> bool:
-    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else ()
-    return any(key == RETRYABLE and value == "1" for key, value in trailing or ())
 
 
 @contextlib.contextmanager
@@ -138,7 +88,7 @@ def retry_call(
     deadline: float | None = None,
     what: str = "call",
 ) -> T:
-    """``op()``, retried while it raises a transient :class:`RpcFailed`.
+    """``op()``, retried while it raises a transient :class:`ServiceError`.
 
     Stops after ``policy.attempts`` tries, or when the next back-off would pass
     ``deadline`` (a ``time.monotonic()`` value); then re-raises the last error.
@@ -146,7 +96,7 @@ def retry_call(
     for attempt in range(policy.attempts):
         try:
             return op()
-        except RpcFailed as exc:
+        except ServiceError as exc:
             if not exc.transient or attempt + 1 >= policy.attempts:
                 raise
             delay = policy.backoff(attempt)
@@ -161,10 +111,7 @@ def resolve_cluster(cluster: ClusterConfig | str | Path) -> ClusterConfig:
     """A cluster config, loading it from a file if given a path."""
     if isinstance(cluster, ClusterConfig):
         return cluster
-    try:
-        return load_cluster(cluster)
-    except ServerConfigError as exc:
-        raise ConfigError(str(exc)) from None
+    return load_cluster(cluster)
 
 
 class Transport:
@@ -286,17 +233,17 @@ class Transport:
 
     def each_party(
         self, op: Callable[[int], T], parties: Sequence[int] | None = None
-    ) -> dict[int, T | ClientError]:
-        """``op(party)`` for every party concurrently; a :class:`ClientError` is returned,
+    ) -> dict[int, T | MpcaggError]:
+        """``op(party)`` for every party concurrently; a :class:`MpcaggError` is returned,
         not raised, in that party's slot (other exceptions propagate)."""
         targets = list(range(self.n_parties)) if parties is None else list(parties)
         if not targets:
             return {}
 
-        def guarded(party: int) -> T | ClientError:
+        def guarded(party: int) -> T | MpcaggError:
             try:
                 return op(party)
-            except ClientError as exc:
+            except MpcaggError as exc:
                 return exc
 
         with self._lock:
@@ -342,13 +289,7 @@ class Transport:
         return grpc.secure_channel(address, credentials, options=options)
 
     def _address(self, party: int) -> str:
-        """The party's address; a port of 0 is looked up again in the cluster file."""
-        try:
-            config = self.cluster.party(party)
-        except ServerConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        if config.port == 0 and self.cluster.source is not None:
-            config = resolve_cluster(self.cluster.source).party(party)
-        if config.port == 0:
-            raise Unavailable(party, "dial", "UNAVAILABLE", "its address has port 0 (not started?)")
-        return config.address
+        address = self.cluster.address_of(party)
+        if address.endswith(":0"):
+            raise Unavailable("its address has port 0 (not started?)", party=party, method="dial")
+        return address

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mpcagg.protocol.errors import ServiceError
+from mpcagg.protocol.errors import MpcaggError
 
 app = typer.Typer(
     add_completion=False,
@@ -60,7 +60,7 @@ def server(
             port_file=port_file,
             metrics_port=metrics_port,
         )
-    except ServiceError as exc:
+    except MpcaggError as exc:
         raise _fail(exc) from None
 
 
@@ -76,7 +76,7 @@ def health(
 
     try:
         serving = check_health(load_cluster(config), party, timeout=timeout)
-    except ServiceError as exc:
+    except MpcaggError as exc:
         raise _fail(exc) from None
     typer.echo(f"party {party}: {'serving' if serving else 'NOT serving'}")
     raise typer.Exit(code=0 if serving else 1)
@@ -98,7 +98,7 @@ def up(
     cluster = LocalCluster(directory, parties, tls=not insecure, engine=engine)
     try:
         cluster.start()
-    except ServiceError as exc:
+    except MpcaggError as exc:
         cluster.stop()
         raise _fail(exc) from None
     cfg = cluster.config
@@ -151,7 +151,7 @@ def demo(
             directory=directory,
             tls=not insecure,
         )
-    except ServiceError as exc:
+    except MpcaggError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code=0 if ok else 1)
 
@@ -177,7 +177,7 @@ def certs_dev(
             hosts=tuple(host or ("127.0.0.1", "localhost")),
             trainer_ids=tuple(trainer or ()),
         )
-    except (ValueError, OSError, ServiceError) as exc:
+    except (ValueError, OSError, MpcaggError) as exc:
         raise _fail(exc) from None
     typer.echo(f"CA: {creds.ca_cert} (key {creds.ca_key}, mode 0600)")
     for i, files in enumerate(creds.parties):
@@ -227,7 +227,7 @@ def certs_client(
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         cert, key = out_dir / f"{client_id}.pem", out_dir / f"{client_id}-key.pem"
         write_key_pair(pair, cert, key)
-    except (ValueError, OSError, ServiceError) as exc:
+    except (ValueError, OSError, MpcaggError) as exc:
         raise _fail(exc) from None
     expires = pair.certificate.not_valid_after_utc.isoformat(timespec="seconds")
     typer.echo(f"wrote {cert} and {key} (0600) for {role} {client_id!r}, valid until {expires}")

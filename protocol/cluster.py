@@ -126,6 +126,20 @@ class ClusterConfig(_Strict):
                 return p
         raise ConfigError(f"party {index} is not in the cluster (parties 0..{self.n_parties - 1})")
 
+    def address_of(self, index: int, *, peer: bool = False) -> str:
+        """Party ``index``'s client (or ``peer``) address, as dialled.
+
+        A port of 0 means the party binds an ephemeral port (local clusters and tests)
+        and writes its real address into the cluster file once it listens, so the file
+        is read again; the result still ends in ``:0`` until then.
+        """
+        chosen = self.party(index)
+        address = (chosen.peer_address if peer else chosen.address) or ""
+        if address.endswith(":0") and self.source is not None:
+            again = load_cluster(self.source).party(index)
+            address = (again.peer_address if peer else again.address) or ""
+        return address
+
     def ordered_parties(self) -> list[PartyConfig]:
         return sorted(self.parties, key=lambda p: p.id)
 

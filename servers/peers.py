@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from mpcagg.protocol.cluster import ClusterConfig, load_cluster
+from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.spec import Holding
 from mpcagg.servers.aggregator import Manifest
 from mpcagg.v1 import peer_pb2, peer_pb2_grpc
 from mpcagg.wire.convert import holdings_from_proto, holdings_to_proto, state_from_proto
-from mpcagg.wire.status import error_from_code
+from mpcagg.wire.status import translate
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,7 @@ class PeerClient:
         try:
             return getattr(self._get_stub(), name)(request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            detail = exc.details() if hasattr(exc, "details") else str(exc)
-            raise error_from_code(code, detail or "", self.party) from None
+            raise translate(exc, self.party, name) from None
 
     def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
         reply = self._call(
@@ -118,13 +116,7 @@ def peer_clients(cluster: ClusterConfig, me: int, tls: PeerTls | None) -> list[P
     """Clients for every party but ``me``; port-0 addresses are re-read from the cluster file."""
 
     def resolver(party: int) -> Callable[[], str]:
-        def address() -> str:
-            configured = cluster.party(party).peer_address or ""
-            if configured.endswith(":0") and cluster.source is not None:
-                configured = load_cluster(cluster.source).party(party).peer_address or ""
-            return configured
-
-        return address
+        return lambda: cluster.address_of(party, peer=True)
 
     return [
         PeerClient(

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcagg.clients.errors import ProtocolError
 from mpcagg.clients.results import AggregateShare, RoundInfo, RoundState, UploadAck
 from mpcagg.mpc import SeedShare, Share
 from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, to_bytes
-from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.errors import InvalidArgument, ProtocolError
 from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.wire.convert import spec_from_proto, spec_to_proto

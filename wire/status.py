@@ -1,7 +1,7 @@
 """The one table mapping service errors to gRPC status codes, and back.
 
-Servicers wrap every handler with :func:`grpc_errors`; peer clients translate a
-peer's status back with :func:`error_from_code`. Unexpected exceptions become
+Servicers wrap every handler with :func:`grpc_errors`; clients and the leader's peer
+calls translate a received status back with :func:`translate`. Unexpected exceptions become
 INTERNAL with a generic message (details go to the log, never to the caller).
 """
 
@@ -19,33 +19,27 @@ from mpcagg.protocol import errors
 
 log = logging.getLogger("mpcagg.status")
 
-CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
-    errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.RoundNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-}
-
-_BACK: dict[grpc.StatusCode, type[errors.ServiceError]] = {
+CODES: dict[grpc.StatusCode, type[errors.ServiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: errors.RoundNotOpen,
     grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.LimitExceeded,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    grpc.StatusCode.ABORTED: errors.Unavailable,
 }
+"""The one table: a received status → its error (any other: :class:`ServerError`); an
+error raised by a handler → the status named by its class's ``code``."""
 
 
 def code_for(exc: BaseException) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in CODES:
-            return CODES[cls]
+    """The status a handler's exception is sent as (INTERNAL for an unexpected one)."""
+    if isinstance(exc, errors.ServiceError) and not isinstance(exc, errors.ServerError):
+        return grpc.StatusCode[exc.code]
     if isinstance(exc, MpcError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
@@ -125,13 +119,18 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("grpc") and not isinstance(exc, grpc.RpcError)
 
 
-def error_from_code(code: grpc.StatusCode | None, detail: str, party: int) -> errors.ServiceError:
-    """The domain error for a peer's status (transport failures become Unavailable)."""
-    cls = _BACK.get(code) if code is not None else None
-    if cls is None:
-        return errors.Unavailable(f"party {party} unreachable or failing ({_name(code)}): {detail}")
-    return cls(f"party {party}: {detail}")
+def translate(exc: grpc.RpcError, party: int, method: str) -> errors.ServiceError:
+    """The error for a failed call to ``party`` (the one translation point, used by
+    clients and by the leader's peer calls alike)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else ""
+    cls = CODES.get(code, errors.ServerError)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _retryable(exc):
+        cls = errors.Busy
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return cls(details or "", party=party, method=method, code=name)
 
 
-def _name(code: grpc.StatusCode | None) -> str:
-    return "no status" if code is None else code.name
+def _retryable(exc: grpc.RpcError) -> bool:
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else ()
+    return any(key == RETRYABLE and value == "1" for key, value in trailing or ())

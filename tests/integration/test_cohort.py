@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from mpcagg import (
-    Conflict,
-    InvalidInput,
+    AlreadyExists,
+    InvalidArgument,
     LayoutError,
     PermissionDenied,
     Receipt,
-    RoundRejected,
+    RoundNotOpen,
     RoundState,
     RoundStateError,
-    RpcFailed,
+    ServiceError,
 )
 from mpcagg.mpc import full_party_for
 from mpcagg.protocol.spec import RoundSpec
@@ -122,15 +122,15 @@ def test_conflicting_retry_is_refused(rig: Rig) -> None:
     # Same sharing id, other payload (another value, fresh seeds): refused by every party.
     other = rig.shares(spec.round_id, "conflict-0", encoded_power(spec, 4))
     for party in range(3):
-        with pytest.raises(Conflict) as refused:
+        with pytest.raises(AlreadyExists) as refused:
             rig.upload(spec.round_id, "conflict-0", other, [party], sharing_id)
         assert refused.value.code == "ALREADY_EXISTS"
         assert refused.value.party == party
     # Same payload under another sharing id: also a different upload.
-    with pytest.raises(Conflict):
+    with pytest.raises(AlreadyExists):
         rig.upload(spec.round_id, "conflict-0", shares, [0])
     # The trainer client re-sharing for the same client id is refused too.
-    with pytest.raises(Conflict):
+    with pytest.raises(AlreadyExists):
         rig.submit(spec, "conflict-0", power(5))
 
     rig.submit(spec, "conflict-1", power(1))
@@ -156,10 +156,10 @@ def test_below_min_clients_fails_and_reveals_nothing(rig: Rig) -> None:
     )
     for party in range(3):
         error = rig.aggregate_share_error(party, spec.round_id)
-        assert isinstance(error, RoundRejected), error
+        assert isinstance(error, RoundNotOpen), error
         assert error.code == "FAILED_PRECONDITION"
         assert rig.spool_files(party, spec.round_id) == []
-    with pytest.raises(RoundRejected):
+    with pytest.raises(RoundNotOpen):
         rig.collector.aggregate_ring(spec.round_id)
     # Closing again keeps it FAILED; a late trainer is refused.
     assert rig.close(spec.round_id).state is RoundState.FAILED
@@ -172,7 +172,7 @@ def test_wrong_vector_length_is_refused_and_nothing_stored(rig: Rig) -> None:
     longer = spec.fixed_point.encode(np.ones(LENGTH + 1))
     shares = rig.shares(spec.round_id, "long-0", longer)
     for party in range(3):
-        with pytest.raises(InvalidInput) as refused:
+        with pytest.raises(InvalidArgument) as refused:
             rig.upload(spec.round_id, "long-0", shares, [party])
         assert refused.value.code == "INVALID_ARGUMENT"
         assert f"vector length {LENGTH + 1} does not match round spec ({LENGTH})" in str(
@@ -210,7 +210,7 @@ def test_partial_stream_leaves_nothing_behind(rig: Rig) -> None:
     transport = rig.transport(client)
 
     # The stream ends cleanly after 3 of 8 chunks.
-    with pytest.raises(InvalidInput, match="upload ended after 12288 bytes"):
+    with pytest.raises(InvalidArgument, match="upload ended after 12288 bytes"):
         transport.upload(full_party, iter(messages[:4]))
 
     # The client breaks off mid-stream (the call is cancelled).
@@ -218,7 +218,7 @@ def test_partial_stream_leaves_nothing_behind(rig: Rig) -> None:
         yield from messages[:5]
         raise ConnectionAbortedError("trainer stops mid-upload")
 
-    with pytest.raises(RpcFailed):
+    with pytest.raises(ServiceError):
         transport.upload(full_party, breaks_off())
 
     def clean() -> bool:
@@ -263,7 +263,7 @@ def test_deadline_closes_the_round(rig: Rig) -> None:
     )
     assert "below min_clients" in failed[0].reason, failed[0].reason
     for party in range(3):
-        assert isinstance(rig.aggregate_share_error(party, too_few.round_id), RoundRejected)
+        assert isinstance(rig.aggregate_share_error(party, too_few.round_id), RoundNotOpen)
 
 
 def test_200_concurrent_trainers_are_all_counted(rig: Rig) -> None:
@@ -299,7 +299,7 @@ def test_a_share_made_under_another_spec_is_refused(rig: Rig) -> None:
     forged = RoundSpec(
         round_id=spec.round_id, tensors=spec.tensors, n_parties=spec.n_parties, bound=1.0
     )
-    with pytest.raises(InvalidInput, match="shared under spec digest"):
+    with pytest.raises(InvalidArgument, match="shared under spec digest"):
         rig.submit(forged, "forged-0", power(0))
     assert {s.received for s in rig.status(spec.round_id).values()} == {0}
     assert rig.submit(spec, "forged-0", power(0)).complete

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from mpcagg import CloseTimeout, RoundRejected, RoundState, RoundStateError, RpcFailed
+from mpcagg import CloseTimeout, RoundNotOpen, RoundState, RoundStateError, ServiceError
 from mpcagg.mpc import full_party_for
 from mpcagg.ops.local import LocalCluster
 from mpcagg.protocol.spec import RoundSpec
@@ -126,7 +126,7 @@ def test_sigkill_mid_upload_leaves_no_trace(rig: Rig, all_up: LocalCluster) -> N
     def upload() -> None:
         try:
             outcome["ack"] = rig.transport(client).upload(1, stalls())
-        except RpcFailed as exc:
+        except ServiceError as exc:
             outcome["error"] = exc
 
     uploader = threading.Thread(target=upload, name="stalled-upload")
@@ -142,7 +142,7 @@ def test_sigkill_mid_upload_leaves_no_trace(rig: Rig, all_up: LocalCluster) -> N
         release.set()
         uploader.join(RPC_TIMEOUT_S + 5)
     assert not uploader.is_alive()
-    assert isinstance(outcome.get("error"), RpcFailed), outcome
+    assert isinstance(outcome.get("error"), ServiceError), outcome
 
     cluster.start_party(1, timeout=60.0)
     assert rig.status(spec.round_id)[1].received == 0
@@ -174,7 +174,7 @@ def test_close_with_a_peer_down_waits_and_reveals_nothing(rig: Rig, all_up: Loca
         assert statuses[party].state is RoundState.CLOSING
         assert statuses[party].cohort_size == 0
         error = rig.aggregate_share_error(party, spec.round_id)
-        assert isinstance(error, RoundRejected), error
+        assert isinstance(error, RoundNotOpen), error
     with pytest.raises(RoundStateError):
         rig.submit(spec, "down-late", {"w": inputs[0]})
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from mpcagg import ClientCredentials, ClientError, Collector, RetryPolicy, SecureAggregator
+from mpcagg import ClientCredentials, Collector, MpcaggError, RetryPolicy, SecureAggregator
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
 from mpcagg.ops.credentials import CertFiles, KeyPair, create_ca, issue_client_cert
 from mpcagg.protocol.spec import RoundSpec
@@ -138,7 +138,7 @@ def _error_text(exc: BaseException) -> str:
 def _provoke(errors: dict[str, str], name: str, call: Callable[[], object]) -> None:
     try:
         call()
-    except (ClientError, grpc.RpcError) as exc:
+    except (MpcaggError, grpc.RpcError) as exc:
         errors[name] = _error_text(exc)
     else:
         raise AssertionError(f"{name}: expected a refusal")

@@ -21,16 +21,16 @@ import pytest
 import torch
 
 from mpcagg import (
+    AlreadyExists,
     ClientCredentials,
     CloseTimeout,
     Collector,
-    Conflict,
     InputError,
-    InvalidInput,
+    InvalidArgument,
     LayoutError,
     ProtocolError,
     RetryPolicy,
-    RoundRejected,
+    RoundNotOpen,
     RoundState,
     RoundStateError,
     SecureAggregator,
@@ -431,7 +431,7 @@ def test_invalid_argument_is_raised_with_the_server_message(fake: FakeCluster) -
     fake.parties[1].reject_uploads = message
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters())
-    with trainer(fake, "alice") as t, pytest.raises(InvalidInput) as err:
+    with trainer(fake, "alice") as t, pytest.raises(InvalidArgument) as err:
         t.submit(spec, model(1).named_parameters())
     assert (err.value.party, err.value.code, err.value.server_message) == (
         1,
@@ -493,7 +493,7 @@ def test_round_failed_below_min_clients(fake: FakeCluster) -> None:
             t.submit(spec, model(1).named_parameters())
         final = col.close("r1", wait_s=5)
         assert final.state is RoundState.FAILED and "below min_clients" in final.reason
-        with pytest.raises(RoundRejected, match="not committed"):
+        with pytest.raises(RoundNotOpen, match="not committed"):
             col.result("r1", spec)
 
 
@@ -501,7 +501,7 @@ def test_open_round_is_idempotent_but_not_for_another_spec(fake: FakeCluster) ->
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters())
         assert col.open_round("r1", model(0).named_parameters()) == spec
-        with pytest.raises(Conflict) as err:
+        with pytest.raises(AlreadyExists) as err:
             col.open_round("r1", model(0).named_parameters(), bound=5.0)
     assert err.value.code == "ALREADY_EXISTS"
 

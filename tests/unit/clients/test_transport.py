@@ -13,19 +13,6 @@ import pytest
 
 from mpcagg import ClientCredentials, Collector, SecureAggregator
 from mpcagg.clients import transport as tr
-from mpcagg.clients.errors import (
-    Busy,
-    ConfigError,
-    Conflict,
-    InputError,
-    InvalidInput,
-    LimitExceeded,
-    RoundNotFound,
-    RoundRejected,
-    RoundStateError,
-    ServerError,
-    Unavailable,
-)
 from mpcagg.ops.credentials import (
     Identity,
     KeyPair,
@@ -36,8 +23,22 @@ from mpcagg.ops.credentials import (
     write_key_pair,
 )
 from mpcagg.protocol.cluster import ClusterConfig, Limits, TlsConfig
+from mpcagg.protocol.errors import (
+    AlreadyExists,
+    Busy,
+    ConfigError,
+    InputError,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    RoundNotOpen,
+    RoundStateError,
+    ServerError,
+    Unavailable,
+)
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
+from mpcagg.wire.status import translate
 from tests.unit.clients import make_cluster, party_toml
 
 
@@ -64,9 +65,9 @@ def cluster(n: int = 3, **kw: Any) -> ClusterConfig:
 @pytest.mark.parametrize(
     ("code", "cls"),
     [
-        (grpc.StatusCode.INVALID_ARGUMENT, InvalidInput),
-        (grpc.StatusCode.FAILED_PRECONDITION, RoundRejected),
-        (grpc.StatusCode.ALREADY_EXISTS, Conflict),
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.FAILED_PRECONDITION, RoundNotOpen),
+        (grpc.StatusCode.ALREADY_EXISTS, AlreadyExists),
         (grpc.StatusCode.UNAVAILABLE, Unavailable),
         (grpc.StatusCode.DEADLINE_EXCEEDED, Unavailable),
         (grpc.StatusCode.ABORTED, Unavailable),
@@ -74,7 +75,7 @@ def cluster(n: int = 3, **kw: Any) -> ClusterConfig:
     ],
 )
 def test_translate(code: grpc.StatusCode, cls: type) -> None:
-    err = tr.translate(FakeRpcError(code, "vector length 1000 does not match (4096)"), 2, "Upload")
+    err = translate(FakeRpcError(code, "vector length 1000 does not match (4096)"), 2, "Upload")
     assert type(err) is cls
     assert (err.party, err.method, err.code) == (2, "Upload", code.name)
     assert err.server_message == "vector length 1000 does not match (4096)"
@@ -86,9 +87,9 @@ def test_translate(code: grpc.StatusCode, cls: type) -> None:
 
 
 def test_resource_exhausted_is_retried_only_when_the_server_says_it_frees_up() -> None:
-    full = tr.translate(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_clients"), 0, "U")
+    full = translate(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_clients"), 0, "U")
     assert type(full) is LimitExceeded and not full.transient
-    busy = tr.translate(
+    busy = translate(
         FakeRpcError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "max_concurrent_streams",
@@ -101,7 +102,7 @@ def test_resource_exhausted_is_retried_only_when_the_server_says_it_frees_up() -
 
 
 def test_round_rejected_is_a_round_state_error() -> None:
-    err = tr.translate(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "closed"), 0, "Upload")
+    err = translate(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "closed"), 0, "Upload")
     assert isinstance(err, RoundStateError)
 
 
@@ -109,8 +110,8 @@ def test_retry_call_retries_transient_then_succeeds() -> None:
     sleeps: list[float] = []
     calls = iter(
         [
-            Unavailable(0, "GetRound", "UNAVAILABLE", ""),
-            Unavailable(0, "GetRound", "ABORTED", ""),
+            Unavailable("", party=0, method="GetRound", code="UNAVAILABLE"),
+            Unavailable("", party=0, method="GetRound", code="ABORTED"),
             42,
         ]
     )
@@ -134,7 +135,7 @@ def test_retry_call_is_bounded_and_does_not_retry_permanent_errors() -> None:
     def unavailable() -> None:
         nonlocal count
         count += 1
-        raise Unavailable(1, "Upload", "UNAVAILABLE", "down")
+        raise Unavailable("down", party=1, method="Upload", code="UNAVAILABLE")
 
     with pytest.raises(Unavailable):
         tr.retry_call(
@@ -147,9 +148,9 @@ def test_retry_call_is_bounded_and_does_not_retry_permanent_errors() -> None:
     def invalid() -> None:
         nonlocal count
         count += 1
-        raise InvalidInput(1, "Upload", "INVALID_ARGUMENT", "bad")
+        raise InvalidArgument("bad", party=1, method="Upload", code="INVALID_ARGUMENT")
 
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidArgument):
         tr.retry_call(invalid, tr.RetryPolicy(attempts=4), sleep=sleeps.append)
     assert count == 1
 
@@ -334,7 +335,7 @@ def test_the_certificate_is_presented_over_mutual_tls(tmp_path: Path, ca: KeyPai
             [f"127.0.0.1:{port}", "127.0.0.1:1"], tls=TlsConfig(ca=tmp_path / "ca.pem")
         )
         cert, key = _files(tmp_path, issue_client_cert(ca, "alice", "trainer"))
-        with tr.Transport(c, cert=cert, key=key) as t, pytest.raises(RoundNotFound):
+        with tr.Transport(c, cert=cert, key=key) as t, pytest.raises(NotFound):
             t.get_round(0, "r1")
         # A certificate from another CA does not get through the handshake.
         stranger = issue_client_cert(create_ca(), "alice", "trainer")

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from mpcagg.clients.errors import ProtocolError
 from mpcagg.clients.results import RoundState
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
+from mpcagg.protocol.errors import ProtocolError
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.wire.messages import PartyUpload, read_aggregate_share, round_info, upload_messages
 
