@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := api mpc protocol wire servers clients ops bench tests scripts examples
+SOURCES := api mpc protocol wire servers clients ops flower bench tests scripts examples
 
 .PHONY: venv demo up test lint typecheck bench bench-quick protos clean
 

@@ -8,12 +8,12 @@ Public surface::
         .resume(receipt, tensors=None) -> Receipt   finish the same sharing
     Collector(cluster, client_id=None, *, cert=None, key=None)         orchestrator
         .open_round(round_id, tensors_or_model, ...) -> RoundSpec
-        .status(round_id) -> list[RoundInfo]
-        .close(round_id, wait_s=30.0) -> RoundInfo
+        .status(round_id) -> list[RoundStatus]
+        .close(round_id, wait_s=30.0) -> RoundStatus
         .aggregate_ring(round_id) -> (uint64 vector, cohort size)
         .result(round_id, spec) -> AggregateResult
     TensorLayout                                       names + shapes <-> flat vector
-    Receipt, RoundInfo, RoundState, AggregateResult    what calls return
+    Receipt, RoundStatus, RoundState, AggregateResult    what calls return
     RetryPolicy                                        transient-error retries
     ClientCredentials                                  client certificate + key (mutual TLS)
     MpcaggError and subclasses                         the error tree (clients.errors)
@@ -22,7 +22,7 @@ Public surface::
 from mpcagg.clients.collector import Collector
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import TensorLayout
-from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState
+from mpcagg.clients.results import AggregateResult, Receipt
 from mpcagg.clients.trainer import SecureAggregator
 from mpcagg.clients.transport import RetryPolicy
 from mpcagg.protocol.errors import (
@@ -47,6 +47,7 @@ from mpcagg.protocol.errors import (
     UpdateConflict,
     UploadFailed,
 )
+from mpcagg.protocol.state import RoundState, RoundStatus
 
 __all__ = [
     "AggregateResult",
@@ -66,10 +67,10 @@ __all__ = [
     "ProtocolError",
     "Receipt",
     "RetryPolicy",
-    "RoundInfo",
     "RoundNotOpen",
     "RoundState",
     "RoundStateError",
+    "RoundStatus",
     "SecureAggregator",
     "ServerError",
     "ServiceError",

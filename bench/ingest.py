@@ -55,7 +55,7 @@ def _drive(kind: str, args: dict[str, Any], queue: Any) -> None:
     from mpcagg.mpc import FullShare
     from mpcagg.mpc.ring import DTYPE
     from mpcagg.v1 import aggregation_pb2 as pb
-    from mpcagg.wire import messages as wire
+    from mpcagg.wire import framing as wire
 
     vec = np.random.default_rng(1).integers(0, 2**63, args["dim"], dtype=np.uint64).astype(DTYPE)
     upload = wire.PartyUpload.from_share(FullShare(party=0, vector=vec))

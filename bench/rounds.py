@@ -33,11 +33,12 @@ from bench import baseline
 from bench.grid import Cell
 from bench.procstats import ProcessMeter, ProcessRound
 from mpcagg import ClientCredentials, Collector, SecureAggregator
-from mpcagg.clients.results import Receipt, RoundState
+from mpcagg.clients.results import Receipt
 from mpcagg.mpc import FixedPoint
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.ops.credentials import KeyPair
 from mpcagg.protocol.cluster import ClusterConfig
+from mpcagg.protocol.state import RoundState
 
 PRECISION_BITS = 16
 BOUND = 1.0

@@ -19,9 +19,10 @@ import numpy.typing as npt
 
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import TensorLayout
-from mpcagg.clients.results import AggregateResult, AggregateShare, RoundInfo, RoundState
+from mpcagg.clients.results import AggregateResult, AggregateShare
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
+from mpcagg.clients.weighting import Mean, split_weighted, weighted_mean
 from mpcagg.mpc.ring import add_, zeros
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import (
@@ -34,6 +35,7 @@ from mpcagg.protocol.errors import (
     ServiceError,
 )
 from mpcagg.protocol.spec import RoundSpec
+from mpcagg.protocol.state import RoundState, RoundStatus
 
 LEADER = 0
 
@@ -91,13 +93,17 @@ class Collector:
         precision_bits: int = 16,
         deadline_s: float | None = None,
         trainers_may_fetch: bool = False,
+        weighted: bool = False,
+        max_weight: float | None = None,
     ) -> RoundSpec:
         """Create the round on every server and return its spec (hand it to the trainers).
 
         The layout is derived from ``tensors_or_model`` (a model, ``state_dict``,
         mapping, ``(name, tensor)`` pairs, or a :class:`TensorLayout`). Creating a round
-        that already exists with the same spec succeeds. Raises :class:`InputError` for
-        invalid parameters, :class:`ProtocolError` if a server answers another digest,
+        that already exists with the same spec succeeds. A ``weighted`` round takes one
+        weight ``0..max_weight`` from each trainer (``submit(..., weight=n_examples)``) and
+        reveals the weighted mean; ``max_clients × max_weight × bound`` must fit the ring.
+        Raises :class:`InputError` for invalid parameters, :class:`ProtocolError` if a server answers another digest,
         or the first server error (naming which parties did create the round).
         """
         layout = TensorLayout.of(tensors_or_model)
@@ -115,12 +121,14 @@ class Collector:
                 max_clients=max_clients,
                 deadline_unix=deadline_unix,
                 trainers_may_fetch=trainers_may_fetch,
+                weighted=weighted,
+                max_weight=0.0 if max_weight is None else max_weight,
             )
         except InvalidArgument as exc:
             raise InputError(str(exc)) from None
         t = self._transport
 
-        def create(party: int) -> RoundInfo:
+        def create(party: int) -> RoundStatus:
             try:
                 return t.retrying(
                     lambda: t.create_round(party, spec), what=f"CreateRound at {party}"
@@ -135,14 +143,14 @@ class Collector:
 
         outcomes = t.each_party(create)
         errors = [o for o in outcomes.values() if isinstance(o, MpcaggError)]
-        created = [p for p, o in outcomes.items() if isinstance(o, RoundInfo)]
+        created = [p for p, o in outcomes.items() if isinstance(o, RoundStatus)]
         if errors:
             errors[0].add_note(f"round {round_id!r} was created at parties {created}")
             raise errors[0]
         wrong = [
             p
             for p, o in outcomes.items()
-            if isinstance(o, RoundInfo) and o.spec_digest != spec.digest
+            if isinstance(o, RoundStatus) and o.spec_digest != spec.digest
         ]
         if wrong:
             raise ProtocolError(
@@ -151,7 +159,7 @@ class Collector:
             )
         return spec
 
-    def status(self, round_id: str) -> list[RoundInfo]:
+    def status(self, round_id: str) -> list[RoundStatus]:
         """Every server's view of the round, by party.
 
         A server that stays unreachable after retries shows as ``RoundState.UNKNOWN``
@@ -163,21 +171,21 @@ class Collector:
         )
         infos = []
         for party, outcome in outcomes.items():
-            if isinstance(outcome, RoundInfo):
+            if isinstance(outcome, RoundStatus):
                 infos.append(outcome)
             elif getattr(outcome, "transient", False):
-                infos.append(RoundInfo(round_id, party, RoundState.UNKNOWN, reason=str(outcome)))
+                infos.append(RoundStatus(round_id, party, RoundState.UNKNOWN, reason=str(outcome)))
             else:
                 raise outcome
         return infos
 
-    def close(self, round_id: str, wait_s: float = 30.0) -> RoundInfo:
+    def close(self, round_id: str, wait_s: float = 30.0) -> RoundStatus:
         """Close the round at the leader and wait until it is COMMITTED or FAILED.
 
         While the leader answers CLOSING (e.g. a peer is down) or is unreachable, the
         call is repeated with back-off until ``wait_s`` seconds have passed; then
         :class:`CloseTimeout` is raised with the last reason. Returns the leader's
-        final :class:`RoundInfo` (``state`` COMMITTED, or FAILED with ``reason``).
+        final :class:`RoundStatus` (``state`` COMMITTED, or FAILED with ``reason``).
         Other server errors are raised as they come.
         """
         t = self._transport
@@ -221,7 +229,8 @@ class Collector:
         given); the servers' spec digest must match it. Raises as :meth:`aggregate_ring`;
         :class:`ProtocolError` for an empty cohort, a mismatched spec, or a decoded sum
         that honest inputs cannot produce (some coordinate beyond cohort size × bound:
-        a corrupted aggregate is never returned).
+        a corrupted aggregate is never returned). In a weighted round ``sum`` is
+        ``Σw·x``, ``mean`` the weighted mean and ``total_weight`` is ``Σw``.
         """
         if spec is None:
             spec = fetch_spec(self._transport, round_id)
@@ -243,16 +252,26 @@ class Collector:
             raise ProtocolError(f"round {round_id!r}: the servers report an empty cohort")
         layout = TensorLayout.from_spec(spec)
         total = spec.fixed_point.decode(_ring_sum(shares))
-        _check_bound(spec, total, first.cohort_size)
-        mean = total / float(first.cohort_size)
+        total_weight: float | None = None
+        if spec.weighted:
+            total, total_weight = split_weighted(spec, total, first.cohort_size)
+            mean = weighted_mean(spec, total, total_weight)
+        else:
+            _check_bound(spec, total, first.cohort_size)
+            mean = total / float(first.cohort_size)
         total.flags.writeable = False
         mean.flags.writeable = False
         return AggregateResult(
             round_id=round_id,
             sum=layout.unflatten(total),
-            mean=layout.unflatten(mean),
+            mean=Mean(
+                layout.unflatten(mean),
+                "weighted" if spec.weighted else "unweighted",
+                first.cohort_size if total_weight is None else total_weight,
+            ),
             cohort_size=first.cohort_size,
             cohort_digest=first.cohort_digest,
+            total_weight=total_weight,
         )
 
     def _aggregate_shares(self, round_id: str) -> list[AggregateShare]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -11,49 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from mpcagg.protocol.spec import RoundSpec
-
-
-class RoundState(enum.Enum):
-    """A round's state at one server (``UNKNOWN``: unspecified or unreachable)."""
-
-    UNKNOWN = 0
-    OPEN = 1
-    CLOSING = 2
-    COMMITTED = 3
-    FAILED = 4
-
-    @property
-    def final(self) -> bool:
-        """Whether the round has finished (committed or failed)."""
-        return self in (RoundState.COMMITTED, RoundState.FAILED)
-
-
-@dataclass(frozen=True, slots=True)
-class RoundInfo:
-    """One server's view of a round."""
-
-    round_id: str
-    party: int
-    state: RoundState
-    spec_digest: bytes = b""
-    received: int = 0
-    cohort_size: int = 0
-    cohort_digest: bytes = b""
-    reason: str = ""
-    spec: RoundSpec | None = field(default=None, repr=False)
-    """The round's whole spec as this server holds it (validated; its digest is
-    ``spec_digest``), or None if the server sent none."""
-
-
-@dataclass(frozen=True, slots=True)
-class UploadAck:
-    """One server's acknowledgement of one upload."""
-
-    party: int
-    payload_digest: bytes
-    duplicate: bool
-    sharing_id: bytes = b""
+    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,10 @@ learns a round with its id alone."""
 
 from __future__ import annotations
 
-from mpcagg.clients.results import RoundInfo
 from mpcagg.clients.transport import Transport
 from mpcagg.protocol.errors import InputError, InvalidArgument, ProtocolError, UploadFailed
 from mpcagg.protocol.spec import RoundSpec, check_id
+from mpcagg.protocol.state import RoundStatus
 
 
 def fetch_spec(transport: Transport, round_id: str) -> RoundSpec:
@@ -29,7 +29,7 @@ def fetch_spec(transport: Transport, round_id: str) -> RoundSpec:
     specs: dict[int, RoundSpec] = {}
     unreachable: dict[int, str] = {}
     for party, outcome in outcomes.items():
-        if isinstance(outcome, RoundInfo):
+        if isinstance(outcome, RoundStatus):
             if outcome.spec is None or outcome.spec.digest != outcome.spec_digest:
                 raise ProtocolError(
                     f"party {party} sent no round spec for {round_id!r}, or one that does "

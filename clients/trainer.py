@@ -25,9 +25,10 @@ from typing import Any
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import FloatArray, TensorLayout
 from mpcagg.clients.progress import UploadProgress, wants_progress
-from mpcagg.clients.results import AggregateResult, Receipt, RoundInfo, RoundState, UploadAck
+from mpcagg.clients.results import AggregateResult, Receipt
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
+from mpcagg.clients.weighting import weigh
 from mpcagg.mpc import EncodingError, Seed, SharingContext, full_party_for, share
 from mpcagg.mpc.ring import RingVector, to_bytes
 from mpcagg.protocol.cluster import ClusterConfig
@@ -40,7 +41,8 @@ from mpcagg.protocol.errors import (
     UploadFailed,
 )
 from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
-from mpcagg.wire import messages as wire
+from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
+from mpcagg.wire import framing as wire
 
 log = logging.getLogger("mpcagg.clients")
 
@@ -109,6 +111,7 @@ class SecureAggregator:
         *,
         use_grad: bool = False,
         verify: bool = False,
+        weight: float | None = None,
     ) -> Receipt:
         """Secret-share ``tensors`` and upload one share to every server.
 
@@ -125,6 +128,12 @@ class SecureAggregator:
         sharing. A *different* update for a round already shared is refused with
         :class:`UpdateConflict` before anything is sent.
 
+        In a round opened with ``weighted=True``, ``weight`` (e.g. the number of training
+        examples, ``0..spec.max_weight``) is required: the trainer shares ``w·x`` and ``w``
+        as one vector, so no party or collector learns ``w`` alone and the round reveals
+        the weighted mean (see :mod:`mpcagg.clients.weighting`). An unweighted round
+        refuses a weight.
+
         Every upload names ``spec.digest`` and each server refuses a share made under
         another spec (INVALID_ARGUMENT). With ``verify`` the trainer also asks every
         server for the round's state first, so a spec mismatch or a round that is not
@@ -139,19 +148,27 @@ class SecureAggregator:
         acknowledged.
         """
         spec = self.join(round_) if isinstance(round_, str) else round_
-        encoded = self._encode(spec, tensors, use_grad=use_grad)
+        encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
         sharing = self._sharing_for(spec, encoded)
         failed = self._verify_round(spec) if verify else {}
         return self._upload(spec, sharing, encoded, range(spec.n_parties), failed)
 
-    def resume(self, receipt: Receipt, tensors: Any = None, *, use_grad: bool = False) -> Receipt:
+    def resume(
+        self,
+        receipt: Receipt,
+        tensors: Any = None,
+        *,
+        use_grad: bool = False,
+        weight: float | None = None,
+    ) -> Receipt:
         """Finish the sharing behind ``receipt`` at the parties that did not acknowledge it.
 
         Sends the very same shares (same sharing id, same bytes) to every party in
         ``receipt.pending``; a party that already held it answers with a duplicate
         acknowledgement, which settles an ``unknown`` state. The update is kept by the
         trainer while its upload is incomplete; otherwise pass the same ``tensors``
-        again. Returns a new :class:`Receipt` covering every party. Raises
+        again (and, in a weighted round, the same ``weight``). Returns a new
+        :class:`Receipt` covering every party. Raises
         :class:`InputError` if this trainer holds no sharing for the receipt's round
         (sharings live in the process that made them) or ``tensors`` differ from the
         shared update.
@@ -164,7 +181,7 @@ class SecureAggregator:
             )
         spec = sharing.spec
         if tensors is not None:
-            encoded = self._encode(spec, tensors, use_grad=use_grad)
+            encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
             self._sharing_for(spec, encoded)  # refuses a different update
         elif sharing.encoded is not None:
             encoded = sharing.encoded
@@ -320,7 +337,9 @@ class SecureAggregator:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _encode(self, spec: RoundSpec, tensors: Any, *, use_grad: bool) -> RingVector:
+    def _encode(
+        self, spec: RoundSpec, tensors: Any, *, use_grad: bool, weight: float | None = None
+    ) -> RingVector:
         if spec.n_parties != self.cluster.n_parties:
             raise InputError(
                 f"round {spec.round_id!r} is for {spec.n_parties} parties, "
@@ -329,9 +348,10 @@ class SecureAggregator:
         layout = TensorLayout.from_spec(spec)
         vector = layout.flatten(tensors, use_grad=use_grad)
         try:
-            return spec.fixed_point.encode(vector, bound=spec.bound)
+            encoded = spec.fixed_point.encode(vector, bound=spec.bound)
         except EncodingError:
             raise _locate_encoding_error(spec, layout, vector) from None
+        return weigh(spec, vector, encoded, weight)
 
     def _verify_round(self, spec: RoundSpec) -> dict[int, str]:
         """Check every reachable server holds ``spec`` and is open; return unreachable ones.
@@ -347,7 +367,7 @@ class SecureAggregator:
         mismatched: list[str] = []
         not_open: list[str] = []
         for party, status in statuses.items():
-            if isinstance(status, RoundInfo):
+            if isinstance(status, RoundStatus):
                 if status.spec_digest != spec.digest:
                     mismatched.append(f"party {party} has {status.spec_digest.hex()[:16]}…")
                 elif status.state is not RoundState.OPEN:

@@ -33,13 +33,15 @@ from mpcagg.clients.credentials import (
     read_file,
     resolve_client_id,
 )
-from mpcagg.clients.results import AggregateShare, RoundInfo, UploadAck
+from mpcagg.clients.results import AggregateShare
 from mpcagg.protocol.cluster import ClusterConfig, load_cluster
 from mpcagg.protocol.errors import ConfigError, MpcaggError, ServiceError, Unavailable
 from mpcagg.protocol.spec import RoundSpec
+from mpcagg.protocol.state import RoundStatus, UploadAck
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from mpcagg.wire import messages as wire
+from mpcagg.wire import convert
+from mpcagg.wire import framing as wire
 from mpcagg.wire.status import translate
 
 log = logging.getLogger("mpcagg.clients")
@@ -185,31 +187,31 @@ class Transport:
 
     # -- calls (one attempt each; wrap in :meth:`retrying`) -----------------------------
 
-    def create_round(self, party: int, spec: RoundSpec) -> RoundInfo:
+    def create_round(self, party: int, spec: RoundSpec) -> RoundStatus:
         with _rpc(party, "CreateRound"):
             msg = self._stub(party).CreateRound(
-                wire.create_round_request(spec), **self._call_options()
+                convert.create_round_request(spec), **self._call_options()
             )
-        return wire.round_info(msg)
+        return convert.status_from_proto(msg)
 
-    def get_round(self, party: int, round_id: str) -> RoundInfo:
+    def get_round(self, party: int, round_id: str) -> RoundStatus:
         with _rpc(party, "GetRound"):
             msg = self._stub(party).GetRound(
                 pb.GetRoundRequest(round_id=round_id), **self._call_options()
             )
-        return wire.round_info(msg)
+        return convert.status_from_proto(msg)
 
-    def close_round(self, party: int, round_id: str, timeout: float | None = None) -> RoundInfo:
+    def close_round(self, party: int, round_id: str, timeout: float | None = None) -> RoundStatus:
         with _rpc(party, "CloseRound"):
             msg = self._stub(party).CloseRound(
                 pb.CloseRoundRequest(round_id=round_id), **self._call_options(timeout)
             )
-        return wire.round_info(msg)
+        return convert.status_from_proto(msg)
 
     def upload(self, party: int, messages: Iterator[pb.UploadMessage]) -> UploadAck:
         with _rpc(party, "Upload"):
             msg = self._stub(party).Upload(messages, **self._call_options())
-        return wire.upload_ack(msg)
+        return convert.ack_from_proto(msg)
 
     def aggregate_share(self, party: int, round_id: str) -> AggregateShare:
         with _rpc(party, "GetAggregateShare"):

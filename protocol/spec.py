@@ -62,6 +62,11 @@ class RoundSpec:
     max_clients: int = 1000
     deadline_unix: float = 0.0
     trainers_may_fetch: bool = False
+    weighted: bool = False
+    """Each trainer shares ``[w·x, w]`` for its own weight ``0 <= w <= max_weight`` (one
+    extra ring element after the tensors), so the round reveals ``Σw·x`` and ``Σw``."""
+    max_weight: float = 0.0
+    """The largest weight a trainer may give (weighted rounds only; 0 otherwise)."""
     _digest: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,11 +89,28 @@ class RoundSpec:
             raise InvalidArgument(
                 f"max_clients ({self.max_clients}) must be >= min_clients ({self.min_clients})"
             )
-        safe = max_clients_for_bound(self.bound, self.precision_bits)
-        if self.max_clients > safe:
+        if self.weighted:
+            if not (math.isfinite(self.max_weight) and self.max_weight > 0):
+                raise InvalidArgument(
+                    f"a weighted round needs max_weight, a finite number > 0; got "
+                    f"{self.max_weight!r}"
+                )
+        elif self.max_weight != 0:
             raise InvalidArgument(
-                f"bound ±{self.bound} with {self.precision_bits} precision bits allows at most "
-                f"{safe} clients without wrapping the ring, but max_clients is {self.max_clients}"
+                f"max_weight ({self.max_weight!r}) is only for weighted rounds; this one is not"
+            )
+        try:
+            safe = max_clients_for_bound(self.coordinate_bound, self.precision_bits)
+        except ParameterError:
+            safe = 0
+        if self.max_clients > safe:
+            what = f"bound ±{self.bound}"
+            if self.weighted:
+                what += f" × max_weight {self.max_weight}"
+            allows = f"at most {safe} clients" if safe else "not even one client"
+            raise InvalidArgument(
+                f"{what} with {self.precision_bits} precision bits allows {allows} "
+                f"without wrapping the ring, but max_clients is {self.max_clients}"
             )
         if not math.isfinite(self.deadline_unix) or self.deadline_unix < 0:
             raise InvalidArgument(f"deadline_unix must be >= 0, got {self.deadline_unix!r}")
@@ -96,8 +118,23 @@ class RoundSpec:
 
     @property
     def length(self) -> int:
-        """Ring elements per client vector: the layout's total size."""
+        """Ring elements per client vector: the layout's total size, plus the weight's
+        element in a weighted round."""
+        return self.tensor_length + (1 if self.weighted else 0)
+
+    @property
+    def tensor_length(self) -> int:
+        """Ring elements that carry the tensors (the layout's total size)."""
         return sum(t.size for t in self.tensors)
+
+    @property
+    def coordinate_bound(self) -> float:
+        """The largest magnitude of any element a trainer encodes: ``bound``, or in a
+        weighted round ``max_weight · max(bound, 1)`` (``w·x`` and ``w`` itself). The
+        ring must hold ``max_clients`` of these without wrapping."""
+        if not self.weighted:
+            return self.bound
+        return self.max_weight * max(self.bound, 1.0)
 
     @property
     def fixed_point(self) -> FixedPoint:
@@ -121,6 +158,9 @@ class RoundSpec:
             "deadline_unix": float(self.deadline_unix).hex(),
             "trainers_may_fetch": self.trainers_may_fetch,
         }
+        if self.weighted:  # absent otherwise, so unweighted digests are as before
+            doc["weighted"] = True
+            doc["max_weight"] = float(self.max_weight).hex()
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -180,4 +220,6 @@ def spec_from_canonical(raw: bytes) -> RoundSpec:
         max_clients=doc["max_clients"],
         deadline_unix=float.fromhex(doc["deadline_unix"]),
         trainers_may_fetch=doc["trainers_may_fetch"],
+        weighted=doc.get("weighted", False),
+        max_weight=float.fromhex(doc["max_weight"]) if "max_weight" in doc else 0.0,
     )

@@ -36,12 +36,12 @@ from mpcagg.protocol.spec import (
     cohort_digest,
     spec_from_canonical,
 )
-from mpcagg.servers.round import Round, RoundState, UploadRecord
+from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
+from mpcagg.servers.round import Round, UploadRecord
 from mpcagg.servers.storage import Storage, UploadRow
 from mpcagg.servers.upload import (
     DIGEST_BYTES,
     BufferPool,
-    Receipt,
     UploadHeader,
     UploadSession,
 )
@@ -49,18 +49,6 @@ from mpcagg.servers.upload import (
 log = logging.getLogger("mpcagg.aggregator")
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    round_id: str
-    party: int
-    state: RoundState
-    spec_digest: bytes
-    received: int
-    cohort_size: int
-    cohort_digest: bytes
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +140,7 @@ class Aggregator:
 
     # --- rounds -------------------------------------------------------------------------
 
-    def create_round(self, spec: RoundSpec) -> Status:
+    def create_round(self, spec: RoundSpec) -> RoundStatus:
         """Create a round; repeating it with the same spec is acknowledged again."""
         if spec.n_parties != self.n_parties:
             raise InvalidArgument(
@@ -205,13 +193,13 @@ class Aggregator:
         with self._lock:
             return list(self._rounds.values())
 
-    def status(self, round_id: str) -> Status:
+    def status(self, round_id: str) -> RoundStatus:
         rnd = self.get(round_id)
         with rnd.lock:
             return self._status(rnd)
 
-    def _status(self, rnd: Round) -> Status:
-        return Status(
+    def _status(self, rnd: Round) -> RoundStatus:
+        return RoundStatus(
             round_id=rnd.spec.round_id,
             party=self.party,
             state=rnd.state,
@@ -224,7 +212,7 @@ class Aggregator:
 
     # --- uploads ------------------------------------------------------------------------
 
-    def begin_upload(self, h: UploadHeader) -> Receipt | UploadSession:
+    def begin_upload(self, h: UploadHeader) -> UploadAck | UploadSession:
         """Validate a header. Returns a receipt for an identical retry, else a session."""
         check_id("client id", h.client_id)
         rnd = self.get(h.round_id)
@@ -267,7 +255,7 @@ class Aggregator:
                     hmac.compare_digest(held.digest, h.payload_digest)
                     and held.sharing_id == h.sharing_id
                 ):
-                    return Receipt(
+                    return UploadAck(
                         h.round_id,
                         h.client_id,
                         self.party,
@@ -338,7 +326,7 @@ class Aggregator:
                 cohort_digest=rnd.cohort_digest,
             )
 
-    def commit(self, round_id: str, cohort: tuple[Holding, ...], digest: bytes) -> Status:
+    def commit(self, round_id: str, cohort: tuple[Holding, ...], digest: bytes) -> RoundStatus:
         """Fix the cohort and compute this party's aggregate share over exactly it.
 
         Every holding of ``cohort`` must be held here with that very sharing id;
@@ -436,7 +424,7 @@ class Aggregator:
             rnd.decided = cohort
             rnd.reason = "committing"
 
-    def fail(self, round_id: str, reason: str) -> Status:
+    def fail(self, round_id: str, reason: str) -> RoundStatus:
         """Mark the round FAILED (nothing will be revealed) and drop its shares."""
         rnd = self.get(round_id)
         with rnd.lock:
@@ -453,7 +441,7 @@ class Aggregator:
             log.warning("round %s failed: %s", round_id, reason)
             return self._status(rnd)
 
-    def aggregate_share(self, round_id: str) -> tuple[Status, RingVector]:
+    def aggregate_share(self, round_id: str) -> tuple[RoundStatus, RingVector]:
         """This party's aggregate share over the committed cohort."""
         rnd = self.get(round_id)
         with rnd.lock:

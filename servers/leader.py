@@ -22,9 +22,9 @@ import time
 
 from mpcagg.protocol.errors import NotFound, ServiceError
 from mpcagg.protocol.spec import Holding, cohort_digest
-from mpcagg.servers.aggregator import Aggregator, Manifest, Status
+from mpcagg.protocol.state import RoundState, RoundStatus
+from mpcagg.servers.aggregator import Aggregator, Manifest
 from mpcagg.servers.peers import PeerClient
-from mpcagg.servers.round import RoundState
 
 log = logging.getLogger("mpcagg.leader")
 
@@ -52,7 +52,7 @@ class Leader:
         with self._locks_guard:
             return self._locks.setdefault(round_id, threading.Lock())
 
-    def close(self, round_id: str) -> Status:
+    def close(self, round_id: str) -> RoundStatus:
         """Close ``round_id``; raises :class:`servers.errors.Unavailable` if a peer is down."""
         with self._lock_for(round_id):
             try:
@@ -61,7 +61,7 @@ class Leader:
                 self._agg.note(round_id, f"waiting: {exc}")
                 raise
 
-    def _close(self, round_id: str) -> Status:
+    def _close(self, round_id: str) -> RoundStatus:
         rnd = self._agg.get(round_id)
         status = self._agg.status(round_id)
         if status.state is RoundState.COMMITTED:
@@ -100,7 +100,7 @@ class Leader:
         log.info("round %s committed on all %d parties", round_id, len(self._peers) + 1)
         return status
 
-    def _fail(self, round_id: str, reason: str) -> Status:
+    def _fail(self, round_id: str, reason: str) -> RoundStatus:
         status = self._agg.fail(round_id, reason)
         self._fail_peers(round_id, reason, strict=False)
         return status

@@ -13,21 +13,13 @@ aggregate share is computed over exactly that cohort and never over another one
 
 from __future__ import annotations
 
-import enum
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from mpcagg.protocol.errors import RoundNotOpen
 from mpcagg.protocol.spec import Holding, RoundSpec
-
-
-class RoundState(enum.Enum):
-    OPEN = "OPEN"
-    CLOSING = "CLOSING"
-    COMMITTED = "COMMITTED"
-    FAILED = "FAILED"
-
+from mpcagg.protocol.state import RoundState
 
 _ALLOWED = {
     RoundState.OPEN: {RoundState.CLOSING, RoundState.FAILED},

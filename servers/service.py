@@ -15,17 +15,18 @@ import grpc
 
 from mpcagg.mpc.ring import RingVector
 from mpcagg.protocol.errors import Busy, InvalidArgument, PermissionDenied, RoundNotOpen
-from mpcagg.servers.aggregator import Aggregator, Status
+from mpcagg.protocol.state import RoundStatus, UploadAck
+from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.auth import Authenticator, PeerAuthenticator
-from mpcagg.servers.upload import Receipt, UploadSession
+from mpcagg.servers.upload import UploadSession
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from mpcagg.v1 import peer_pb2, peer_pb2_grpc
 from mpcagg.wire.convert import (
+    ack_to_proto,
     header_from_proto,
     holdings_from_proto,
     holdings_to_proto,
-    receipt_to_proto,
     spec_from_proto,
     state_to_proto,
     status_to_proto,
@@ -107,9 +108,9 @@ class AggregationService(pb_grpc.AggregationServicer):
         header = header_from_proto(first.header)
         self._auth.require_client(context, header.client_id)
         started = self._agg.begin_upload(header)
-        if isinstance(started, Receipt):
-            return receipt_to_proto(started)
-        return receipt_to_proto(_drive(started, request_iterator))
+        if isinstance(started, UploadAck):
+            return ack_to_proto(started)
+        return ack_to_proto(_drive(started, request_iterator))
 
     @grpc_errors
     def CloseRound(
@@ -153,7 +154,7 @@ class AggregationService(pb_grpc.AggregationServicer):
             self._download_slots.release()
 
     def _stream_share(
-        self, status: Status, vector: RingVector
+        self, status: RoundStatus, vector: RingVector
     ) -> Iterator[pb.AggregateShareMessage]:
         yield pb.AggregateShareMessage(
             header=pb.AggregateShareHeader(
@@ -170,7 +171,7 @@ class AggregationService(pb_grpc.AggregationServicer):
             yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + self._chunk]))
 
 
-def _drive(session: UploadSession, messages: Iterator[pb.UploadMessage]) -> Receipt:
+def _drive(session: UploadSession, messages: Iterator[pb.UploadMessage]) -> UploadAck:
     try:
         for msg in messages:
             body = msg.WhichOneof("body")

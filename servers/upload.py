@@ -20,7 +20,8 @@ import numpy as np
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.protocol.errors import InvalidArgument
-from mpcagg.servers.round import Round, RoundState, UploadRecord
+from mpcagg.protocol.state import RoundState, UploadAck
+from mpcagg.servers.round import Round, UploadRecord
 from mpcagg.servers.storage import DIRECT_ALIGN, UploadRow
 
 if TYPE_CHECKING:
@@ -78,16 +79,6 @@ class UploadHeader:
     payload_digest: bytes
     seed: bytes = field(default=b"", repr=False)
     spec_digest: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    round_id: str
-    client_id: str
-    party: int
-    payload_digest: bytes
-    duplicate: bool
-    sharing_id: bytes = b""
 
 
 class UploadSession:
@@ -150,7 +141,7 @@ class UploadSession:
             self._writer.write_at(raw[self._flushed : upto], self._flushed, direct=self._direct)
             self._flushed = upto
 
-    def finish(self) -> Receipt:
+    def finish(self) -> UploadAck:
         """Check completeness and digest, make durable, accumulate, acknowledge."""
         h = self.header
         if self._offset != self._total:
@@ -204,7 +195,7 @@ class UploadSession:
             rnd.changed.notify_all()
         self._release()
         self._agg.metrics_upload(self._total)
-        return Receipt(
+        return UploadAck(
             h.round_id,
             h.client_id,
             self._agg.party,

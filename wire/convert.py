@@ -3,11 +3,10 @@ transport that imports ``*_pb2``."""
 
 from __future__ import annotations
 
-from mpcagg.protocol.errors import InvalidArgument
+from mpcagg.protocol.errors import InvalidArgument, ProtocolError
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec
-from mpcagg.servers.aggregator import Status
-from mpcagg.servers.round import RoundState
-from mpcagg.servers.upload import Receipt, UploadHeader
+from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
+from mpcagg.servers.upload import UploadHeader
 from mpcagg.v1 import aggregation_pb2 as pb
 
 
@@ -23,6 +22,8 @@ def spec_from_proto(msg: pb.RoundSpec) -> RoundSpec:
         max_clients=msg.max_clients,
         deadline_unix=msg.deadline_unix,
         trainers_may_fetch=msg.trainers_may_fetch,
+        weighted=msg.weighted,
+        max_weight=msg.max_weight,
     )
 
 
@@ -37,6 +38,8 @@ def spec_to_proto(spec: RoundSpec) -> pb.RoundSpec:
         max_clients=spec.max_clients,
         deadline_unix=spec.deadline_unix,
         trainers_may_fetch=spec.trainers_may_fetch,
+        weighted=spec.weighted,
+        max_weight=spec.max_weight,
     )
 
 
@@ -59,7 +62,7 @@ def holdings_from_proto(held: object) -> tuple[Holding, ...]:
     return out
 
 
-def status_to_proto(s: Status, spec: RoundSpec | None = None) -> pb.RoundStatus:
+def status_to_proto(s: RoundStatus, spec: RoundSpec | None = None) -> pb.RoundStatus:
     return pb.RoundStatus(
         spec=spec_to_proto(spec) if spec is not None else None,
         round_id=s.round_id,
@@ -90,7 +93,7 @@ def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
     )
 
 
-def receipt_to_proto(r: Receipt) -> pb.UploadReceipt:
+def ack_to_proto(r: UploadAck) -> pb.UploadReceipt:
     return pb.UploadReceipt(
         round_id=r.round_id,
         client_id=r.client_id,
@@ -106,8 +109,45 @@ def state_to_proto(state: RoundState) -> pb.RoundState.ValueType:
 
 
 def state_from_proto(value: int) -> RoundState:
-    """The domain state; an unknown wire value reads as FAILED (never as revealable)."""
+    """The state a wire value names; an unknown value reads as UNKNOWN (never revealable)."""
     for state, wire in _STATES.items():
         if wire == value:
             return state
-    return RoundState.FAILED
+    return RoundState.UNKNOWN
+
+
+def create_round_request(spec: RoundSpec) -> pb.CreateRoundRequest:
+    return pb.CreateRoundRequest(spec=spec_to_proto(spec))
+
+
+def status_from_proto(msg: pb.RoundStatus) -> RoundStatus:
+    """A party's status as received; raises :class:`ProtocolError` for an invalid spec."""
+    state = state_from_proto(msg.state)
+    spec = None
+    if msg.HasField("spec"):
+        try:
+            spec = spec_from_proto(msg.spec)
+        except InvalidArgument as exc:
+            raise ProtocolError(f"party {msg.party} sent an invalid round spec: {exc}") from None
+    return RoundStatus(
+        round_id=msg.round_id,
+        party=msg.party,
+        state=state,
+        spec_digest=bytes(msg.spec_digest),
+        received=msg.received,
+        cohort_size=msg.cohort_size,
+        cohort_digest=bytes(msg.cohort_digest),
+        reason=msg.reason,
+        spec=spec,
+    )
+
+
+def ack_from_proto(msg: pb.UploadReceipt) -> UploadAck:
+    return UploadAck(
+        round_id=msg.round_id,
+        client_id=msg.client_id,
+        party=msg.party,
+        payload_digest=bytes(msg.payload_digest),
+        duplicate=msg.duplicate,
+        sharing_id=bytes(msg.sharing_id),
+    )

@@ -27,19 +27,19 @@ from mpcagg import (
     Collector,
     Receipt,
     RetryPolicy,
-    RoundInfo,
     RoundState,
+    RoundStatus,
     SecureAggregator,
     TensorLayout,
 )
-from mpcagg.clients.results import UploadAck
 from mpcagg.clients.transport import Transport
 from mpcagg.mpc import Seed, SharingContext, full_party_for, share
 from mpcagg.mpc.ring import DTYPE
 from mpcagg.ops.local import LocalCluster
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.spec import RoundSpec
-from mpcagg.wire import messages as wire
+from mpcagg.protocol.state import UploadAck
+from mpcagg.wire import framing as wire
 
 RPC_TIMEOUT_S = 10.0
 # min_cohort 1: some tests watch a single upload; the default floor (2) is tested in
@@ -132,15 +132,15 @@ class Rig:
         """Open ``round_id`` on every party (``kw`` as :meth:`Collector.open_round`)."""
         return self.collector.open_round(round_id, TensorLayout.from_shapes(shapes), **kw)
 
-    def status(self, round_id: str) -> dict[int, RoundInfo]:
+    def status(self, round_id: str) -> dict[int, RoundStatus]:
         return {info.party: info for info in self.collector.status(round_id)}
 
-    def all_in(self, round_id: str, state: RoundState) -> dict[int, RoundInfo] | None:
+    def all_in(self, round_id: str, state: RoundState) -> dict[int, RoundStatus] | None:
         """Every party's status if all of them are in ``state``, else None (for polling)."""
         statuses = self.status(round_id)
         return statuses if {s.state for s in statuses.values()} == {state} else None
 
-    def close(self, round_id: str, wait_s: float = 20.0) -> RoundInfo:
+    def close(self, round_id: str, wait_s: float = 20.0) -> RoundStatus:
         return self.collector.close(round_id, wait_s=wait_s)
 
     def spool_files(self, party: int, round_id: str) -> list[str]:

@@ -28,7 +28,7 @@ from mpcagg import (
 from mpcagg.mpc import full_party_for
 from mpcagg.protocol.spec import RoundSpec
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.wire import messages as wire
+from mpcagg.wire import framing as wire
 from tests.integration.conftest import (
     FAST_RETRY,
     NO_RETRY,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcagg.clients.results import UploadAck
+from mpcagg.protocol.state import UploadAck
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.wire import messages as wire
+from mpcagg.wire import framing as wire
 from tests.integration.conftest import Rig, running_cluster
 
 

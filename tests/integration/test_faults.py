@@ -18,7 +18,7 @@ from mpcagg.mpc import full_party_for
 from mpcagg.ops.local import LocalCluster
 from mpcagg.protocol.spec import RoundSpec
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.wire import messages as wire
+from mpcagg.wire import framing as wire
 from tests.integration.conftest import (
     RPC_TIMEOUT_S,
     Rig,

@@ -34,7 +34,7 @@ from mpcagg.protocol.spec import RoundSpec
 from mpcagg.servers import server as server_module
 from mpcagg.servers.logs import RedactFilter
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.wire.messages import PartyUpload
+from mpcagg.wire.framing import PartyUpload
 from tests.security.conftest import RPC_S, SecureEnv, full_upload, start_env
 
 pytestmark = pytest.mark.timeout(120)

@@ -54,7 +54,7 @@ from mpcagg.servers.server import RunningServer, start_server
 from mpcagg.servers.service import AggregationService
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
-from mpcagg.wire import messages as wire
+from mpcagg.wire import framing as wire
 from tests.security.conftest import RPC_S, assert_handshake_refused, error_of
 
 pytestmark = pytest.mark.timeout(180)

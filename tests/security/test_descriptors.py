@@ -109,7 +109,9 @@ def _responses() -> list[Descriptor]:
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)
+    if hasattr(field, "is_repeated"):  # protobuf >= 5.29
+        return bool(field.is_repeated)
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def test_the_rpc_surface_is_exactly_the_expected_one() -> None:

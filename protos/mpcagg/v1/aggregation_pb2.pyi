@@ -6,28 +6,28 @@ Wire format version 1: ring elements are little-endian uint64 (Z_2^64),
 fixed point with `precision_bits` fractional bits (CrypTen's encoding).
 """
 
-from collections import abc as _abc
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-import builtins as _builtins
+import builtins
+import collections.abc
+import google.protobuf.descriptor
+import google.protobuf.internal.containers
+import google.protobuf.internal.enum_type_wrapper
+import google.protobuf.message
 import sys
-import typing as _typing
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    import typing as typing_extensions
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    import typing_extensions
 
-DESCRIPTOR: _descriptor.FileDescriptor
+DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
 class _RoundState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
 
-class _RoundStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
+class _RoundStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_RoundState.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     ROUND_STATE_UNSPECIFIED: _RoundState.ValueType  # 0
     OPEN: _RoundState.ValueType  # 1
     CLOSING: _RoundState.ValueType  # 2
@@ -41,14 +41,14 @@ OPEN: RoundState.ValueType  # 1
 CLOSING: RoundState.ValueType  # 2
 COMMITTED: RoundState.ValueType  # 3
 FAILED: RoundState.ValueType  # 4
-Global___RoundState: _TypeAlias = RoundState  # noqa: Y015
+Global___RoundState: typing_extensions.TypeAlias = RoundState
 
 class _ShareKind:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
 
-class _ShareKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ShareKind.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
+class _ShareKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_ShareKind.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     SHARE_KIND_UNSPECIFIED: _ShareKind.ValueType  # 0
     SEED: _ShareKind.ValueType  # 1
     """the share is PRG(seed, context); `seed` carries 32 bytes, no chunks follow"""
@@ -62,408 +62,366 @@ SEED: ShareKind.ValueType  # 1
 """the share is PRG(seed, context); `seed` carries 32 bytes, no chunks follow"""
 FULL: ShareKind.ValueType  # 2
 """the share is `length` ring elements, sent in chunks after the header"""
-Global___ShareKind: _TypeAlias = ShareKind  # noqa: Y015
+Global___ShareKind: typing_extensions.TypeAlias = ShareKind
 
-@_typing.final
-class TensorSpec(_message.Message):
+@typing.final
+class TensorSpec(google.protobuf.message.Message):
     """One named tensor of the round's layout, flattened in row-major order."""
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    SHAPE_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    @_builtins.property
-    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    NAME_FIELD_NUMBER: builtins.int
+    SHAPE_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    @property
+    def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]: ...
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        shape: _abc.Iterable[_builtins.int] | None = ...,
+        name: builtins.str = ...,
+        shape: collections.abc.Iterable[builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "shape", b"shape"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name", "shape", b"shape"]) -> None: ...
 
-Global___TensorSpec: _TypeAlias = TensorSpec  # noqa: Y015
+Global___TensorSpec: typing_extensions.TypeAlias = TensorSpec
 
-@_typing.final
-class RoundSpec(_message.Message):
+@typing.final
+class RoundSpec(google.protobuf.message.Message):
     """Everything every server must agree on for a round (checked via spec_digest)."""
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    TENSORS_FIELD_NUMBER: _builtins.int
-    PRECISION_BITS_FIELD_NUMBER: _builtins.int
-    BOUND_FIELD_NUMBER: _builtins.int
-    MIN_CLIENTS_FIELD_NUMBER: _builtins.int
-    MAX_CLIENTS_FIELD_NUMBER: _builtins.int
-    DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
-    N_PARTIES_FIELD_NUMBER: _builtins.int
-    TRAINERS_MAY_FETCH_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    precision_bits: _builtins.int
-    bound: _builtins.float
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    TENSORS_FIELD_NUMBER: builtins.int
+    PRECISION_BITS_FIELD_NUMBER: builtins.int
+    BOUND_FIELD_NUMBER: builtins.int
+    MIN_CLIENTS_FIELD_NUMBER: builtins.int
+    MAX_CLIENTS_FIELD_NUMBER: builtins.int
+    DEADLINE_UNIX_FIELD_NUMBER: builtins.int
+    N_PARTIES_FIELD_NUMBER: builtins.int
+    TRAINERS_MAY_FETCH_FIELD_NUMBER: builtins.int
+    WEIGHTED_FIELD_NUMBER: builtins.int
+    MAX_WEIGHT_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    precision_bits: builtins.int
+    bound: builtins.float
     """per-coordinate |x| bound; sum of max_clients inputs never wraps"""
-    min_clients: _builtins.int
+    min_clients: builtins.int
     """below this, nothing is revealed"""
-    max_clients: _builtins.int
-    deadline_unix: _builtins.float
+    max_clients: builtins.int
+    deadline_unix: builtins.float
     """the leader closes the round at this time (0 = no deadline)"""
-    n_parties: _builtins.int
-    trainers_may_fetch: _builtins.bool
+    n_parties: builtins.int
+    trainers_may_fetch: builtins.bool
     """cohort trainers may fetch aggregate shares too"""
-    @_builtins.property
-    def tensors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
+    weighted: builtins.bool
+    """each trainer shares [w·x, w]: one more element after the tensors"""
+    max_weight: builtins.float
+    """weighted only: 0 <= w <= max_weight; bound × max_weight never wraps"""
+    @property
+    def tensors(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        tensors: _abc.Iterable[Global___TensorSpec] | None = ...,
-        precision_bits: _builtins.int = ...,
-        bound: _builtins.float = ...,
-        min_clients: _builtins.int = ...,
-        max_clients: _builtins.int = ...,
-        deadline_unix: _builtins.float = ...,
-        n_parties: _builtins.int = ...,
-        trainers_may_fetch: _builtins.bool = ...,
+        round_id: builtins.str = ...,
+        tensors: collections.abc.Iterable[Global___TensorSpec] | None = ...,
+        precision_bits: builtins.int = ...,
+        bound: builtins.float = ...,
+        min_clients: builtins.int = ...,
+        max_clients: builtins.int = ...,
+        deadline_unix: builtins.float = ...,
+        n_parties: builtins.int = ...,
+        trainers_may_fetch: builtins.bool = ...,
+        weighted: builtins.bool = ...,
+        max_weight: builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound", b"bound", "deadline_unix", b"deadline_unix", "max_clients", b"max_clients", "min_clients", b"min_clients", "n_parties", b"n_parties", "precision_bits", b"precision_bits", "round_id", b"round_id", "tensors", b"tensors", "trainers_may_fetch", b"trainers_may_fetch"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bound", b"bound", "deadline_unix", b"deadline_unix", "max_clients", b"max_clients", "max_weight", b"max_weight", "min_clients", b"min_clients", "n_parties", b"n_parties", "precision_bits", b"precision_bits", "round_id", b"round_id", "tensors", b"tensors", "trainers_may_fetch", b"trainers_may_fetch", "weighted", b"weighted"]) -> None: ...
 
-Global___RoundSpec: _TypeAlias = RoundSpec  # noqa: Y015
+Global___RoundSpec: typing_extensions.TypeAlias = RoundSpec
 
-@_typing.final
-class RoundStatus(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class RoundStatus(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
-    RECEIVED_FIELD_NUMBER: _builtins.int
-    COHORT_SIZE_FIELD_NUMBER: _builtins.int
-    COHORT_DIGEST_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    PARTY_FIELD_NUMBER: _builtins.int
-    SPEC_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: builtins.int
+    RECEIVED_FIELD_NUMBER: builtins.int
+    COHORT_SIZE_FIELD_NUMBER: builtins.int
+    COHORT_DIGEST_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    PARTY_FIELD_NUMBER: builtins.int
+    SPEC_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
     state: Global___RoundState.ValueType
-    spec_digest: _builtins.bytes
-    received: _builtins.int
+    spec_digest: builtins.bytes
+    received: builtins.int
     """uploads durably held by this server"""
-    cohort_size: _builtins.int
+    cohort_size: builtins.int
     """set once COMMITTED"""
-    cohort_digest: _builtins.bytes
+    cohort_digest: builtins.bytes
     """set once COMMITTED"""
-    reason: _builtins.str
+    reason: builtins.str
     """why FAILED, or what CLOSING waits for"""
-    party: _builtins.int
-    @_builtins.property
+    party: builtins.int
+    @property
     def spec(self) -> Global___RoundSpec:
         """the whole spec, so a trainer can join with the round id alone"""
 
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
+        round_id: builtins.str = ...,
         state: Global___RoundState.ValueType = ...,
-        spec_digest: _builtins.bytes = ...,
-        received: _builtins.int = ...,
-        cohort_size: _builtins.int = ...,
-        cohort_digest: _builtins.bytes = ...,
-        reason: _builtins.str = ...,
-        party: _builtins.int = ...,
+        spec_digest: builtins.bytes = ...,
+        received: builtins.int = ...,
+        cohort_size: builtins.int = ...,
+        cohort_digest: builtins.bytes = ...,
+        reason: builtins.str = ...,
+        party: builtins.int = ...,
         spec: Global___RoundSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_digest", b"cohort_digest", "cohort_size", b"cohort_size", "party", b"party", "reason", b"reason", "received", b"received", "round_id", b"round_id", "spec", b"spec", "spec_digest", b"spec_digest", "state", b"state"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def HasField(self, field_name: typing.Literal["spec", b"spec"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["cohort_digest", b"cohort_digest", "cohort_size", b"cohort_size", "party", b"party", "reason", b"reason", "received", b"received", "round_id", b"round_id", "spec", b"spec", "spec_digest", b"spec_digest", "state", b"state"]) -> None: ...
 
-Global___RoundStatus: _TypeAlias = RoundStatus  # noqa: Y015
+Global___RoundStatus: typing_extensions.TypeAlias = RoundStatus
 
-@_typing.final
-class CreateRoundRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class CreateRoundRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    SPEC_FIELD_NUMBER: _builtins.int
-    @_builtins.property
+    SPEC_FIELD_NUMBER: builtins.int
+    @property
     def spec(self) -> Global___RoundSpec: ...
     def __init__(
         self,
         *,
         spec: Global___RoundSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def HasField(self, field_name: typing.Literal["spec", b"spec"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["spec", b"spec"]) -> None: ...
 
-Global___CreateRoundRequest: _TypeAlias = CreateRoundRequest  # noqa: Y015
+Global___CreateRoundRequest: typing_extensions.TypeAlias = CreateRoundRequest
 
-@_typing.final
-class GetRoundRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class GetRoundRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
+        round_id: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["round_id", b"round_id"]) -> None: ...
 
-Global___GetRoundRequest: _TypeAlias = GetRoundRequest  # noqa: Y015
+Global___GetRoundRequest: typing_extensions.TypeAlias = GetRoundRequest
 
-@_typing.final
-class CloseRoundRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class CloseRoundRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
+        round_id: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["round_id", b"round_id"]) -> None: ...
 
-Global___CloseRoundRequest: _TypeAlias = CloseRoundRequest  # noqa: Y015
+Global___CloseRoundRequest: typing_extensions.TypeAlias = CloseRoundRequest
 
-@_typing.final
-class UploadHeader(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class UploadHeader(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    CLIENT_ID_FIELD_NUMBER: _builtins.int
-    SHARING_ID_FIELD_NUMBER: _builtins.int
-    PARTY_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    LENGTH_FIELD_NUMBER: _builtins.int
-    PAYLOAD_DIGEST_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    client_id: _builtins.str
-    sharing_id: _builtins.bytes
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    CLIENT_ID_FIELD_NUMBER: builtins.int
+    SHARING_ID_FIELD_NUMBER: builtins.int
+    PARTY_FIELD_NUMBER: builtins.int
+    KIND_FIELD_NUMBER: builtins.int
+    LENGTH_FIELD_NUMBER: builtins.int
+    PAYLOAD_DIGEST_FIELD_NUMBER: builtins.int
+    SEED_FIELD_NUMBER: builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    client_id: builtins.str
+    sharing_id: builtins.bytes
     """16 bytes, the same on every server and on every retry"""
-    party: _builtins.int
+    party: builtins.int
     """the receiving server's party index"""
     kind: Global___ShareKind.ValueType
-    length: _builtins.int
+    length: builtins.int
     """ring elements of the (expanded) share"""
-    payload_digest: _builtins.bytes
+    payload_digest: builtins.bytes
     """SHA-256 of the seed bytes or of the full share's bytes"""
-    seed: _builtins.bytes
+    seed: builtins.bytes
     """kind = SEED only"""
-    spec_digest: _builtins.bytes
+    spec_digest: builtins.bytes
     """the round spec the trainer shared under; if set, any other is refused"""
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        client_id: _builtins.str = ...,
-        sharing_id: _builtins.bytes = ...,
-        party: _builtins.int = ...,
+        round_id: builtins.str = ...,
+        client_id: builtins.str = ...,
+        sharing_id: builtins.bytes = ...,
+        party: builtins.int = ...,
         kind: Global___ShareKind.ValueType = ...,
-        length: _builtins.int = ...,
-        payload_digest: _builtins.bytes = ...,
-        seed: _builtins.bytes = ...,
-        spec_digest: _builtins.bytes = ...,
+        length: builtins.int = ...,
+        payload_digest: builtins.bytes = ...,
+        seed: builtins.bytes = ...,
+        spec_digest: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "length", b"length", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "seed", b"seed", "sharing_id", b"sharing_id", "spec_digest", b"spec_digest"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["client_id", b"client_id", "kind", b"kind", "length", b"length", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "seed", b"seed", "sharing_id", b"sharing_id", "spec_digest", b"spec_digest"]) -> None: ...
 
-Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
+Global___UploadHeader: typing_extensions.TypeAlias = UploadHeader
 
-@_typing.final
-class UploadMessage(_message.Message):
+@typing.final
+class UploadMessage(google.protobuf.message.Message):
     """A client-streaming upload: one header, then (kind = FULL) chunks of
     little-endian uint64 in order, 1-4 MiB each.
     """
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    HEADER_FIELD_NUMBER: _builtins.int
-    CHUNK_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
-    @_builtins.property
+    HEADER_FIELD_NUMBER: builtins.int
+    CHUNK_FIELD_NUMBER: builtins.int
+    chunk: builtins.bytes
+    @property
     def header(self) -> Global___UploadHeader: ...
     def __init__(
         self,
         *,
         header: Global___UploadHeader | None = ...,
-        chunk: _builtins.bytes = ...,
+        chunk: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
-    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+    def HasField(self, field_name: typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["body", b"body"]) -> typing.Literal["header", "chunk"] | None: ...
 
-Global___UploadMessage: _TypeAlias = UploadMessage  # noqa: Y015
+Global___UploadMessage: typing_extensions.TypeAlias = UploadMessage
 
-@_typing.final
-class Holding(_message.Message):
+@typing.final
+class Holding(google.protobuf.message.Message):
     """One client's sharing as a party holds it: the cohort is agreed over these pairs,
     so shares of two different sharings of one client are never summed together.
     """
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    CLIENT_ID_FIELD_NUMBER: _builtins.int
-    SHARING_ID_FIELD_NUMBER: _builtins.int
-    client_id: _builtins.str
-    sharing_id: _builtins.bytes
+    CLIENT_ID_FIELD_NUMBER: builtins.int
+    SHARING_ID_FIELD_NUMBER: builtins.int
+    client_id: builtins.str
+    sharing_id: builtins.bytes
     """16 bytes"""
     def __init__(
         self,
         *,
-        client_id: _builtins.str = ...,
-        sharing_id: _builtins.bytes = ...,
+        client_id: builtins.str = ...,
+        sharing_id: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "sharing_id", b"sharing_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["client_id", b"client_id", "sharing_id", b"sharing_id"]) -> None: ...
 
-Global___Holding: _TypeAlias = Holding  # noqa: Y015
+Global___Holding: typing_extensions.TypeAlias = Holding
 
-@_typing.final
-class UploadReceipt(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class UploadReceipt(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    CLIENT_ID_FIELD_NUMBER: _builtins.int
-    PARTY_FIELD_NUMBER: _builtins.int
-    PAYLOAD_DIGEST_FIELD_NUMBER: _builtins.int
-    DUPLICATE_FIELD_NUMBER: _builtins.int
-    SHARING_ID_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    client_id: _builtins.str
-    party: _builtins.int
-    payload_digest: _builtins.bytes
-    duplicate: _builtins.bool
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    CLIENT_ID_FIELD_NUMBER: builtins.int
+    PARTY_FIELD_NUMBER: builtins.int
+    PAYLOAD_DIGEST_FIELD_NUMBER: builtins.int
+    DUPLICATE_FIELD_NUMBER: builtins.int
+    SHARING_ID_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    client_id: builtins.str
+    party: builtins.int
+    payload_digest: builtins.bytes
+    duplicate: builtins.bool
     """an identical earlier upload was already acknowledged"""
-    sharing_id: _builtins.bytes
+    sharing_id: builtins.bytes
     """the sharing this party holds for the client"""
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        client_id: _builtins.str = ...,
-        party: _builtins.int = ...,
-        payload_digest: _builtins.bytes = ...,
-        duplicate: _builtins.bool = ...,
-        sharing_id: _builtins.bytes = ...,
+        round_id: builtins.str = ...,
+        client_id: builtins.str = ...,
+        party: builtins.int = ...,
+        payload_digest: builtins.bytes = ...,
+        duplicate: builtins.bool = ...,
+        sharing_id: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "duplicate", b"duplicate", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "sharing_id", b"sharing_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["client_id", b"client_id", "duplicate", b"duplicate", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "sharing_id", b"sharing_id"]) -> None: ...
 
-Global___UploadReceipt: _TypeAlias = UploadReceipt  # noqa: Y015
+Global___UploadReceipt: typing_extensions.TypeAlias = UploadReceipt
 
-@_typing.final
-class GetAggregateShareRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class GetAggregateShareRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
+        round_id: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["round_id", b"round_id"]) -> None: ...
 
-Global___GetAggregateShareRequest: _TypeAlias = GetAggregateShareRequest  # noqa: Y015
+Global___GetAggregateShareRequest: typing_extensions.TypeAlias = GetAggregateShareRequest
 
-@_typing.final
-class AggregateShareHeader(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class AggregateShareHeader(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    PARTY_FIELD_NUMBER: _builtins.int
-    LENGTH_FIELD_NUMBER: _builtins.int
-    COHORT_SIZE_FIELD_NUMBER: _builtins.int
-    COHORT_DIGEST_FIELD_NUMBER: _builtins.int
-    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    party: _builtins.int
-    length: _builtins.int
-    cohort_size: _builtins.int
-    cohort_digest: _builtins.bytes
-    spec_digest: _builtins.bytes
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    PARTY_FIELD_NUMBER: builtins.int
+    LENGTH_FIELD_NUMBER: builtins.int
+    COHORT_SIZE_FIELD_NUMBER: builtins.int
+    COHORT_DIGEST_FIELD_NUMBER: builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    party: builtins.int
+    length: builtins.int
+    cohort_size: builtins.int
+    cohort_digest: builtins.bytes
+    spec_digest: builtins.bytes
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        party: _builtins.int = ...,
-        length: _builtins.int = ...,
-        cohort_size: _builtins.int = ...,
-        cohort_digest: _builtins.bytes = ...,
-        spec_digest: _builtins.bytes = ...,
+        round_id: builtins.str = ...,
+        party: builtins.int = ...,
+        length: builtins.int = ...,
+        cohort_size: builtins.int = ...,
+        cohort_digest: builtins.bytes = ...,
+        spec_digest: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_digest", b"cohort_digest", "cohort_size", b"cohort_size", "length", b"length", "party", b"party", "round_id", b"round_id", "spec_digest", b"spec_digest"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort_digest", b"cohort_digest", "cohort_size", b"cohort_size", "length", b"length", "party", b"party", "round_id", b"round_id", "spec_digest", b"spec_digest"]) -> None: ...
 
-Global___AggregateShareHeader: _TypeAlias = AggregateShareHeader  # noqa: Y015
+Global___AggregateShareHeader: typing_extensions.TypeAlias = AggregateShareHeader
 
-@_typing.final
-class AggregateShareMessage(_message.Message):
+@typing.final
+class AggregateShareMessage(google.protobuf.message.Message):
     """Streamed reply: one header, then chunks of little-endian uint64."""
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    HEADER_FIELD_NUMBER: _builtins.int
-    CHUNK_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
-    @_builtins.property
+    HEADER_FIELD_NUMBER: builtins.int
+    CHUNK_FIELD_NUMBER: builtins.int
+    chunk: builtins.bytes
+    @property
     def header(self) -> Global___AggregateShareHeader: ...
     def __init__(
         self,
         *,
         header: Global___AggregateShareHeader | None = ...,
-        chunk: _builtins.bytes = ...,
+        chunk: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
-    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+    def HasField(self, field_name: typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["body", b"body", "chunk", b"chunk", "header", b"header"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["body", b"body"]) -> typing.Literal["header", "chunk"] | None: ...
 
-Global___AggregateShareMessage: _TypeAlias = AggregateShareMessage  # noqa: Y015
+Global___AggregateShareMessage: typing_extensions.TypeAlias = AggregateShareMessage

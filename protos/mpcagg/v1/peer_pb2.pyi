@@ -3,132 +3,116 @@
 isort:skip_file
 Server-to-server service (mutual TLS between parties only)."""
 
-from collections import abc as _abc
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-from mpcagg.v1 import aggregation_pb2 as _aggregation_pb2
-import builtins as _builtins
+import builtins
+import collections.abc
+import google.protobuf.descriptor
+import google.protobuf.internal.containers
+import google.protobuf.message
+import mpcagg.v1.aggregation_pb2
 import sys
-import typing as _typing
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    import typing as typing_extensions
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    import typing_extensions
 
-DESCRIPTOR: _descriptor.FileDescriptor
+DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
-@_typing.final
-class ManifestRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ManifestRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    spec_digest: _builtins.bytes
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    spec_digest: builtins.bytes
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        spec_digest: _builtins.bytes = ...,
+        round_id: builtins.str = ...,
+        spec_digest: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id", "spec_digest", b"spec_digest"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["round_id", b"round_id", "spec_digest", b"spec_digest"]) -> None: ...
 
-Global___ManifestRequest: _TypeAlias = ManifestRequest  # noqa: Y015
+Global___ManifestRequest: typing_extensions.TypeAlias = ManifestRequest
 
-@_typing.final
-class ManifestReply(_message.Message):
+@typing.final
+class ManifestReply(google.protobuf.message.Message):
     """What a party durably holds for a round; it stops accepting uploads first.
     (Fields 3-5 carried bare client ids and a checksum; TLS authenticates the reply.)
     """
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    PARTY_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    COHORT_DIGEST_FIELD_NUMBER: _builtins.int
-    HELD_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    party: _builtins.int
-    state: _aggregation_pb2.RoundState.ValueType
-    cohort_digest: _builtins.bytes
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    PARTY_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    COHORT_DIGEST_FIELD_NUMBER: builtins.int
+    HELD_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    party: builtins.int
+    state: mpcagg.v1.aggregation_pb2.RoundState.ValueType
+    cohort_digest: builtins.bytes
     """if already committed"""
-    @_builtins.property
-    def held(self) -> _containers.RepeatedCompositeFieldContainer[_aggregation_pb2.Holding]:
+    @property
+    def held(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[mpcagg.v1.aggregation_pb2.Holding]:
         """sorted by client id; the cohort once COMMITTED"""
 
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        party: _builtins.int = ...,
-        state: _aggregation_pb2.RoundState.ValueType = ...,
-        cohort_digest: _builtins.bytes = ...,
-        held: _abc.Iterable[_aggregation_pb2.Holding] | None = ...,
+        round_id: builtins.str = ...,
+        party: builtins.int = ...,
+        state: mpcagg.v1.aggregation_pb2.RoundState.ValueType = ...,
+        cohort_digest: builtins.bytes = ...,
+        held: collections.abc.Iterable[mpcagg.v1.aggregation_pb2.Holding] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_digest", b"cohort_digest", "held", b"held", "party", b"party", "round_id", b"round_id", "state", b"state"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort_digest", b"cohort_digest", "held", b"held", "party", b"party", "round_id", b"round_id", "state", b"state"]) -> None: ...
 
-Global___ManifestReply: _TypeAlias = ManifestReply  # noqa: Y015
+Global___ManifestReply: typing_extensions.TypeAlias = ManifestReply
 
-@_typing.final
-class CommitRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class CommitRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    COHORT_DIGEST_FIELD_NUMBER: _builtins.int
-    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
-    COHORT_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    cohort_digest: _builtins.bytes
-    spec_digest: _builtins.bytes
-    @_builtins.property
-    def cohort(self) -> _containers.RepeatedCompositeFieldContainer[_aggregation_pb2.Holding]:
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    COHORT_DIGEST_FIELD_NUMBER: builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: builtins.int
+    COHORT_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    cohort_digest: builtins.bytes
+    spec_digest: builtins.bytes
+    @property
+    def cohort(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[mpcagg.v1.aggregation_pb2.Holding]:
         """sorted by client id: the sharings every party holds"""
 
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        cohort_digest: _builtins.bytes = ...,
-        spec_digest: _builtins.bytes = ...,
-        cohort: _abc.Iterable[_aggregation_pb2.Holding] | None = ...,
+        round_id: builtins.str = ...,
+        cohort_digest: builtins.bytes = ...,
+        spec_digest: builtins.bytes = ...,
+        cohort: collections.abc.Iterable[mpcagg.v1.aggregation_pb2.Holding] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort", b"cohort", "cohort_digest", b"cohort_digest", "round_id", b"round_id", "spec_digest", b"spec_digest"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort", b"cohort", "cohort_digest", b"cohort_digest", "round_id", b"round_id", "spec_digest", b"spec_digest"]) -> None: ...
 
-Global___CommitRequest: _TypeAlias = CommitRequest  # noqa: Y015
+Global___CommitRequest: typing_extensions.TypeAlias = CommitRequest
 
-@_typing.final
-class FailRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class FailRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.str
-    reason: _builtins.str
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    round_id: builtins.str
+    reason: builtins.str
     def __init__(
         self,
         *,
-        round_id: _builtins.str = ...,
-        reason: _builtins.str = ...,
+        round_id: builtins.str = ...,
+        reason: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason", "round_id", b"round_id"]) -> None: ...
 
-Global___FailRequest: _TypeAlias = FailRequest  # noqa: Y015
+Global___FailRequest: typing_extensions.TypeAlias = FailRequest

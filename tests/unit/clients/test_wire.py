@@ -7,11 +7,12 @@ import hashlib
 import numpy as np
 import pytest
 
-from mpcagg.clients.results import RoundState
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
 from mpcagg.protocol.errors import ProtocolError
+from mpcagg.protocol.state import RoundState
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.wire.messages import PartyUpload, read_aggregate_share, round_info, upload_messages
+from mpcagg.wire.convert import status_from_proto
+from mpcagg.wire.framing import PartyUpload, read_aggregate_share, upload_messages
 
 SHARING_ID = bytes(range(16))
 
@@ -130,6 +131,6 @@ def test_read_aggregate_share_refuses_malformed_streams() -> None:
 
 
 def test_round_info_maps_states() -> None:
-    info = round_info(pb.RoundStatus(round_id="r", state=pb.COMMITTED, party=2, cohort_size=4))
+    info = status_from_proto(pb.RoundStatus(round_id="r", state=pb.COMMITTED, party=2, cohort_size=4))
     assert info.state is RoundState.COMMITTED and info.state.final and info.party == 2
-    assert round_info(pb.RoundStatus(round_id="r")).state is RoundState.UNKNOWN
+    assert status_from_proto(pb.RoundStatus(round_id="r")).state is RoundState.UNKNOWN

@@ -15,9 +15,9 @@ import pytest
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import ConfigError, InvalidArgument, RoundNotOpen
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, check_id, cohort_digest
+from mpcagg.protocol.state import RoundState
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.leader import Leader
-from mpcagg.servers.round import RoundState
 from mpcagg.servers.storage import Storage
 from mpcagg.servers.upload import UploadHeader, UploadSession
 from tests.unit.servers.test_cohort import (

@@ -1,5 +1,5 @@
-"""Conversion between the v1 wire messages and client types (with transport, the
-only client module that imports ``*_pb2``)."""
+"""Chunk framing of the v1 streams: an upload out (header, then chunks) and an aggregate
+share in (header, then chunks), with the bounds checked on the way."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcagg.clients.results import AggregateShare, RoundInfo, RoundState, UploadAck
+from mpcagg.clients.results import AggregateShare
 from mpcagg.mpc import SeedShare, Share
 from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, to_bytes
-from mpcagg.protocol.errors import InvalidArgument, ProtocolError
-from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
+from mpcagg.protocol.errors import ProtocolError
+from mpcagg.protocol.spec import SHARING_ID_BYTES
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.wire.convert import spec_from_proto, spec_to_proto
 
 __all__ = [
     "SHARING_ID_BYTES",
     "PartyUpload",
-    "create_round_request",
     "read_aggregate_share",
-    "round_info",
-    "upload_ack",
     "upload_messages",
 ]
 
@@ -108,43 +104,6 @@ def upload_messages(
         yield pb.UploadMessage(chunk=bytes(data[start:stop]))
         if on_progress is not None:
             on_progress(stop)
-
-
-def create_round_request(spec: RoundSpec) -> pb.CreateRoundRequest:
-    return pb.CreateRoundRequest(spec=spec_to_proto(spec))
-
-
-def round_info(msg: pb.RoundStatus) -> RoundInfo:
-    try:
-        state = RoundState(int(msg.state))
-    except ValueError:
-        state = RoundState.UNKNOWN
-    spec = None
-    if msg.HasField("spec"):
-        try:
-            spec = spec_from_proto(msg.spec)
-        except InvalidArgument as exc:
-            raise ProtocolError(f"party {msg.party} sent an invalid round spec: {exc}") from None
-    return RoundInfo(
-        round_id=msg.round_id,
-        party=msg.party,
-        state=state,
-        spec_digest=bytes(msg.spec_digest),
-        received=msg.received,
-        cohort_size=msg.cohort_size,
-        cohort_digest=bytes(msg.cohort_digest),
-        reason=msg.reason,
-        spec=spec,
-    )
-
-
-def upload_ack(msg: pb.UploadReceipt) -> UploadAck:
-    return UploadAck(
-        party=msg.party,
-        payload_digest=bytes(msg.payload_digest),
-        duplicate=msg.duplicate,
-        sharing_id=bytes(msg.sharing_id),
-    )
 
 
 def read_aggregate_share(

@@ -1,0 +1,1 @@
+"""Flower integration (placeholder while it is written)."""

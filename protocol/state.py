@@ -1,0 +1,70 @@
+"""What both roles say about a round: its state, one party's status of it, and one
+party's acknowledgement of one upload.
+
+::
+
+    OPEN ──manifest──▶ CLOSING ──commit(cohort)──▶ COMMITTED
+      │                   │
+      └──────fail─────────┴──────▶ FAILED
+
+``UNKNOWN`` is never a party's state: it is what a client reports for a party it could
+not reach, or for a state value it does not know.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from mpcagg.protocol.spec import RoundSpec
+
+LEADER = 0
+"""The party that closes rounds: it gathers manifests and commits the cohort everywhere."""
+
+
+class RoundState(enum.Enum):
+    """A round's state at one party."""
+
+    UNKNOWN = "UNKNOWN"
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"
+    COMMITTED = "COMMITTED"
+    FAILED = "FAILED"
+
+    @property
+    def final(self) -> bool:
+        """Whether the round has finished (committed or failed)."""
+        return self in (RoundState.COMMITTED, RoundState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStatus:
+    """One party's view of a round (GetRound, CreateRound, CloseRound, Commit, Fail)."""
+
+    round_id: str
+    party: int
+    state: RoundState
+    spec_digest: bytes = b""
+    received: int = 0
+    """Uploads this party durably holds."""
+    cohort_size: int = 0
+    """Set once COMMITTED."""
+    cohort_digest: bytes = b""
+    """Set once COMMITTED: :func:`mpcagg.protocol.spec.cohort_digest` of the cohort."""
+    reason: str = ""
+    """Why FAILED, or what CLOSING waits for."""
+    spec: RoundSpec | None = field(default=None, repr=False, compare=False)
+    """The round's whole spec (its digest is ``spec_digest``), where the party sent it."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadAck:
+    """One party's acknowledgement that it durably holds one client's share."""
+
+    round_id: str
+    client_id: str
+    party: int
+    payload_digest: bytes
+    duplicate: bool
+    """An identical upload (same sharing, same bytes) had been acknowledged before."""
+    sharing_id: bytes = b""
