@@ -42,7 +42,7 @@ import numpy as np
 from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
 from mpcagg.ops.credentials import KeyPair, issue_client_cert, load_key_pair, provision_dev
 from mpcagg.protocol.cluster import Limits
-from mpcagg.servers.identity import check_role, client_from_auth_context
+from mpcagg.protocol.identity import check_role, client_from_auth_context
 from mpcagg.servers.storage import SpoolWriter
 from mpcagg.v1 import aggregation_pb2 as pb
 

@@ -44,7 +44,7 @@ from mpcagg import ClientCredentials
 from mpcagg.ops.credentials import issue_client_cert, load_key_pair
 from mpcagg.ops.local import LocalCluster
 from mpcagg.protocol.cluster import ClusterConfig, Limits
-from mpcagg.servers.identity import Role
+from mpcagg.protocol.identity import Role
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

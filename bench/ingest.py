@@ -269,7 +269,7 @@ def server(
     from mpcagg.ops.credentials import issue_client_cert, load_key_pair
     from mpcagg.protocol.cluster import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
     from mpcagg.protocol.spec import RoundSpec, TensorSpec
-    from mpcagg.servers.server import start_server
+    from mpcagg.servers.server import create_server
     from mpcagg.servers.service import AggregationService
 
     workdir = workdir / ("profiled" if profile else "unprofiled")
@@ -294,7 +294,7 @@ def server(
     )
     ca = load_key_pair(creds.ca_cert, creds.ca_key)
     results: dict[str, Any] = {"runs": []}
-    running = start_server(config, 0)
+    running = create_server(config, 0)
     try:
         live = config.model_copy(
             update={

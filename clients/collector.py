@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import TensorLayout
-from mpcagg.clients.results import AggregateResult, AggregateShare
+from mpcagg.clients.results import AggregateResult
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
 from mpcagg.clients.weighting import Mean, split_weighted, weighted_mean
@@ -35,7 +35,7 @@ from mpcagg.protocol.errors import (
     ServiceError,
 )
 from mpcagg.protocol.spec import RoundSpec
-from mpcagg.protocol.state import RoundState, RoundStatus
+from mpcagg.protocol.state import AggregateShare, RoundState, RoundStatus
 
 LEADER = 0
 
@@ -103,8 +103,9 @@ class Collector:
         that already exists with the same spec succeeds. A ``weighted`` round takes one
         weight ``0..max_weight`` from each trainer (``submit(..., weight=n_examples)``) and
         reveals the weighted mean; ``max_clients × max_weight × bound`` must fit the ring.
-        Raises :class:`InputError` for invalid parameters, :class:`ProtocolError` if a server answers another digest,
-        or the first server error (naming which parties did create the round).
+        Raises :class:`InputError` for invalid parameters, :class:`ProtocolError` if a
+        server answers another digest, or the first server error (naming which parties
+        did create the round).
         """
         layout = TensorLayout.of(tensors_or_model)
         if deadline_s is not None and not deadline_s > 0:

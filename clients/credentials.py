@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mpcagg.protocol.errors import ConfigError, InputError, InvalidArgument
+from mpcagg.protocol.identity import Identity, certificate_identity
 from mpcagg.protocol.spec import check_id
-from mpcagg.servers.identity import Identity, certificate_identity
 
 PathLike = str | Path
 

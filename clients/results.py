@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    pass
+    from mpcagg.clients.weighting import Mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,30 +57,21 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
-class AggregateShare:
-    """One party's aggregate share as received (header fields and the ring vector)."""
-
-    party: int
-    round_id: str
-    cohort_size: int
-    cohort_digest: bytes
-    spec_digest: bytes
-    vector: npt.NDArray[np.uint64] = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class AggregateResult:
     """The revealed aggregate of a round: float64 tensors in their original shapes.
 
-    ``sum`` is the exact decoded sum of the cohort's fixed-point inputs; ``mean`` is
-    ``sum / cohort_size``. Arrays are read-only.
+    ``sum`` is the exact decoded sum of the cohort's fixed-point inputs (in a weighted
+    round, of ``w·x``); ``mean`` says which mean it is (``mean.kind``): ``sum /
+    cohort_size``, or in a weighted round ``Σw·x / total_weight``. Arrays are read-only.
     """
 
     round_id: str
     sum: Mapping[str, npt.NDArray[np.float64]] = field(repr=False)
-    mean: Mapping[str, npt.NDArray[np.float64]] = field(repr=False)
+    mean: Mean = field(repr=False)
     cohort_size: int
     cohort_digest: bytes
+    total_weight: float | None = None
+    """``Σw`` over the cohort in a weighted round (exact for integer weights), else None."""
 
     def as_torch(self, which: Literal["mean", "sum"] = "mean", dtype: Any = None) -> dict[str, Any]:
         """The ``mean`` (or ``sum``) as torch tensors, e.g. for ``load_state_dict``.
@@ -96,5 +87,6 @@ class AggregateResult:
     def __repr__(self) -> str:
         return (
             f"AggregateResult(round_id={self.round_id!r}, tensors={list(self.sum)}, "
-            f"cohort_size={self.cohort_size}, cohort_digest={self.cohort_digest.hex()[:16]}…)"
+            f"cohort_size={self.cohort_size}, cohort_digest={self.cohort_digest.hex()[:16]}…"
+            + (f", total_weight={self.total_weight:g})" if self.total_weight is not None else ")")
         )

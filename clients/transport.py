@@ -33,12 +33,10 @@ from mpcagg.clients.credentials import (
     read_file,
     resolve_client_id,
 )
-from mpcagg.clients.results import AggregateShare
 from mpcagg.protocol.cluster import ClusterConfig, load_cluster
 from mpcagg.protocol.errors import ConfigError, MpcaggError, ServiceError, Unavailable
 from mpcagg.protocol.spec import RoundSpec
-from mpcagg.protocol.state import RoundStatus, UploadAck
-from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.protocol.state import AggregateShare, RoundStatus, UploadAck
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from mpcagg.wire import convert
 from mpcagg.wire import framing as wire
@@ -197,18 +195,18 @@ class Transport:
     def get_round(self, party: int, round_id: str) -> RoundStatus:
         with _rpc(party, "GetRound"):
             msg = self._stub(party).GetRound(
-                pb.GetRoundRequest(round_id=round_id), **self._call_options()
+                convert.get_round_request(round_id), **self._call_options()
             )
         return convert.status_from_proto(msg)
 
     def close_round(self, party: int, round_id: str, timeout: float | None = None) -> RoundStatus:
         with _rpc(party, "CloseRound"):
             msg = self._stub(party).CloseRound(
-                pb.CloseRoundRequest(round_id=round_id), **self._call_options(timeout)
+                convert.close_round_request(round_id), **self._call_options(timeout)
             )
         return convert.status_from_proto(msg)
 
-    def upload(self, party: int, messages: Iterator[pb.UploadMessage]) -> UploadAck:
+    def upload(self, party: int, messages: Iterator[Any]) -> UploadAck:
         with _rpc(party, "Upload"):
             msg = self._stub(party).Upload(messages, **self._call_options())
         return convert.ack_from_proto(msg)
@@ -216,7 +214,7 @@ class Transport:
     def aggregate_share(self, party: int, round_id: str) -> AggregateShare:
         with _rpc(party, "GetAggregateShare"):
             stream = self._stub(party).GetAggregateShare(
-                pb.GetAggregateShareRequest(round_id=round_id), **self._call_options()
+                convert.aggregate_share_request(round_id), **self._call_options()
             )
             try:
                 return wire.read_aggregate_share(

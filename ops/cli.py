@@ -219,7 +219,7 @@ def certs_client(
 ) -> None:
     """Issue a client certificate (mutual TLS) for a trainer or the collector."""
     from mpcagg.ops.pki import issue_client_cert, load_key_pair, write_key_pair
-    from mpcagg.servers.identity import check_role
+    from mpcagg.protocol.identity import check_role
 
     try:
         ca = load_key_pair(directory / "ca.pem", directory / "ca-key.pem")

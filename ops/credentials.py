@@ -38,13 +38,11 @@ from mpcagg.ops.pki import (
     issue_client_cert,
     issue_party_cert,
     load_key_pair,
-    read_pem,
     write_key_pair,
     write_private_pem,
     write_public_pem,
 )
-from mpcagg.protocol.spec import check_id
-from mpcagg.servers.identity import (
+from mpcagg.protocol.identity import (
     ROLES,
     AuthContext,
     Identity,
@@ -55,7 +53,9 @@ from mpcagg.servers.identity import (
     client_uri,
     party_from_auth_context,
     party_uri,
+    read_pem,
 )
+from mpcagg.protocol.spec import check_id
 
 __all__ = [
     "ROLES",

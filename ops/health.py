@@ -9,9 +9,9 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mpcagg.ops.pki import read_pem
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.identity import read_pem
 
 
 def check_health(cluster: ClusterConfig, party: int, *, timeout: float = 5.0) -> bool:

@@ -20,7 +20,6 @@ from typing import Any, TypedDict
 
 from mpcagg.ops.credentials import CertFiles, provision_client, provision_dev
 from mpcagg.ops.health import check_health
-from mpcagg.ops.pki import read_pem
 from mpcagg.protocol.cluster import (
     ClusterConfig,
     Limits,
@@ -30,6 +29,7 @@ from mpcagg.protocol.cluster import (
     load_cluster,
 )
 from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.identity import read_pem
 
 
 class ClientFiles(TypedDict, total=False):

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mpcagg.protocol.identity import MAX_PARTY, Role, check_role, client_uri, party_uri, read_pem
 from mpcagg.protocol.spec import check_id
-from mpcagg.servers.identity import MAX_PARTY, Role, check_role, client_uri, party_uri
 
 Clock = Callable[[], float]
 """Seconds since the epoch; ``time.time`` in production, a fake in tests."""
@@ -165,14 +165,6 @@ def write_private_pem(path: Path | str, pem: bytes) -> None:
 def write_public_pem(path: Path | str, pem: bytes) -> None:
     """Atomically write ``pem`` to ``path`` with mode 0644."""
     _write_atomic(Path(path), pem, 0o644)
-
-
-def read_pem(path: Path | str) -> bytes:
-    """The bytes of a PEM file; ``ValueError`` naming the file if it holds no PEM block."""
-    data = Path(path).read_bytes()
-    if b"-----BEGIN " not in data:
-        raise ValueError(f"{path} does not contain a PEM block")
-    return data
 
 
 def write_key_pair(pair: KeyPair, cert_path: Path | str, key_path: Path | str) -> None:

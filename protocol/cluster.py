@@ -11,14 +11,27 @@ Example (paths are relative to the file's own directory)::
     [limits]
     max_vector_length = 100_000_000
 
+    [metrics]                          # absent: no metrics endpoint (or --metrics-address)
+    address = "127.0.0.1:9464"         # Prometheus /metrics of the server reading this file
+
+    [retention]                        # what each server's periodic clean-up removes
+    keep_rounds = 0                    # finished rounds kept (0: no count limit)
+    keep_days = 30                     # finished rounds kept this long (0: forever)
+    open_max_age_days = 7              # OPEN rounds without a deadline fail after this
+
     [[parties]]
     id = 0
-    address = "127.0.0.1:50051"         # trainers and the collector (mutual TLS)
-    peer_address = "127.0.0.1:50061"    # other parties only (mutual TLS)
+    address = "127.0.0.1:50051"         # trainers and the collector dial this (mutual TLS)
+    peer_address = "127.0.0.1:50061"    # other parties only dial this (mutual TLS)
+    listen_address = "0.0.0.0:50051"    # server side only: what it binds (default: address)
+    peer_listen_address = "0.0.0.0:50061"  # server side only (default: peer_address)
     data_dir = "data/party-0"          # server side only
     cert = "certs/party-0.pem"         # server side only
     key = "certs/party-0-key.pem"      # server side only
 
+``address`` and ``peer_address`` are what the party *advertises*: what everyone dials,
+and what its certificate must name. ``listen_address`` and ``peer_listen_address`` are
+what it *binds* (all interfaces, a NAT's inside address, a pod's IP), when that differs.
 A party whose address has port 0 binds an ephemeral port (local clusters and
 tests); its real address is read again from this file when it is dialled.
 """
@@ -70,23 +83,64 @@ class Limits(_Strict):
         return self
 
 
+def _check_host_port(v: str | None) -> str | None:
+    if v is None:
+        return v
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"address must be host:port, got {v!r}")
+    return v
+
+
+class MetricsConfig(_Strict):
+    """``[metrics]``: where a server serves Prometheus metrics (``/metrics``, plain HTTP)."""
+
+    address: str
+
+    _host_port = field_validator("address")(_check_host_port)
+
+
+class Retention(_Strict):
+    """``[retention]``: what each server's periodic clean-up removes (see servers/retention).
+
+    A finished (COMMITTED or FAILED) round is pruned (its rows, spool and aggregate file)
+    once it is not among the newest ``keep_rounds`` finished rounds, or finished more than
+    ``keep_days`` ago; 0 disables either limit. An OPEN round without a deadline fails
+    (nothing is revealed) once older than ``open_max_age_days`` (0: never).
+    """
+
+    keep_rounds: int = Field(default=0, ge=0)
+    keep_days: float = Field(default=30.0, ge=0)
+    open_max_age_days: float = Field(default=7.0, ge=0)
+    interval_s: float = Field(default=600.0, gt=0)
+
+
 class PartyConfig(_Strict):
     id: int = Field(ge=0, lt=64)
     address: str
+    """Advertised: trainers and the collector dial it; the party certificate names its host."""
     peer_address: str | None = None  # required by servers; client-only files may omit it
+    listen_address: str | None = None
+    """What the server binds for its client port (default: ``address``)."""
+    peer_listen_address: str | None = None
+    """What the server binds for its peer port (default: ``peer_address``)."""
     data_dir: Path | None = None
     cert: Path | None = None
     key: Path | None = None
 
-    @field_validator("address", "peer_address")
-    @classmethod
-    def _host_port(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError(f"address must be host:port, got {v!r}")
-        return v
+    _host_port = field_validator(
+        "address", "peer_address", "listen_address", "peer_listen_address"
+    )(_check_host_port)
+
+    @property
+    def client_bind(self) -> str:
+        """The address the server listens on for trainers and the collector."""
+        return self.listen_address or self.address
+
+    @property
+    def peer_bind(self) -> str | None:
+        """The address the server listens on for the other parties."""
+        return self.peer_listen_address or self.peer_address
 
     @property
     def port(self) -> int:
@@ -102,6 +156,8 @@ class ClusterConfig(_Strict):
     engine: Literal["numpy", "crypten"] = "numpy"
     tls: TlsConfig | None = None
     limits: Limits = Limits()
+    metrics: MetricsConfig | None = None
+    retention: Retention = Retention()
     parties: list[PartyConfig]
     source: Path | None = Field(default=None, exclude=True)
 
@@ -203,10 +259,18 @@ def dump_cluster(config: ClusterConfig) -> str:
     for key, value in config.limits.model_dump().items():
         lines.append(f"{key} = {value!r}")
     lines.append("")
+    if config.metrics is not None:
+        lines += ["[metrics]", f"address = {_q(config.metrics.address)}", ""]
+    lines.append("[retention]")
+    for key, value in config.retention.model_dump().items():
+        lines.append(f"{key} = {value!r}")
+    lines.append("")
     for p in config.ordered_parties():
         lines += ["[[parties]]", f"id = {p.id}", f"address = {_q(p.address)}"]
-        if p.peer_address is not None:
-            lines.append(f"peer_address = {_q(p.peer_address)}")
+        for key in ("peer_address", "listen_address", "peer_listen_address"):
+            value = getattr(p, key)
+            if value is not None:
+                lines.append(f"{key} = {_q(value)}")
         for key in ("data_dir", "cert", "key"):
             value = getattr(p, key)
             if value is not None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from mpcagg.protocol.spec import RoundSpec
+import numpy as np
+import numpy.typing as npt
+
+from mpcagg.protocol.spec import Holding, RoundSpec
 
 LEADER = 0
 """The party that closes rounds: it gathers manifests and commits the cohort everywhere."""
@@ -68,3 +71,51 @@ class UploadAck:
     duplicate: bool
     """An identical upload (same sharing, same bytes) had been acknowledged before."""
     sharing_id: bytes = b""
+
+
+class ShareKind(enum.StrEnum):
+    """What an upload carries: a 32-byte seed the party expands itself, or the full share."""
+
+    SEED = "seed"
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadHeader:
+    """The header of one upload, as a party receives it (validated by the party)."""
+
+    round_id: str
+    client_id: str
+    sharing_id: bytes
+    party: int
+    kind: ShareKind
+    length: int
+    """Ring elements of the (expanded) share."""
+    payload_digest: bytes
+    seed: bytes = field(default=b"", repr=False)
+    """``kind`` SEED only: the 32-byte seed."""
+    spec_digest: bytes = b""
+    """The round spec the trainer shared under; if set, a party holding another refuses."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What one party holds for a closing round (its cohort once COMMITTED)."""
+
+    round_id: str
+    party: int
+    held: tuple[Holding, ...]
+    state: RoundState
+    cohort_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateShare:
+    """One party's aggregate share as received (header fields and the ring vector)."""
+
+    party: int
+    round_id: str
+    cohort_size: int
+    cohort_digest: bytes
+    spec_digest: bytes
+    vector: npt.NDArray[np.uint64] = field(repr=False)

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,9 +24,11 @@ from mpcagg.protocol.errors import (
     InvalidArgument,
     LimitExceeded,
     NotFound,
+    PermissionDenied,
     RoundNotOpen,
     Unavailable,
 )
+from mpcagg.protocol.identity import Identity
 from mpcagg.protocol.spec import (
     SHARING_ID_BYTES,
     Holding,
@@ -36,30 +37,14 @@ from mpcagg.protocol.spec import (
     cohort_digest,
     spec_from_canonical,
 )
-from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
+from mpcagg.protocol.state import Manifest, RoundState, RoundStatus, UploadAck, UploadHeader
 from mpcagg.servers.round import Round, UploadRecord
 from mpcagg.servers.storage import Storage, UploadRow
-from mpcagg.servers.upload import (
-    DIGEST_BYTES,
-    BufferPool,
-    UploadHeader,
-    UploadSession,
-)
+from mpcagg.servers.upload import DIGEST_BYTES, BufferPool, UploadSession
 
 log = logging.getLogger("mpcagg.aggregator")
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """What one party holds for a closing round (its cohort once COMMITTED)."""
-
-    round_id: str
-    party: int
-    held: tuple[Holding, ...]
-    state: RoundState
-    cohort_digest: bytes
 
 
 class Aggregator:
@@ -326,13 +311,22 @@ class Aggregator:
                 cohort_digest=rnd.cohort_digest,
             )
 
-    def commit(self, round_id: str, cohort: tuple[Holding, ...], digest: bytes) -> RoundStatus:
+    def commit(
+        self,
+        round_id: str,
+        cohort: tuple[Holding, ...],
+        digest: bytes,
+        spec_digest: bytes | None = None,
+    ) -> RoundStatus:
         """Fix the cohort and compute this party's aggregate share over exactly it.
 
-        Every holding of ``cohort`` must be held here with that very sharing id;
+        Every holding of ``cohort`` must be held here with that very sharing id, and
+        ``spec_digest`` (when given: the leader always sends it) must be this party's;
         anything else is refused (INVALID_ARGUMENT) before the round changes state.
         """
         rnd = self.get(round_id)
+        if spec_digest is not None and not hmac.compare_digest(spec_digest, rnd.spec.digest):
+            raise InvalidArgument("commit names a different round spec than this party holds")
         cohort = tuple(sorted(cohort))
         if cohort_digest(cohort) != digest:
             raise InvalidArgument("cohort digest does not match the cohort's holdings")
@@ -441,9 +435,26 @@ class Aggregator:
             log.warning("round %s failed: %s", round_id, reason)
             return self._status(rnd)
 
-    def aggregate_share(self, round_id: str) -> tuple[RoundStatus, RingVector]:
-        """This party's aggregate share over the committed cohort."""
+    def aggregate_share(
+        self, round_id: str, caller: Identity | None = None
+    ) -> tuple[RoundStatus, RingVector]:
+        """This party's aggregate share over the committed cohort.
+
+        The collector may fetch it; a trainer only if the round's spec allows it and the
+        trainer is in the cohort (PERMISSION_DENIED otherwise, decided before the round's
+        state is looked at, so a trainer learns nothing about a round it may not fetch).
+        ``caller`` None: no identity checks (``--insecure``).
+        """
         rnd = self.get(round_id)
+        if (
+            caller is not None
+            and caller.role != "collector"
+            and not (rnd.spec.trainers_may_fetch and rnd.in_cohort(caller.client_id))
+        ):
+            raise PermissionDenied(
+                "only the collector, or a cohort trainer when the round allows it, "
+                "may fetch aggregate shares"
+            )
         with rnd.lock:
             rnd.require(RoundState.COMMITTED)
             if rnd.cohort is None or len(rnd.cohort) < rnd.spec.min_clients:

@@ -11,21 +11,22 @@ returns None.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
-from mpcagg.ops.pki import Clock
 from mpcagg.protocol.errors import PermissionDenied, Unauthenticated
-from mpcagg.servers.identity import (
+from mpcagg.protocol.identity import (
     Identity,
     Role,
     client_from_auth_context,
     party_from_auth_context,
 )
+from mpcagg.protocol.state import LEADER
 
-LEADER = 0
+Clock = Callable[[], float]
 EXPECTED = (
     "expected a client certificate issued by the cluster CA naming "
     "mpcagg://trainer/<id> or mpcagg://collector/<id> (mutual TLS on the client port)"

@@ -19,22 +19,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from mpcagg.protocol.errors import NotFound, ServiceError
 from mpcagg.protocol.spec import Holding, cohort_digest
-from mpcagg.protocol.state import RoundState, RoundStatus
-from mpcagg.servers.aggregator import Aggregator, Manifest
-from mpcagg.servers.peers import PeerClient
+from mpcagg.protocol.state import Manifest, RoundState, RoundStatus
+from mpcagg.servers.aggregator import Aggregator
+from mpcagg.servers.peers import LocalPeer, Peer
 
 log = logging.getLogger("mpcagg.leader")
+_CLOSING = RoundState.CLOSING
 
 
 class Leader:
     """Runs on party 0: closes rounds on request and at their deadline."""
 
-    def __init__(self, aggregator: Aggregator, peers: list[PeerClient]) -> None:
+    def __init__(self, aggregator: Aggregator, peers: Sequence[Peer]) -> None:
         self._agg = aggregator
-        self._peers = peers
+        self._peers = list(peers)
+        self._local = LocalPeer(aggregator)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._stop = threading.Event()
@@ -72,11 +75,13 @@ class Leader:
         spec = rnd.spec
         cohort = rnd.decided
         if cohort is None:
-            manifests = [self._agg.manifest(round_id, spec.digest)]
-            manifests += [p.manifest(round_id, spec.digest) for p in self._peers]
-            failed = [m for m in manifests if m.state is RoundState.FAILED]
-            if failed:
-                return self._fail(round_id, f"party {failed[0].party} reports the round FAILED")
+            manifests = [p.manifest(round_id, spec.digest) for p in (self._local, *self._peers)]
+            failed = [m for m in manifests if m.state not in (_CLOSING, RoundState.COMMITTED)]
+            if failed:  # FAILED, or a state this party cannot read: nothing is revealed
+                first = failed[0]
+                return self._fail(
+                    round_id, f"party {first.party} reports the round {first.state.value}"
+                )
             cohort, split = _intersection(manifests)
             if split:
                 log.warning(
@@ -96,7 +101,8 @@ class Leader:
         digest = cohort_digest(cohort)
         for peer in self._peers:
             peer.commit(round_id, cohort, digest, spec.digest)
-        status = self._agg.commit(round_id, cohort, digest)
+        self._local.commit(round_id, cohort, digest, spec.digest)  # last: it answers CloseRound
+        status = self._agg.status(round_id)
         log.info("round %s committed on all %d parties", round_id, len(self._peers) + 1)
         return status
 

@@ -1,19 +1,68 @@
-"""Clients for the other parties' Peer service (mutual TLS with this party's certificate)."""
+"""The parties the leader coordinates, behind one interface: :class:`Peer`.
+
+:class:`LocalPeer` is the leader's own aggregator; :class:`PeerClient` is another
+party's Peer service (mutual TLS with this party's certificate). The leader calls
+both alike, by method.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.spec import Holding
-from mpcagg.servers.aggregator import Manifest
-from mpcagg.v1 import peer_pb2, peer_pb2_grpc
-from mpcagg.wire.convert import holdings_from_proto, holdings_to_proto, state_from_proto
+from mpcagg.protocol.state import Manifest
+from mpcagg.v1 import peer_pb2_grpc
+from mpcagg.wire import convert
 from mpcagg.wire.status import translate
+
+if TYPE_CHECKING:
+    from mpcagg.servers.aggregator import Aggregator
+
+
+class Peer(Protocol):
+    """A party as the leader sees it. Every method raises the party's
+    :class:`mpcagg.protocol.errors.ServiceError` (Unavailable when unreachable)."""
+
+    party: int
+
+    def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
+        """Stop accepting uploads for the round and report what is held."""
+        ...
+
+    def commit(
+        self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
+    ) -> None:
+        """Fix the cohort and compute the aggregate share over exactly it."""
+        ...
+
+    def fail(self, round_id: str, reason: str) -> None:
+        """Mark the round FAILED and drop its shares."""
+        ...
+
+
+class LocalPeer:
+    """The leader's own party."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self._agg = aggregator
+        self.party = aggregator.party
+
+    def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
+        return self._agg.manifest(round_id, spec_digest)
+
+    def commit(
+        self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
+    ) -> None:
+        self._agg.commit(round_id, cohort, digest, spec_digest)
+
+    def fail(self, round_id: str, reason: str) -> None:
+        self._agg.fail(round_id, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,40 +118,26 @@ class PeerClient:
                 self._target = target
             return self._stub
 
-    def _call(self, name: str, request: object) -> object:
+    def _call(self, method: str, call: Callable[[Any], Any]) -> Any:
         try:
-            return getattr(self._get_stub(), name)(request, timeout=self._timeout)
+            return call(self._get_stub())
         except grpc.RpcError as exc:
-            raise translate(exc, self.party, name) from None
+            raise translate(exc, self.party, method) from None
 
     def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
-        reply = self._call(
-            "Manifest", peer_pb2.ManifestRequest(round_id=round_id, spec_digest=spec_digest)
-        )
-        assert isinstance(reply, peer_pb2.ManifestReply)
-        return Manifest(
-            round_id=reply.round_id,
-            party=reply.party,
-            held=holdings_from_proto(reply.held),
-            state=state_from_proto(reply.state),
-            cohort_digest=reply.cohort_digest,
-        )
+        request = convert.manifest_request(round_id, spec_digest)
+        reply = self._call("Manifest", lambda s: s.Manifest(request, timeout=self._timeout))
+        return convert.manifest_from_proto(reply)
 
     def commit(
         self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
     ) -> None:
-        self._call(
-            "Commit",
-            peer_pb2.CommitRequest(
-                round_id=round_id,
-                cohort=holdings_to_proto(cohort),
-                cohort_digest=digest,
-                spec_digest=spec_digest,
-            ),
-        )
+        request = convert.commit_request(round_id, cohort, digest, spec_digest)
+        self._call("Commit", lambda s: s.Commit(request, timeout=self._timeout))
 
     def fail(self, round_id: str, reason: str) -> None:
-        self._call("Fail", peer_pb2.FailRequest(round_id=round_id, reason=reason))
+        request = convert.fail_request(round_id, reason)
+        self._call("Fail", lambda s: s.Fail(request, timeout=self._timeout))
 
     def close(self) -> None:
         with self._lock:

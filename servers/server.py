@@ -22,11 +22,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, start_http_server
 
 from mpcagg.mpc.engines import get_engine
-from mpcagg.ops.pki import read_pem
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.identity import read_pem
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.auth import Authenticator, PeerAuthenticator
+from mpcagg.servers.interceptor import ServiceInterceptor
 from mpcagg.servers.leader import Leader
 from mpcagg.servers.peers import PeerTls, peer_clients
 from mpcagg.servers.service import AggregationService, PeerService
@@ -75,8 +76,13 @@ def _on_upload(nbytes: int) -> None:
     UPLOAD_BYTES.inc(nbytes)
 
 
-def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) -> RunningServer:
-    """Start party ``party`` of ``cluster``. Raises :class:`ConfigError` for missing material."""
+def create_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) -> RunningServer:
+    """Start party ``party`` of ``cluster`` in this process and return it (its ``port``
+    and ``peer_port`` are the bound ports; a configured port 0 binds an ephemeral one).
+
+    Usable in-process by tests; :func:`serve_forever` runs it until a signal. Raises
+    :class:`ConfigError` for missing material or an address that cannot be bound.
+    """
     me = cluster.party(party)
     if me.data_dir is None:
         raise ConfigError(f"party {party} has no data_dir in the cluster file")
@@ -119,32 +125,26 @@ def start_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) 
     # Uploads are capped by the servicer at max_concurrent_streams with a clear error; the
     # rest of the pool keeps health checks and status queries answered while uploads are at
     # their cap (peer calls have a server of their own). gRPC's own limit is only a backstop.
-    workers = limits.max_concurrent_streams + CONTROL_RPCS
+    workers = limits.max_concurrent_streams + limits.max_aggregate_streams + CONTROL_RPCS
+    interceptor = ServiceInterceptor(
+        Authenticator(enforcing=peer_tls is not None),
+        PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None),
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=workers,
+        interceptors=[interceptor],
     )
     peer_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=CONTROL_RPCS, thread_name_prefix="peer-rpc"),
         options=options,
+        interceptors=[interceptor],
     )
     aggregation_pb2_grpc.add_AggregationServicer_to_server(
-        AggregationService(
-            aggregator,
-            Authenticator(enforcing=peer_tls is not None),
-            leader,
-            limits.chunk_bytes,
-            max_uploads=limits.max_concurrent_streams,
-        ),
-        server,
+        AggregationService(aggregator, leader, limits), server
     )
-    peer_pb2_grpc.add_PeerServicer_to_server(
-        PeerService(
-            aggregator, PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None)
-        ),
-        peer_server,
-    )
+    peer_pb2_grpc.add_PeerServicer_to_server(PeerService(aggregator), peer_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_server)
@@ -194,7 +194,7 @@ def serve_forever(
     metrics_port: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
-    running = start_server(cluster, party, insecure=insecure)
+    running = create_server(cluster, party, insecure=insecure)
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.protocol.errors import InvalidArgument
-from mpcagg.protocol.state import RoundState, UploadAck
+from mpcagg.protocol.state import RoundState, UploadAck, UploadHeader
 from mpcagg.servers.round import Round, UploadRecord
 from mpcagg.servers.storage import DIRECT_ALIGN, UploadRow
 
@@ -66,19 +65,6 @@ class BufferPool:
             if self._kept + buffer.nbytes <= self._keep:
                 self._free.setdefault(len(buffer), []).append(buffer)
                 self._kept += buffer.nbytes
-
-
-@dataclass(frozen=True, slots=True)
-class UploadHeader:
-    round_id: str
-    client_id: str
-    sharing_id: bytes
-    party: int
-    kind: str  # "seed" | "full"
-    length: int
-    payload_digest: bytes
-    seed: bytes = field(default=b"", repr=False)
-    spec_digest: bytes = b""
 
 
 class UploadSession:

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from mpcagg.protocol.errors import InvalidArgument, ProtocolError
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec
-from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
-from mpcagg.servers.upload import UploadHeader
+from mpcagg.protocol.state import (
+    Manifest,
+    RoundState,
+    RoundStatus,
+    ShareKind,
+    UploadAck,
+    UploadHeader,
+)
 from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.v1 import peer_pb2
 
 
 def spec_from_proto(msg: pb.RoundSpec) -> RoundSpec:
@@ -43,7 +50,7 @@ def spec_to_proto(spec: RoundSpec) -> pb.RoundSpec:
     )
 
 
-_KINDS = {pb.SEED: "seed", pb.FULL: "full"}
+_KINDS = {pb.SEED: ShareKind.SEED, pb.FULL: ShareKind.FULL}
 _STATES = {
     RoundState.OPEN: pb.OPEN,
     RoundState.CLOSING: pb.CLOSING,
@@ -151,3 +158,67 @@ def ack_from_proto(msg: pb.UploadReceipt) -> UploadAck:
         duplicate=msg.duplicate,
         sharing_id=bytes(msg.sharing_id),
     )
+
+
+def manifest_to_proto(m: Manifest) -> peer_pb2.ManifestReply:
+    return peer_pb2.ManifestReply(
+        round_id=m.round_id,
+        party=m.party,
+        held=holdings_to_proto(m.held),
+        state=state_to_proto(m.state),
+        cohort_digest=m.cohort_digest,
+    )
+
+
+def manifest_from_proto(reply: peer_pb2.ManifestReply) -> Manifest:
+    """A peer's manifest; raises :class:`InvalidArgument` for malformed holdings."""
+    return Manifest(
+        round_id=reply.round_id,
+        party=reply.party,
+        held=holdings_from_proto(reply.held),
+        state=state_from_proto(reply.state),
+        cohort_digest=bytes(reply.cohort_digest),
+    )
+
+
+def commit_request(
+    round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
+) -> peer_pb2.CommitRequest:
+    return peer_pb2.CommitRequest(
+        round_id=round_id,
+        cohort=holdings_to_proto(cohort),
+        cohort_digest=digest,
+        spec_digest=spec_digest,
+    )
+
+
+def commit_from_proto(
+    request: peer_pb2.CommitRequest,
+) -> tuple[str, tuple[Holding, ...], bytes, bytes]:
+    """``(round_id, cohort, cohort_digest, spec_digest)`` of a Commit."""
+    return (
+        request.round_id,
+        holdings_from_proto(request.cohort),
+        bytes(request.cohort_digest),
+        bytes(request.spec_digest),
+    )
+
+
+def manifest_request(round_id: str, spec_digest: bytes) -> peer_pb2.ManifestRequest:
+    return peer_pb2.ManifestRequest(round_id=round_id, spec_digest=spec_digest)
+
+
+def fail_request(round_id: str, reason: str) -> peer_pb2.FailRequest:
+    return peer_pb2.FailRequest(round_id=round_id, reason=reason)
+
+
+def get_round_request(round_id: str) -> pb.GetRoundRequest:
+    return pb.GetRoundRequest(round_id=round_id)
+
+
+def close_round_request(round_id: str) -> pb.CloseRoundRequest:
+    return pb.CloseRoundRequest(round_id=round_id)
+
+
+def aggregate_share_request(round_id: str) -> pb.GetAggregateShareRequest:
+    return pb.GetAggregateShareRequest(round_id=round_id)

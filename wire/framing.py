@@ -9,17 +9,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcagg.clients.results import AggregateShare
 from mpcagg.mpc import SeedShare, Share
-from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, to_bytes
-from mpcagg.protocol.errors import ProtocolError
+from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, RingVector, to_bytes
+from mpcagg.protocol.errors import InvalidArgument, ProtocolError
 from mpcagg.protocol.spec import SHARING_ID_BYTES
+from mpcagg.protocol.state import AggregateShare, RoundStatus, UploadHeader
 from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.wire.convert import header_from_proto
 
 __all__ = [
     "SHARING_ID_BYTES",
     "PartyUpload",
+    "aggregate_messages",
     "read_aggregate_share",
+    "read_upload",
     "upload_messages",
 ]
 
@@ -153,3 +156,46 @@ def read_aggregate_share(
         spec_digest=bytes(h.spec_digest),
         vector=vector,
     )
+
+
+def aggregate_messages(
+    status: RoundStatus, vector: RingVector, chunk_bytes: int
+) -> Iterator[pb.AggregateShareMessage]:
+    """The server stream of one aggregate share: a header, then the little-endian
+    uint64 vector in chunks of at most ``chunk_bytes``."""
+    yield pb.AggregateShareMessage(
+        header=pb.AggregateShareHeader(
+            round_id=status.round_id,
+            party=status.party,
+            length=len(vector),
+            cohort_size=status.cohort_size,
+            cohort_digest=status.cohort_digest,
+            spec_digest=status.spec_digest,
+        )
+    )
+    raw = to_bytes(vector)
+    for start in range(0, len(raw), chunk_bytes):
+        yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + chunk_bytes]))
+
+
+def read_upload(messages: Iterator[pb.UploadMessage]) -> tuple[UploadHeader, Iterator[bytes]]:
+    """Split an upload stream into its header and its chunks (read lazily).
+
+    Raises :class:`InvalidArgument` if the stream does not start with a header; the
+    chunk iterator raises it for a second header or an empty message.
+    """
+    first = next(messages, None)
+    if first is None or first.WhichOneof("body") != "header":
+        raise InvalidArgument("an upload starts with a header message; got a chunk or nothing")
+
+    def chunks() -> Iterator[bytes]:
+        for msg in messages:
+            body = msg.WhichOneof("body")
+            if body == "chunk":
+                yield msg.chunk
+            elif body == "header":
+                raise InvalidArgument("a second header arrived after the upload started")
+            else:
+                raise InvalidArgument("upload message carries neither a header nor a chunk")
+
+    return header_from_proto(first.header), chunks()

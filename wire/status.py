@@ -1,16 +1,15 @@
 """The one table mapping service errors to gRPC status codes, and back.
 
-Servicers wrap every handler with :func:`grpc_errors`; clients and the leader's peer
-calls translate a received status back with :func:`translate`. Unexpected exceptions become
+The server's interceptor (:mod:`mpcagg.servers.interceptor`) aborts every refused call
+with :func:`abort`; clients and the leader's peer calls translate a received status
+back with :func:`translate`. Unexpected exceptions become
 INTERNAL with a generic message (details go to the log, never to the caller).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 import grpc
 
@@ -71,50 +70,8 @@ def bounded(detail: str) -> str:
     return detail[: MAX_DETAIL_CHARS - 1] + "…"
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def grpc_errors(method: F) -> F:
-    """Translate domain errors raised by a unary or client-streaming handler."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except grpc.RpcError as exc:
-            # Raised by a request stream the client cancelled or broke off: not a
-            # server fault. The handler has already cleaned up (e.g. aborted the upload).
-            log.info("%s: the client went away mid-call (%s)", method.__name__, _short(exc))
-            context.abort(grpc.StatusCode.CANCELLED, "the request stream ended abnormally")
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            abort(context, exc)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _short(exc: grpc.RpcError) -> str:
-    code = exc.code() if hasattr(exc, "code") else None
-    return code.name if code is not None else type(exc).__name__
-
-
-def grpc_stream_errors(method: F) -> F:
-    """Translate domain errors raised by a server-streaming handler (a generator)."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from method(self, request, context)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            abort(context, exc)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _is_abort(exc: BaseException) -> bool:
+def is_abort(exc: BaseException) -> bool:
+    """Whether ``exc`` is gRPC's own signal that ``context.abort`` was called."""
     # grpc's context.abort raises a bare Exception subclass private to grpc.
     return type(exc).__module__.startswith("grpc") and not isinstance(exc, grpc.RpcError)
 

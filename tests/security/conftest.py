@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mpcagg.ops.credentials import KeyPair, issue_client_cert, issue_party_cert, load_key_pair
 from mpcagg.ops.local import LocalCluster
-from mpcagg.servers.identity import Role
+from mpcagg.protocol.identity import Role
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from mpcagg.v1 import peer_pb2, peer_pb2_grpc

@@ -48,9 +48,9 @@ from mpcagg.mpc import Seed, SharingContext, full_party_for, share
 from mpcagg.ops.credentials import KeyPair, create_ca, issue_client_cert, load_key_pair
 from mpcagg.ops.local import LocalCluster
 from mpcagg.protocol.cluster import load_cluster
+from mpcagg.protocol.identity import Identity, client_from_auth_context
 from mpcagg.protocol.spec import RoundSpec
-from mpcagg.servers.identity import Identity, client_from_auth_context
-from mpcagg.servers.server import RunningServer, start_server
+from mpcagg.servers.server import RunningServer, create_server
 from mpcagg.servers.service import AggregationService
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
@@ -165,7 +165,7 @@ class ColludingCluster(LocalCluster):
         if party == HONEST:
             super().start_party(party, wait=wait, timeout=timeout)
             return
-        running = start_server(load_cluster(self.cluster_file), party)
+        running = create_server(load_cluster(self.cluster_file), party)
         self.colluders[party] = running
         port_file = self.directory / f"party-{party}.port"
         port_file.write_text(f"{running.port} {running.peer_port}\n")

@@ -172,6 +172,7 @@ def test_only_aggregate_share_chunks_carry_ring_data() -> None:
         "AggregateShareHeader.length",
         "TensorSpec.shape",  # dimensions
         "RoundSpec.bound",  # the public per-coordinate bound
+        "RoundSpec.max_weight",  # the public largest weight of a weighted round
         "RoundSpec.deadline_unix",
     }
 

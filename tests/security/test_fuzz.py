@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from mpcagg import Collector, SecureAggregator
 from mpcagg.ops.credentials import KeyPair
+from mpcagg.protocol.identity import Role
 from mpcagg.protocol.spec import Holding, RoundSpec, cohort_digest
-from mpcagg.servers.identity import Role
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (

@@ -35,7 +35,7 @@ from mpcagg.ops.credentials import (
 )
 from mpcagg.protocol.cluster import ClusterConfig, PartyConfig, TlsConfig, dump_cluster
 from mpcagg.protocol.errors import ConfigError
-from mpcagg.servers.server import start_server
+from mpcagg.servers.server import create_server
 from mpcagg.v1 import aggregation_pb2 as pb
 from tests.security.conftest import (
     RPC_S,
@@ -194,18 +194,18 @@ def test_server_cli_refuses_to_start_without_tls(tmp_path: Path) -> None:
 
 def test_start_server_refuses_half_configured_tls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="without TLS unless started with --insecure"):
-        start_server(_plain_cluster(tmp_path), 1)
+        create_server(_plain_cluster(tmp_path), 1)
     pki = provision_dev(tmp_path / "pki", 2)
     no_party_cert = _plain_cluster(tmp_path, tls=TlsConfig(ca=pki.ca_cert))
     with pytest.raises(ConfigError, match="needs cert and key"):
-        start_server(no_party_cert, 1)
+        create_server(no_party_cert, 1)
 
 
 def test_insecure_start_logs_a_loud_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="mpcagg.server")
-    running = start_server(_plain_cluster(tmp_path), 1, insecure=True)
+    running = create_server(_plain_cluster(tmp_path), 1, insecure=True)
     try:
         warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert any("WITHOUT TLS OR AUTHENTICATION" in r.getMessage() for r in warnings)

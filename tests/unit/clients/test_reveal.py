@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from mpcagg import Collector, ProtocolError
-from mpcagg.clients.results import AggregateShare
 from mpcagg.mpc.ring import DTYPE
 from mpcagg.protocol.cluster import ClusterConfig, PartyConfig
 from mpcagg.protocol.spec import RoundSpec, TensorSpec
+from mpcagg.protocol.state import AggregateShare
 
 SPEC = RoundSpec(
     "r7", (TensorSpec("a", (3,)), TensorSpec("b", (2, 2))), 2, bound=1.0, max_clients=14

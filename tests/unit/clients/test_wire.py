@@ -131,6 +131,8 @@ def test_read_aggregate_share_refuses_malformed_streams() -> None:
 
 
 def test_round_info_maps_states() -> None:
-    info = status_from_proto(pb.RoundStatus(round_id="r", state=pb.COMMITTED, party=2, cohort_size=4))
+    info = status_from_proto(
+        pb.RoundStatus(round_id="r", state=pb.COMMITTED, party=2, cohort_size=4)
+    )
     assert info.state is RoundState.COMMITTED and info.state.final and info.party == 2
     assert status_from_proto(pb.RoundStatus(round_id="r")).state is RoundState.UNKNOWN

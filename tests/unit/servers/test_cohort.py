@@ -18,11 +18,11 @@ from mpcagg.mpc.engines import NumpyEngine
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import InvalidArgument, NotFound, Unavailable
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, cohort_digest
-from mpcagg.protocol.state import RoundState
-from mpcagg.servers.aggregator import Aggregator, Manifest
+from mpcagg.protocol.state import Manifest, RoundState, UploadHeader
+from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.leader import Leader
 from mpcagg.servers.storage import Storage
-from mpcagg.servers.upload import UploadHeader, UploadSession
+from mpcagg.servers.upload import UploadSession
 
 N = 3
 LENGTH = 8

@@ -15,11 +15,11 @@ import pytest
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import ConfigError, InvalidArgument, RoundNotOpen
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, check_id, cohort_digest
-from mpcagg.protocol.state import RoundState
+from mpcagg.protocol.state import RoundState, UploadHeader
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.leader import Leader
 from mpcagg.servers.storage import Storage
-from mpcagg.servers.upload import UploadHeader, UploadSession
+from mpcagg.servers.upload import UploadSession
 from tests.unit.servers.test_cohort import (
     LENGTH,
     SHARING,

@@ -13,9 +13,10 @@ from mpcagg.mpc.engines import NumpyEngine
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import InvalidArgument
 from mpcagg.protocol.spec import RoundSpec, TensorSpec
+from mpcagg.protocol.state import UploadHeader
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.storage import DIRECT_ALIGN, SpoolWriter, Storage
-from mpcagg.servers.upload import BufferPool, UploadHeader, UploadSession, aligned_empty
+from mpcagg.servers.upload import BufferPool, UploadSession, aligned_empty
 
 LENGTH = 3 * DIRECT_ALIGN // 8 + 5  # not a multiple of the O_DIRECT alignment
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Literal, TypeGuard, get_args
 
 from cryptography import x509
@@ -186,3 +187,11 @@ def _uris(entries: Mapping[str, list[bytes]]) -> set[bytes]:
     """URI SANs: grpc lists them under ``peer_uri`` and, mixed with DNS/IP, under the SAN key."""
     candidates = [*entries.get("peer_uri", []), *entries.get("x509_subject_alternative_name", [])]
     return {value for value in candidates if b"://" in value}
+
+
+def read_pem(path: Path | str) -> bytes:
+    """The bytes of a PEM file; ``ValueError`` naming the file if it holds no PEM block."""
+    data = Path(path).read_bytes()
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{path} does not contain a PEM block")
+    return data
