@@ -17,20 +17,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mpcagg.clients.broadcast import broadcast, round_statuses
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import TensorLayout
 from mpcagg.clients.results import AggregateResult
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
 from mpcagg.clients.weighting import Mean, split_weighted, weighted_mean
-from mpcagg.mpc.ring import add_, zeros
+from mpcagg.mpc import ring
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import (
     AlreadyExists,
     CloseTimeout,
     InputError,
     InvalidArgument,
-    MpcaggError,
     ProtocolError,
     ServiceError,
 )
@@ -131,9 +131,7 @@ class Collector:
 
         def create(party: int) -> RoundStatus:
             try:
-                return t.retrying(
-                    lambda: t.create_round(party, spec), what=f"CreateRound at {party}"
-                )
+                return t.create_round(party, spec)
             except AlreadyExists:
                 # A retried create whose first attempt went through, or a re-open with
                 # the same spec: accept it if the server holds exactly this spec.
@@ -142,17 +140,15 @@ class Collector:
                     raise
                 return info
 
-        outcomes = t.each_party(create)
-        errors = [o for o in outcomes.values() if isinstance(o, MpcaggError)]
-        created = [p for p, o in outcomes.items() if isinstance(o, RoundStatus)]
-        if errors:
-            errors[0].add_note(f"round {round_id!r} was created at parties {created}")
-            raise errors[0]
-        wrong = [
-            p
-            for p, o in outcomes.items()
-            if isinstance(o, RoundStatus) and o.spec_digest != spec.digest
-        ]
+        outcomes = broadcast(t, create, what="CreateRound")
+        created = sorted(outcomes.acknowledged)
+        note = f"round {round_id!r} was created at parties {created}"
+        outcomes.raise_refusal(note)
+        if outcomes.unreachable:
+            first = outcomes.unreachable[min(outcomes.unreachable)]
+            first.add_note(note)
+            raise first
+        wrong = [p for p, o in outcomes.acknowledged.items() if o.spec_digest != spec.digest]
         if wrong:
             raise ProtocolError(
                 f"round {round_id!r}: parties {wrong} answered a spec digest other than "
@@ -166,19 +162,13 @@ class Collector:
         A server that stays unreachable after retries shows as ``RoundState.UNKNOWN``
         with the reason; any other server error is raised.
         """
-        t = self._transport
-        outcomes = t.each_party(
-            lambda p: t.retrying(lambda: t.get_round(p, round_id), what=f"GetRound at {p}")
-        )
-        infos = []
-        for party, outcome in outcomes.items():
-            if isinstance(outcome, RoundStatus):
-                infos.append(outcome)
-            elif getattr(outcome, "transient", False):
-                infos.append(RoundStatus(round_id, party, RoundState.UNKNOWN, reason=str(outcome)))
-            else:
-                raise outcome
-        return infos
+        outcomes = round_statuses(self._transport, round_id)
+        outcomes.raise_refusal()
+        unknown = {
+            p: RoundStatus(round_id, p, RoundState.UNKNOWN, reason=reason)
+            for p, reason in outcomes.reasons().items()
+        }
+        return [s for _, s in sorted({**outcomes.acknowledged, **unknown}.items())]
 
     def close(self, round_id: str, wait_s: float = 30.0) -> RoundStatus:
         """Close the round at the leader and wait until it is COMMITTED or FAILED.
@@ -221,7 +211,7 @@ class Collector:
         round is not committed) or :class:`ProtocolError` if the servers disagree.
         """
         shares = self._aggregate_shares(round_id)
-        return _ring_sum(shares), shares[0].cohort_size
+        return ring.total([s.vector for s in shares], len(shares[0].vector)), shares[0].cohort_size
 
     def result(self, round_id: str, spec: RoundSpec | None = None) -> AggregateResult:
         """The decoded sum and mean over the round's cohort, in the spec's tensor shapes.
@@ -252,7 +242,9 @@ class Collector:
         if first.cohort_size < 1:
             raise ProtocolError(f"round {round_id!r}: the servers report an empty cohort")
         layout = TensorLayout.from_spec(spec)
-        total = spec.fixed_point.decode(_ring_sum(shares))
+        total = spec.fixed_point.decode(
+            ring.total([s.vector for s in shares], len(shares[0].vector))
+        )
         total_weight: float | None = None
         if spec.weighted:
             total, total_weight = split_weighted(spec, total, first.cohort_size)
@@ -277,15 +269,11 @@ class Collector:
 
     def _aggregate_shares(self, round_id: str) -> list[AggregateShare]:
         t = self._transport
-        outcomes = t.each_party(
-            lambda p: t.retrying(
-                lambda: t.aggregate_share(p, round_id), what=f"GetAggregateShare at {p}"
-            )
-        )
-        errors = [o for o in outcomes.values() if isinstance(o, MpcaggError)]
-        if errors:
-            raise errors[0]
-        shares = [o for o in outcomes.values() if isinstance(o, AggregateShare)]
+        outcomes = broadcast(t, lambda p: t.aggregate_share(p, round_id), what="GetAggregateShare")
+        outcomes.raise_refusal()
+        if outcomes.unreachable:  # every share is needed: nothing is revealed without all
+            raise outcomes.unreachable[min(outcomes.unreachable)]
+        shares = list(outcomes.acknowledged.values())
         first = shares[0]
 
         def key(s: AggregateShare) -> tuple[str, bytes, bytes, int, int]:
@@ -330,10 +318,3 @@ def _check_bound(spec: RoundSpec, total: npt.NDArray[np.float64], cohort_size: i
             )
         offset += tensor.size
     raise ProtocolError(f"round {spec.round_id!r}: revealed sum out of range")  # pragma: no cover
-
-
-def _ring_sum(shares: list[AggregateShare]) -> npt.NDArray[np.uint64]:
-    out = zeros(len(shares[0].vector))
-    for s in shares:
-        add_(out, s.vector)
-    return out

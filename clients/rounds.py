@@ -3,10 +3,10 @@ learns a round with its id alone."""
 
 from __future__ import annotations
 
+from mpcagg.clients.broadcast import round_statuses
 from mpcagg.clients.transport import Transport
 from mpcagg.protocol.errors import InputError, InvalidArgument, ProtocolError, UploadFailed
 from mpcagg.protocol.spec import RoundSpec, check_id
-from mpcagg.protocol.state import RoundStatus
 
 
 def fetch_spec(transport: Transport, round_id: str) -> RoundSpec:
@@ -22,24 +22,17 @@ def fetch_spec(transport: Transport, round_id: str) -> RoundSpec:
         check_id("round id", round_id)
     except InvalidArgument as exc:
         raise InputError(str(exc)) from None
-    t = transport
-    outcomes = t.each_party(
-        lambda p: t.retrying(lambda: t.get_round(p, round_id), what=f"GetRound at {p}")
-    )
+    outcomes = round_statuses(transport, round_id)
+    outcomes.raise_refusal()
     specs: dict[int, RoundSpec] = {}
-    unreachable: dict[int, str] = {}
-    for party, outcome in outcomes.items():
-        if isinstance(outcome, RoundStatus):
-            if outcome.spec is None or outcome.spec.digest != outcome.spec_digest:
-                raise ProtocolError(
-                    f"party {party} sent no round spec for {round_id!r}, or one that does "
-                    "not hash to the digest it reports"
-                )
-            specs[party] = outcome.spec
-        elif getattr(outcome, "transient", False):
-            unreachable[party] = str(outcome)
-        else:
-            raise outcome
+    for party, status in outcomes.acknowledged.items():
+        if status.spec is None or status.spec.digest != status.spec_digest:
+            raise ProtocolError(
+                f"party {party} sent no round spec for {round_id!r}, or one that does "
+                "not hash to the digest it reports"
+            )
+        specs[party] = status.spec
+    unreachable = outcomes.reasons()
     if not specs:
         raise UploadFailed(
             f"round {round_id!r}: no server answered "

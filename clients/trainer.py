@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mpcagg.clients.broadcast import round_statuses
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import FloatArray, TensorLayout
 from mpcagg.clients.progress import UploadProgress, wants_progress
@@ -41,7 +42,7 @@ from mpcagg.protocol.errors import (
     UploadFailed,
 )
 from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
-from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
+from mpcagg.protocol.state import RoundState, UploadAck
 from mpcagg.wire import framing as wire
 
 log = logging.getLogger("mpcagg.clients")
@@ -359,23 +360,15 @@ class SecureAggregator:
         Raises a non-transient server error as is; :class:`ProtocolError` on a spec
         digest mismatch and :class:`RoundStateError` if the round is not open.
         """
-        t = self._transport
-        statuses = t.each_party(
-            lambda p: t.retrying(lambda: t.get_round(p, spec.round_id), what=f"GetRound at {p}")
-        )
-        unreachable: dict[int, str] = {}
+        outcomes = round_statuses(self._transport, spec.round_id)
+        outcomes.raise_refusal()
         mismatched: list[str] = []
         not_open: list[str] = []
-        for party, status in statuses.items():
-            if isinstance(status, RoundStatus):
-                if status.spec_digest != spec.digest:
-                    mismatched.append(f"party {party} has {status.spec_digest.hex()[:16]}…")
-                elif status.state is not RoundState.OPEN:
-                    not_open.append(f"party {party}: {status.state.name}")
-            elif getattr(status, "transient", False):
-                unreachable[party] = str(status)
-            else:
-                raise status
+        for party, status in outcomes.acknowledged.items():
+            if status.spec_digest != spec.digest:
+                mismatched.append(f"party {party} has {status.spec_digest.hex()[:16]}…")
+            elif status.state is not RoundState.OPEN:
+                not_open.append(f"party {party}: {status.state.name}")
         if mismatched:
             raise ProtocolError(
                 f"round {spec.round_id!r}: the servers' spec differs from the one given "
@@ -385,7 +378,7 @@ class SecureAggregator:
             raise RoundStateError(
                 f"round {spec.round_id!r} is not open ({', '.join(not_open)}); nothing was uploaded"
             )
-        return unreachable
+        return outcomes.reasons()
 
     def _share(
         self, spec: RoundSpec, sharing: _Sharing, encoded: RingVector

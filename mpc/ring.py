@@ -6,6 +6,7 @@ holds; :func:`as_int64` and :func:`from_int64` switch views without copying.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,12 @@ def to_bytes(x: RingVector) -> memoryview:
     """Little-endian bytes of ``x`` without a copy (``x`` must be contiguous)."""
     arr = np.ascontiguousarray(x, dtype=DTYPE)
     return arr.data.cast("B")
+
+
+def total(vectors: Iterable[RingVector], length: int) -> RingVector:
+    """Σ ``vectors`` in Z_2^64, each of ``length`` elements (the sum of aggregate shares)."""
+    out = zeros(length)
+    for v in vectors:
+        check_length(v, length)
+        add_(out, v)
+    return out

@@ -29,6 +29,7 @@ from mpcagg.protocol.cluster import (
     load_cluster,
 )
 from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.files import write_atomic
 from mpcagg.protocol.identity import read_pem
 
 
@@ -104,7 +105,7 @@ class LocalCluster:
                 "parties": parties,
             }
         )
-        _write_atomic(self.cluster_file, dump_cluster(config))
+        write_atomic(self.cluster_file, dump_cluster(config).encode(), 0o644)
         for i in range(self.n_parties):
             self.start_party(i, wait=False)
         deadline = time.monotonic() + timeout
@@ -122,7 +123,7 @@ class LocalCluster:
                 ]
             }
         )
-        _write_atomic(self.cluster_file, dump_cluster(resolved))
+        write_atomic(self.cluster_file, dump_cluster(resolved).encode(), 0o644)
         for i in range(self.n_parties):
             self.wait_healthy(i, deadline)
 
@@ -234,9 +235,3 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(timeout=10)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -9,10 +9,7 @@ its identity (read back by :mod:`servers.identity`).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mpcagg.protocol.files import write_atomic
 from mpcagg.protocol.identity import MAX_PARTY, Role, check_role, client_uri, party_uri, read_pem
 from mpcagg.protocol.spec import check_id
 
@@ -159,12 +157,12 @@ def is_issued_by(cert: KeyPair | bytes, ca: KeyPair, *, clock: Clock = time.time
 
 def write_private_pem(path: Path | str, pem: bytes) -> None:
     """Atomically write ``pem`` to ``path`` with mode 0600 (an existing file is replaced)."""
-    _write_atomic(Path(path), pem, 0o600)
+    write_atomic(Path(path), pem, 0o600)
 
 
 def write_public_pem(path: Path | str, pem: bytes) -> None:
     """Atomically write ``pem`` to ``path`` with mode 0644."""
-    _write_atomic(Path(path), pem, 0o644)
+    write_atomic(Path(path), pem, 0o644)
 
 
 def write_key_pair(pair: KeyPair, cert_path: Path | str, key_path: Path | str) -> None:
@@ -274,27 +272,3 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write to a fresh temporary file (O_EXCL, ``mode``), fsync, rename over ``path``."""
-    if not isinstance(data, bytes):
-        raise TypeError(f"PEM data must be bytes, got {type(data).__name__}")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        with os.fdopen(os.open(tmp, flags, mode), "wb") as file:
-            os.fchmod(file.fileno(), mode)  # os.open's mode was filtered by the umask
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -24,6 +24,7 @@ from prometheus_client import Counter, start_http_server
 from mpcagg.mpc.engines import get_engine
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.files import write_atomic
 from mpcagg.protocol.identity import read_pem
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.auth import Authenticator, PeerAuthenticator
@@ -199,9 +200,7 @@ def serve_forever(
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)
     if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(f"{running.port} {running.peer_port}\n")
-        tmp.replace(port_file)
+        write_atomic(port_file, f"{running.port} {running.peer_port}\n".encode(), 0o644)
     stop = threading.Event()
 
     def _handler(signum: int, _frame: object) -> None:

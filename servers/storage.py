@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.protocol.errors import ConfigError
 from mpcagg.protocol.spec import Holding, cohort_from_json, cohort_to_json
+from mpcagg.servers import schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -199,7 +201,11 @@ class Storage:
         self._db.execute("PRAGMA synchronous=FULL")
         # Forgotten seeds are overwritten with zeros, not left in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(_SCHEMA)
+        try:  # refuses a store written by a newer mpcagg, migrates an older one
+            schema.prepare(self._db, _SCHEMA, self.data_dir)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -290,7 +296,12 @@ class Storage:
             raise
 
     def read_aggregate(self, round_id: str) -> RingVector:
-        return np.fromfile(self.spool_dir(round_id) / AGGREGATE_FILE, dtype=DTYPE)
+        """A committed round's aggregate share, mapped read-only from its file: it is read
+        from disk (page by page, as it is streamed out) and never held in memory."""
+        path = self.spool_dir(round_id) / AGGREGATE_FILE
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=DTYPE)
+        return np.memmap(path, dtype=DTYPE, mode="r")
 
     def keep_only_aggregate(self, round_id: str) -> None:
         """A committed round: drop every individual share (files and seeds)."""
@@ -350,3 +361,15 @@ class Storage:
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def delete_round(self, round_id: str) -> None:
+        """Remove a finished round for good: its rows and every file it left (retention)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM uploads WHERE round_id = ?", (round_id,))
+            self._db.execute("DELETE FROM rounds WHERE round_id = ?", (round_id,))
+            self._db.execute("COMMIT")
+        directory = self.spool_dir(round_id)
+        if directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+            _fsync_dir(directory.parent)

@@ -45,10 +45,7 @@ class NumpyEngine:
     def reconstruct(self, aggregate_shares: Sequence[RingVector]) -> RingVector:
         if not aggregate_shares:
             raise ValueError("cannot reconstruct from zero aggregate shares")
-        out = ring.zeros(len(aggregate_shares[0]))
-        for s in aggregate_shares:
-            ring.add_(out, s)
-        return out
+        return ring.total(aggregate_shares, len(aggregate_shares[0]))
 
     def _apply(self, acc: RingVector, share: Share, *, negate: bool) -> RingVector:
         ring.check_length(acc, share.length)

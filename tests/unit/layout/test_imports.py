@@ -34,6 +34,8 @@ MAY_IMPORT = {
         "mpcagg.clients",
     },
     "mpcagg": {"mpcagg.clients", "mpcagg.protocol", "mpcagg.mpc"},
+    # The Flower integration is a client of the cluster: trainers and the collector.
+    "mpcagg.flower": {"mpcagg", "mpcagg.clients", "mpcagg.protocol"},
 }
 GENERIC = {"mpc", "servers", "clients", "protos", "protocol", "wire", "ops", "api"}
 
