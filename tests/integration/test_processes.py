@@ -1,6 +1,8 @@
 """The README's Python example, run as written: the collector and each trainer in their
 own OS process, each with its own client-only cluster file and certificate, against
-server processes. Nothing passes between them but the round id."""
+server processes. Nothing passes between them but the round id. The processes run
+without torch, from a directory holding a `clients` package of the user's own, which
+the installed `mpcagg` must not pick up (it adds no generic top-level module names)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,23 @@ def _client_directory(cluster: LocalCluster, where: Path, clients: list[tuple[st
         shutil.copy(files.key, where / f"{client_id}-key.pem")
 
 
+# Run as a user would from their own project: torch absent (a numpy trainer needs none),
+# and the working directory on sys.path holding a `clients` package of the user's own.
+RUNNER = (
+    "import runpy, sys; sys.modules['torch'] = None; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def _user_project(where: Path) -> None:
+    shadow = where / "clients"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the user\'s own clients package')\n")
+
+
 def _run(script: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(EXAMPLE / script), *args],
+        [sys.executable, "-c", RUNNER, str(EXAMPLE / script), *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -62,6 +78,8 @@ def test_the_readme_example_runs_in_separate_processes(tmp_path: Path) -> None:
         orchestrator, host = tmp_path / "orchestrator", tmp_path / "trainers"
         _client_directory(cluster, orchestrator, [("collector", "collector")])
         _client_directory(cluster, host, [(t, "trainer") for t in trainers])
+        for where in (orchestrator, host):
+            _user_project(where)
 
         collector = _run("collector.py", cwd=orchestrator)
         assert collector.stdout is not None
