@@ -4,16 +4,21 @@ Public surface::
 
     SecureAggregator(cluster, client_id=None, *, cert=None, key=None)  trainer
         .join(round_id) -> RoundSpec                 the spec, from the servers
-        .submit(round_id_or_spec, tensors, *, use_grad=False) -> Receipt
+        .submit(round_id_or_spec, tensors, *, use_grad=False, weight=None) -> Receipt
         .resume(receipt, tensors=None) -> Receipt   finish the same sharing
+        .status(round_id) -> list[RoundStatus]       e.g. wait for COMMITTED
+        .result(spec) -> AggregateResult             trainers_may_fetch rounds
     Collector(cluster, client_id=None, *, cert=None, key=None)         orchestrator
-        .open_round(round_id, tensors_or_model, ...) -> RoundSpec
+        .open_round(round_id, tensors_or_model, ..., weighted=False, max_weight=None,
+                    reveal="collector" | "servers")
+        .reveal_status(round_id) -> list[RevealStatus]   reveal mode "servers": no sum
         .status(round_id) -> list[RoundStatus]
         .close(round_id, wait_s=30.0) -> RoundStatus
         .aggregate_ring(round_id) -> (uint64 vector, cohort size)
         .result(round_id, spec) -> AggregateResult
     TensorLayout                                       names + shapes <-> flat vector
     Receipt, RoundStatus, RoundState, AggregateResult    what calls return
+    RevealStatus, RevealState                          a party's reveal (mode "servers")
     RetryPolicy                                        transient-error retries
     ClientCredentials                                  client certificate + key (mutual TLS)
     MpcaggError and subclasses                         the error tree (clients.errors)
@@ -47,6 +52,7 @@ from mpcagg.protocol.errors import (
     UpdateConflict,
     UploadFailed,
 )
+from mpcagg.protocol.group import RevealState, RevealStatus
 from mpcagg.protocol.state import RoundState, RoundStatus
 
 __all__ = [
@@ -67,6 +73,8 @@ __all__ = [
     "ProtocolError",
     "Receipt",
     "RetryPolicy",
+    "RevealState",
+    "RevealStatus",
     "RoundNotOpen",
     "RoundState",
     "RoundStateError",

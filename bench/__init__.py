@@ -8,10 +8,11 @@ pytest-benchmark suite of the share arithmetic). Results go to
 
 Modules: :mod:`bench.harness` (the run), :mod:`bench.grid` (presets, skips, duration),
 :mod:`bench.rounds` (one timed round), :mod:`bench.baseline` (the plaintext server),
-:mod:`bench.wireprobe` (bytes on the wire), :mod:`bench.procstats` (server CPU and RSS),
-:mod:`bench.engines` (numpy vs CrypTen accumulate), :mod:`bench.report`,
-:mod:`bench.plots`, :mod:`bench.ingest` and :mod:`bench.pipelines` (where server ingest
-time goes: ``python -m bench.ingest``).
+:mod:`bench.wireprobe` (bytes on the wire), :mod:`bench.procstats` (server CPU, RSS and
+data-directory size), :mod:`bench.scale` (the scale runs: many trainers, one huge
+vector), :mod:`bench.engines` (numpy vs CrypTen accumulate), :mod:`bench.report`,
+:mod:`bench.plots`. :mod:`bench.studies` holds one-off profiling studies the harness
+never imports.
 """
 
 from bench.grid import PRESETS, Cell, Plan

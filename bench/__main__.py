@@ -29,6 +29,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
     preset.add_argument("--full", action="store_true", help="the whole grid, no time limit")
     parser.add_argument("--micro", action="store_true", help="also run bench/test_micro.py")
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale runs (bench.scale): 1000 x 1e6, 1e4 x 1e4, 1 x 1e8",
+    )
+    parser.add_argument("--scale-only", action="store_true", help="only the scale runs")
+    parser.add_argument(
         "--micro-only", action="store_true", help="only the micro suite (no cluster)"
     )
     parser.add_argument("--out", type=Path, help="output directory (default bench/results/<ts>)")
@@ -73,6 +79,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         changes["engine_dims"] = tuple(args.engine_dims)
     changes["engines"] = not args.no_engines
     changes["micro"] = args.micro or args.micro_only
+    changes["scale"] = args.scale or args.scale_only
+    if args.scale_only:
+        changes.update(trainers=(), engines=False)
     changes["baseline_durable"] = args.baseline_durable
     changes["keep_connections"] = args.keep_connections
     if args.micro_only:
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [c for c in results["cells"] if c["status"] == "error"]
     wrong = [c for c in results["cells"] if c["status"] == "ok" and not c["check"]["exact"]]
     micro = results.get("micro")
-    if failed or wrong or (micro and micro.get("returncode")):
+    scale_bad = [e for e in results.get("scale") or [] if e["status"] != "ok" or not e["exact"]]
+    if failed or wrong or scale_bad or (micro and micro.get("returncode")):
         return 1
     return 0
 

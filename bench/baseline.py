@@ -14,6 +14,8 @@ Service ``mpcagg.bench.v1.PlainAggregation`` (generic handlers, no new proto):
 
 - ``Upload(stream UploadMessage) -> UploadReceipt``: header (kind FULL) then chunks,
   added in place into the round's uint64 accumulator (created on first upload).
+- ``UploadFloat32``: the same with the raw float32 update (4 bytes per parameter, no
+  encoding), summed in float32: what a plain federated-averaging server receives.
 - ``Close(GetRoundRequest) -> RoundStatus``: stop accepting; ``received`` uploads.
 - ``GetSum(GetAggregateShareRequest) -> stream AggregateShareMessage``: the sum,
   chunked like ``GetAggregateShare``; the round is forgotten afterwards.
@@ -38,13 +40,16 @@ from typing import NoReturn
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
-from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
+from mpcagg.mpc.ring import DTYPE
 from mpcagg.ops.credentials import KeyPair, issue_client_cert, load_key_pair, provision_dev
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.identity import check_role, client_from_auth_context
 from mpcagg.servers.storage import SpoolWriter
+from mpcagg.servers.upload import unmap_large_allocations
 from mpcagg.v1 import aggregation_pb2 as pb
+from mpcagg.wire.framing import chunk_message_bytes
 
 SERVICE = "mpcagg.bench.v1.PlainAggregation"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +65,7 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 @dataclass
 class _PlainRound:
-    acc: RingVector
+    acc: np.ndarray
     lock: threading.Lock = field(default_factory=threading.Lock)
     received: int = 0
     closed: bool = False
@@ -82,6 +87,11 @@ class PlainAggregation:
             {
                 "Upload": grpc.stream_unary_rpc_method_handler(
                     self.upload,
+                    request_deserializer=pb.UploadMessage.FromString,
+                    response_serializer=pb.UploadReceipt.SerializeToString,
+                ),
+                "UploadFloat32": grpc.stream_unary_rpc_method_handler(
+                    self.upload_float32,
                     request_deserializer=pb.UploadMessage.FromString,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
@@ -110,6 +120,16 @@ class PlainAggregation:
     def upload(
         self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext
     ) -> pb.UploadReceipt:
+        return self._upload(requests, context, DTYPE)
+
+    def upload_float32(
+        self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
+        return self._upload(requests, context, np.dtype("<f4"))
+
+    def _upload(
+        self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext, dtype: np.dtype
+    ) -> pb.UploadReceipt:
         caller = self._identify(context)
         first = next(requests, None)
         if first is None or first.WhichOneof("body") != "header" or first.header.kind != pb.FULL:
@@ -122,23 +142,24 @@ class PlainAggregation:
         with self._lock:
             rnd = self._rounds.get(h.round_id)
             if rnd is None:
-                rnd = self._rounds[h.round_id] = _PlainRound(np.zeros(h.length, dtype=DTYPE))
-        if rnd.closed or len(rnd.acc) != h.length:
+                rnd = self._rounds[h.round_id] = _PlainRound(np.zeros(h.length, dtype=dtype))
+        if rnd.closed or len(rnd.acc) != h.length or rnd.acc.dtype != dtype:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "round closed or length differs")
+        size = dtype.itemsize
         spool = (
             _open_spool(self._durable_dir, h.round_id, h.client_id) if self._durable_dir else None
         )
         offset = 0
         for msg in requests:
             chunk = msg.chunk
-            n = len(chunk) // ELEMENT_BYTES
-            if len(chunk) % ELEMENT_BYTES or offset + n > h.length:
+            n = len(chunk) // size
+            if len(chunk) % size or offset + n > h.length:
                 _abort(
                     context, grpc.StatusCode.INVALID_ARGUMENT, "chunk beyond the declared length"
                 )
             if spool is not None:
-                spool.write_at(chunk, offset * ELEMENT_BYTES)
-            part = np.frombuffer(chunk, dtype=DTYPE)
+                spool.write_at(chunk, offset * size)
+            part = np.frombuffer(chunk, dtype=dtype)
             with rnd.lock:  # np.add releases the GIL: concurrent adds must not interleave
                 target = rnd.acc[offset : offset + n]
                 np.add(target, part, out=target)
@@ -206,6 +227,7 @@ def _sweep(root: Path, round_id: str) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     """Run the baseline server until SIGTERM."""
+    unmap_large_allocations()  # as the real servers do (chunks go back to the system)
     limits = Limits()
     options = [
         ("grpc.max_send_message_length", limits.max_message_bytes),
@@ -380,7 +402,7 @@ class BaselineServer:
 
 
 def upload_stream(
-    round_id: str, client_id: str, vector: RingVector, chunk_bytes: int
+    round_id: str, client_id: str, vector: np.ndarray, chunk_bytes: int
 ) -> Iterator[pb.UploadMessage]:
     """The baseline upload: a FULL header, then the vector's bytes in ``chunk_bytes`` chunks
     (as :func:`clients.wire.upload_messages` chunks a full share)."""
@@ -398,25 +420,30 @@ def upload(
     channel: grpc.Channel,
     round_id: str,
     client_id: str,
-    vector: RingVector,
+    vector: np.ndarray,
     chunk_bytes: int,
     timeout: float = 120.0,
 ) -> int:
-    """Upload one trainer's vector; returns the serialized bytes of the messages sent."""
-    sent = 0
+    """Upload one trainer's vector (uint64 fixed point, or float32 as it is); returns the
+    serialized bytes of the messages sent."""
+    raw = vector.nbytes
+    header = pb.UploadMessage(
+        header=pb.UploadHeader(
+            round_id=round_id, client_id=client_id, party=0, kind=pb.FULL, length=len(vector)
+        )
+    )
+    # Counted from the sizes: upb's ByteSize serializes a message to measure it.
+    sent = header.ByteSize() + sum(
+        chunk_message_bytes(min(chunk_bytes, raw - start)) for start in range(0, raw, chunk_bytes)
+    )
 
-    def counted() -> Iterator[pb.UploadMessage]:
-        nonlocal sent
-        for msg in upload_stream(round_id, client_id, vector, chunk_bytes):
-            sent += msg.ByteSize()
-            yield msg
-
+    method = "UploadFloat32" if vector.dtype == np.float32 else "Upload"
     call = channel.stream_unary(
-        f"/{SERVICE}/Upload",
+        f"/{SERVICE}/{method}",
         request_serializer=pb.UploadMessage.SerializeToString,
         response_deserializer=pb.UploadReceipt.FromString,
     )
-    call(counted(), timeout=timeout)
+    call(upload_stream(round_id, client_id, vector, chunk_bytes), timeout=timeout)
     return sent
 
 
@@ -431,24 +458,26 @@ def close(channel: grpc.Channel, round_id: str) -> int:
     return int(reply.received)
 
 
-def fetch_sum(channel: grpc.Channel, round_id: str) -> RingVector:
-    """The round's sum as ring elements (the round is forgotten by the server)."""
+def fetch_sum(channel: grpc.Channel, round_id: str, dtype: npt.DTypeLike = DTYPE) -> np.ndarray:
+    """The round's sum (ring elements, or float32 for an ``UploadFloat32`` round); the
+    round is forgotten by the server."""
     call = channel.unary_stream(
         f"/{SERVICE}/GetSum",
         request_serializer=pb.GetAggregateShareRequest.SerializeToString,
         response_deserializer=pb.AggregateShareMessage.FromString,
     )
     stream = call(pb.GetAggregateShareRequest(round_id=round_id), timeout=120)
-    out: RingVector | None = None
+    out: np.ndarray | None = None
     offset = 0
     for msg in stream:
         if msg.WhichOneof("body") == "header":
-            out = np.empty(msg.header.length, dtype=DTYPE)
+            out = np.empty(msg.header.length, dtype=dtype)
         else:
             assert out is not None, "the sum stream starts with a header"
             raw = out.data.cast("B")
-            raw[offset : offset + len(msg.chunk)] = msg.chunk
-            offset += len(msg.chunk)
+            chunk = msg.chunk  # each access copies the bytes out of the message
+            raw[offset : offset + len(chunk)] = chunk
+            offset += len(chunk)
     assert out is not None and offset == out.nbytes, "incomplete sum stream"
     return out
 

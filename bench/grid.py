@@ -75,6 +75,8 @@ class Plan:
     engines: bool = True
     engine_dims: tuple[int, ...] = (10**5, 10**6, 10**7)
     micro: bool = False
+    scale: bool = False
+    """Also the scale runs (:mod:`bench.scale`)."""
     baseline_durable: bool = False
     keep_connections: bool = False
     """Trainers keep their channels across rounds, as in a training loop (else: dial anew)."""

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from bench import engines as engine_bench
@@ -51,6 +52,7 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 ENGINE_REPEATS = 7
 ENGINES_EST_S = 25.0
 MICRO_EST_S = 30.0
+SCALE_EST_S = 300.0
 
 Log = Callable[[str], None]
 
@@ -83,6 +85,7 @@ def run(
         "cells": [],
         "engines": [],
         "micro": None,
+        "scale": None,
     }
     decisions, estimate = describe(plan, work_root, log)
     runnable = [c for c, reason in decisions if reason is None]
@@ -102,6 +105,13 @@ def run(
         bar.set_description("engines")
         results["engines"] = engine_bench.run(list(plan.engine_dims), ENGINE_REPEATS)
         bar.update(round(ENGINES_EST_S))
+    if plan.scale:
+        from bench import scale
+
+        bar.set_description("scale")
+        results["scale"] = scale.run(work_root, plan.trainer_threads, log=tqdm.write)
+        report.write(out, results)
+        bar.update(round(SCALE_EST_S))
     if plan.micro:
         bar.set_description("micro")
         results["micro"] = run_micro(out)
@@ -136,6 +146,7 @@ def describe(
     estimate = sum(grid.cell_seconds(c, plan) for c in runnable)
     estimate += ENGINES_EST_S if plan.engines else 0.0
     estimate += MICRO_EST_S if plan.micro else 0.0
+    estimate += SCALE_EST_S if plan.scale else 0.0
     log(
         f"{len(runnable)} of {len(decisions)} cells to run "
         f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, at most "
@@ -220,6 +231,18 @@ def run_cell(
                 chunk_bytes,
                 keep_connections=plan.keep_connections,
             )
+            plain_f32 = PlainRounds(
+                cell,
+                plain_server,
+                [creds.client(i) for i in ids],
+                creds.client("collector", "collector"),
+                inputs,
+                pool,
+                ProcessMeter({"baseline": plain_server.pid, **client}),
+                chunk_bytes,
+                keep_connections=plan.keep_connections,
+                float32=True,
+            )
             relays = [CountingRelay(p.address) for p in config.ordered_parties()]
             plain_relay = CountingRelay(plain_server.address)
             try:
@@ -233,14 +256,17 @@ def run_cell(
                     rounds.append(
                         plain.run(w, warmup=True, probe=plain_relay.address if probe else None)
                     )
+                    rounds.append(plain_f32.run(w, warmup=True))
                 time.sleep(0.1)  # let the relays count the last TLS close records
                 wire = _wire(cell, relays, plain_relay)
                 for r in range(plan.rounds_for(cell)):
                     rounds.append(secure.run(plan.warmup + r, warmup=False))
                     rounds.append(plain.run(plan.warmup + r, warmup=False))
+                    rounds.append(plain_f32.run(plan.warmup + r, warmup=False))
             finally:
                 secure.close()
                 plain.close()
+                plain_f32.close()
                 for relay in [*relays, plain_relay]:
                     relay.close()
     finally:
@@ -290,16 +316,21 @@ def _cell_result(
 ) -> dict[str, Any]:
     secure_rounds = [r for r in rounds if r.mode == "secure"]
     plain_rounds = [r for r in rounds if r.mode == "plaintext"]
+    f32_rounds = [r for r in rounds if r.mode == "plaintext_f32"]
     for r in rounds:
         if r.cohort != cell.trainers:
             raise RuntimeError(f"{r.mode} round {r.index} summed {r.cohort} of {cell.trainers}")
     secure = report.summarize(secure_rounds, cell.trainers)
     plain = report.summarize(plain_rounds, cell.trainers)
+    f32 = report.summarize(f32_rounds, cell.trainers)
     wire["secure_payload_bytes"] = secure["payload_bytes"]
     wire["plaintext_payload_bytes"] = plain["payload_bytes"]
     wire["secure_payload_within_target"] = secure["payload_bytes"] <= wire["target_bytes"]
     wire["secure_wire_within_target"] = wire["secure_wire_up_bytes"] <= wire["target_bytes"]
     check = report.check(secure_rounds[-1].result, plain_rounds[-1].result, inputs.expected_sum())
+    check["float32_max_abs_error"] = float(
+        np.max(np.abs(f32_rounds[-1].result - inputs.expected_sum()), initial=0.0)
+    )
     return {
         "trainers": cell.trainers,
         "dim": cell.dim,
@@ -310,8 +341,11 @@ def _cell_result(
         "rounds": len([r for r in secure_rounds if not r.warmup]),
         "secure": secure,
         "plaintext": plain,
+        "plaintext_f32": f32,
         "ratio": secure["median_s"] / plain["median_s"],
         "ratio_p95": secure["p95_s"] / plain["p95_s"],
+        "ratio_f32": secure["median_s"] / f32["median_s"],
+        "cpu_ratio": secure["cpu_total_s"] / plain["cpu_total_s"],
         "wire": wire,
         "check": check,
         "round_list": [r.as_dict() for r in rounds],
@@ -383,10 +417,14 @@ def _settings(plan: Plan, chunk_bytes: int) -> dict[str, Any]:
 def _cell_line(c: dict[str, Any]) -> str:
     if c["status"] != "ok":
         return f"{c['label']}: {c['status']} ({c['reason']})"
-    s, p = c["secure"], c["plaintext"]
+    s, p, f = c["secure"], c["plaintext"], c["plaintext_f32"]
+    parties = "/".join(f"{x['cpu_s']:.2f}" for x in s["servers"])
     return (
         f"{c['label']}: secure {s['median_s']:.3f} s (p95 {s['p95_s']:.3f}), plaintext "
-        f"{p['median_s']:.3f} s, ratio {c['ratio']:.2f}×, exact {c['check']['exact']}"
+        f"{p['median_s']:.3f} s (float32 {f['median_s']:.3f} s), ratio {c['ratio']:.2f}× "
+        f"(vs float32 {c['ratio_f32']:.2f}×), CPU {s['cpu_total_s']:.2f}/{p['cpu_total_s']:.2f} s "
+        f"= {c['cpu_ratio']:.2f}× (parties {parties}, client {s['client_cpu_s']:.2f}), "
+        f"exact {c['check']['exact']}"
     )
 
 

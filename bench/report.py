@@ -4,11 +4,15 @@ Schema ``mpcagg-bench/1`` (every figure; times in seconds, sizes in bytes)::
 
     {schema, created, command, duration_s, machine{…}, settings{…},
      cells[{trainers, dim, parties, label, status: ok|skipped|error, reason,
-            rounds, secure{…}, plaintext{…}, ratio, ratio_p95, wire{…}, check{…},
+            rounds, secure{…}, plaintext{…}, plaintext_f32{…}, ratio, ratio_p95,
+            ratio_f32, cpu_ratio, wire{…}, check{…},
             round_list[…]}],
-     engines[{engine, kind, d, median_s, gb_per_s, …}], micro[…] | null}
+     engines[{engine, kind, d, median_s, gb_per_s, …}], micro[…] | null,
+     scale[{scenario, trainers, dim, exact, party_peak_rss_bytes, party_peak_disk_bytes,
+            trainer_process_peak_rss_bytes, …}] | null}
 
-``secure``/``plaintext``: median_s, p95_s, mean_s, min_s, max_s, breakdown (median of
+``secure``/``plaintext``/``plaintext_f32`` (the baseline fed the float32 updates as they
+are, 4 bytes per parameter): median_s, p95_s, mean_s, min_s, max_s, breakdown (median of
 share_s, upload_s, close_s, reveal_s), trainer_share_s, trainer_upload_s,
 payload_bytes, ingest_bytes_per_s, client_cpu_s (the benchmark process: trainers and
 collector), cpu_total_s (client and servers), servers[{name, cpu_s, peak_rss_bytes}].
@@ -170,6 +174,10 @@ CSV_COLUMNS = (
     "plain_median_s",
     "plain_p95_s",
     "ratio",
+    "plain_f32_median_s",
+    "ratio_f32",
+    "secure_cpu_total_s_ratio",
+    "party_cpu_s",
     "secure_share_s",
     "secure_upload_s",
     "secure_close_s",
@@ -208,6 +216,10 @@ def csv_row(cell: dict[str, Any]) -> dict[str, Any]:
         plain_median_s=p["median_s"],
         plain_p95_s=p["p95_s"],
         ratio=cell["ratio"],
+        plain_f32_median_s=cell["plaintext_f32"]["median_s"],
+        ratio_f32=cell["ratio_f32"],
+        secure_cpu_total_s_ratio=cell["cpu_ratio"],
+        party_cpu_s=" ".join(f"{x['cpu_s']:.3f}" for x in s["servers"]),
         secure_payload_bytes=s["payload_bytes"],
         secure_wire_up_bytes=w["secure_wire_up_bytes"],
         plain_payload_bytes=p["payload_bytes"],
@@ -257,13 +269,15 @@ def table(results: dict[str, Any]) -> str:
     """The summary table printed at the end of a run."""
     head = (
         f"{'N':>5} {'d':>6} {'n':>2}  {'secure':>17}  {'plaintext':>17}  {'ratio':>6}  "
-        f"{'share':>6} {'upload':>7} {'commit':>7} {'reveal':>7}  {'CPU s':>11}  "
-        f"{'up/trainer':>11} {'/8d':>6}  {'srv rss':>7}  exact"
+        f"{'f32':>7} {'ratio':>6}  "
+        f"{'share':>6} {'upload':>7} {'commit':>7} {'reveal':>7}  {'CPU s':>11} {'ratio':>6}  "
+        f"{'CPU s per party':>17}  {'up/trainer':>11} {'/8d':>6}  {'srv rss':>7}  exact"
     )
     sub = (
         f"{'':>5} {'':>6} {'':>2}  {'median  (p95) s':>17}  {'median  (p95) s':>17}  {'':>6}  "
-        f"{'secure breakdown, median s':>30}  {'sec / plain':>11}  "
-        f"{'wire bytes':>11} {'':>6}  {'MiB max':>7}"
+        f"{'plain s':>7} {'':>6}  "
+        f"{'secure breakdown, median s':>30}  {'sec / plain':>11} {'':>6}  "
+        f"{'(secure)':>17}  {'wire bytes':>11} {'':>6}  {'MiB max':>7}"
     )
     lines = [head, sub, "-" * len(head)] if results["cells"] else []
     for c in results["cells"]:
@@ -272,15 +286,19 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{ident}  {c['status'].upper()}: {c.get('reason', '')}")
             continue
         s, p, w = c["secure"], c["plaintext"], c["wire"]
+        f32 = c["plaintext_f32"]
         b = s["breakdown"]
         rss = max(x["peak_rss_bytes"] for x in s["servers"]) / 2**20
         up = w["secure_wire_up_bytes"]
         cpu = f"{s['cpu_total_s']:.2f}/{p['cpu_total_s']:.2f}"
+        parties = "/".join(f"{x['cpu_s']:.2f}" for x in s["servers"])
         lines.append(
             f"{ident}  {s['median_s']:>7.3f} ({s['p95_s']:>7.3f})  "
             f"{p['median_s']:>7.3f} ({p['p95_s']:>7.3f})  {c['ratio']:>5.2f}×  "
+            f"{f32['median_s']:>7.3f} {c['ratio_f32']:>5.2f}×  "
             f"{b['share_s']:>6.3f} {b['upload_s']:>7.3f} {b['close_s']:>7.3f} "
-            f"{b['reveal_s']:>7.3f}  {cpu:>11}  {_size(up):>11} {up / w['int64_bytes']:>6.3f}  "
+            f"{b['reveal_s']:>7.3f}  {cpu:>11} {c['cpu_ratio']:>5.2f}×  {parties:>17}  "
+            f"{_size(up):>11} {up / w['int64_bytes']:>6.3f}  "
             f"{rss:>7.0f}  {'yes' if c['check']['exact'] else 'NO'}"
         )
     engines = [e for e in results.get("engines") or [] if "median_s" in e]
@@ -300,6 +318,11 @@ def table(results: dict[str, Any]) -> str:
                         f"{rates[d]:>8.2f}" if d in rates else f"{'-':>8}" for d in dims
                     )
                     lines.append(f"{name:>8} {kind:>5}  {vals}")
+    if results.get("scale"):
+        from bench.scale import line
+
+        lines += ["", "scale runs (one round each):"]
+        lines += [line(e) for e in results["scale"]]
     micro = results.get("micro") or {}
     if micro.get("benchmarks"):
         lines += ["", f"micro suite ({micro.get('json')}, exit {micro.get('returncode')}):"]

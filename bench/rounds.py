@@ -47,19 +47,12 @@ TENSOR = "w"
 DISTINCT_INPUTS = 4
 """Distinct input vectors; trainer i sends input i mod 4 (inputs are not the cost)."""
 
-for _name in ("_encode", "_share"):
-    if not callable(getattr(SecureAggregator, _name, None)):  # pragma: no cover
-        raise ImportError(
-            f"bench.rounds times SecureAggregator.{_name}, which no longer exists; "
-            "update _TimedAggregator"
-        )
-
 
 @dataclass
 class RoundTiming:
     """One round of one mode."""
 
-    mode: str  # "secure" | "plaintext"
+    mode: str  # "secure" | "plaintext" | "plaintext_f32"
     index: int
     warmup: bool
     total_s: float
@@ -68,7 +61,8 @@ class RoundTiming:
     close_s: float
     reveal_s: float
     trainer_share_s: float
-    """Mean per trainer: encode + share (+ share digests) — the client's CPU work."""
+    """Mean per trainer: encode + share (digests, the full share's first pass) — the
+    client's CPU work (the receipt's ``phases``; for plaintext, the encode)."""
     trainer_upload_s: float
     """Mean per trainer: the rest of its submit (dial, round check, streams, acks)."""
     payload_bytes: float
@@ -127,26 +121,6 @@ class TrainerInputs:
 
     def expected_sum(self) -> np.ndarray:
         return self.fixed_point.decode(self.expected_ring())
-
-
-class _TimedAggregator(SecureAggregator):
-    """The real trainer client, timing its encode and share steps (CPU work)."""
-
-    cpu_s = 0.0
-
-    def _encode(self, *args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return super()._encode(*args, **kwargs)
-        finally:
-            self.cpu_s += time.perf_counter() - t
-
-    def _share(self, *args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return super()._share(*args, **kwargs)
-        finally:
-            self.cpu_s += time.perf_counter() - t
 
 
 @dataclass
@@ -228,7 +202,7 @@ class SecureRounds:
         self.meter = meter
         self.collector = Collector(config, cert=collector)
         self.keep = keep_connections
-        self._kept: dict[int, _TimedAggregator] = {}
+        self._kept: dict[int, SecureAggregator] = {}
 
     def close(self) -> None:
         self.collector.disconnect()
@@ -254,12 +228,11 @@ class SecureRounds:
             keep = self.keep and not probing
             agg = self._kept.get(i) if keep else None
             if agg is None:
-                agg = _TimedAggregator(
+                agg = SecureAggregator(
                     config, f"trainer-{i:04d}", cert=self.credentials[i], progress=False
                 )
                 if keep:
                     self._kept[i] = agg
-            agg.cpu_s = 0.0
             try:
                 receipt: Receipt = agg.submit(spec, {TENSOR: self.inputs.of(i)})
             finally:
@@ -267,7 +240,12 @@ class SecureRounds:
                     agg.disconnect()
             if not receipt.complete:
                 raise RuntimeError(f"trainer {i} was not acknowledged by every party: {receipt}")
-            return _TrainerRun(agg.cpu_s, receipt.duration_s, sum(receipt.bytes_sent.values()))
+            encode_s = receipt.phases.get("encode_s", 0.0)
+            return _TrainerRun(
+                encode_s + receipt.phases.get("share_s", 0.0),
+                encode_s + receipt.duration_s,
+                sum(receipt.bytes_sent.values()),
+            )
 
         self.meter.start()
         wall, runs = _run_trainers(self.pool, cell.trainers, trainer)
@@ -286,7 +264,8 @@ class SecureRounds:
 
 
 class PlainRounds:
-    """Rounds against the baseline server: encode, upload int64 fixed point, sum."""
+    """Rounds against the baseline server: encode, upload int64 fixed point, sum; or, with
+    ``float32``, upload the float32 update as it is (4 bytes per parameter) and sum that."""
 
     def __init__(
         self,
@@ -299,9 +278,12 @@ class PlainRounds:
         meter: ProcessMeter,
         chunk_bytes: int,
         keep_connections: bool = False,
+        float32: bool = False,
     ) -> None:
         """``credentials[i]``: trainer i's client certificate (None without TLS)."""
         self.cell = cell
+        self.float32 = float32
+        self.mode = "plaintext_f32" if float32 else "plaintext"
         self.server = server
         self.credentials = credentials
         self.inputs = inputs
@@ -320,12 +302,12 @@ class PlainRounds:
     def run(self, index: int, *, warmup: bool, probe: str | None = None) -> RoundTiming:
         """One round; with ``probe`` (an address), trainer 0 dials it instead."""
         cell = self.cell
-        rid = f"plain-{cell.trainers}-{cell.dim}-{cell.parties}-{index:03d}"
+        rid = f"{self.mode}-{cell.trainers}-{cell.dim}-{cell.parties}-{index:03d}"
         fp = self.inputs.fixed_point
 
         def trainer(i: int) -> _TrainerRun:
             t0 = time.perf_counter()
-            encoded = fp.encode(self.inputs.of(i), bound=BOUND)
+            encoded = self.inputs.of(i) if self.float32 else fp.encode(self.inputs.of(i), BOUND)
             t1 = time.perf_counter()
             probing = probe is not None and i == 0
             keep = self.keep and not probing
@@ -346,9 +328,12 @@ class PlainRounds:
         t1 = time.perf_counter()
         received = baseline.close(self._collector, rid)
         t2 = time.perf_counter()
-        total = fp.decode(baseline.fetch_sum(self._collector, rid))
+        if self.float32:
+            total = baseline.fetch_sum(self._collector, rid, np.float32).astype(np.float64)
+        else:
+            total = fp.decode(baseline.fetch_sum(self._collector, rid))
         t3 = time.perf_counter()
         processes = self.meter.stop()
         return _timing(
-            "plaintext", index, warmup, wall, (t1, t2, t3), runs, received, processes, total
+            self.mode, index, warmup, wall, (t1, t2, t3), runs, received, processes, total
         )

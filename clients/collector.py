@@ -21,6 +21,7 @@ from mpcagg.clients.broadcast import broadcast, round_statuses
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import TensorLayout
 from mpcagg.clients.results import AggregateResult
+from mpcagg.clients.revealed import fetch_revealed_sum, reveal_statuses
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
 from mpcagg.clients.weighting import Mean, split_weighted, weighted_mean
@@ -34,7 +35,8 @@ from mpcagg.protocol.errors import (
     ProtocolError,
     ServiceError,
 )
-from mpcagg.protocol.spec import RoundSpec
+from mpcagg.protocol.group import RevealedSum, RevealStatus
+from mpcagg.protocol.spec import RevealMode, RoundSpec
 from mpcagg.protocol.state import AggregateShare, RoundState, RoundStatus
 
 LEADER = 0
@@ -95,6 +97,7 @@ class Collector:
         trainers_may_fetch: bool = False,
         weighted: bool = False,
         max_weight: float | None = None,
+        reveal: RevealMode | str = RevealMode.COLLECTOR,
     ) -> RoundSpec:
         """Create the round on every server and return its spec (hand it to the trainers).
 
@@ -105,7 +108,9 @@ class Collector:
         reveals the weighted mean; ``max_clients × max_weight × bound`` must fit the ring.
         Raises :class:`InputError` for invalid parameters, :class:`ProtocolError` if a
         server answers another digest, or the first server error (naming which parties
-        did create the round).
+        did create the round). ``reveal="servers"``: the parties open the aggregate among
+        themselves and this collector gets the reveal's state only
+        (:meth:`reveal_status`), never the sum or an aggregate share.
         """
         layout = TensorLayout.of(tensors_or_model)
         if deadline_s is not None and not deadline_s > 0:
@@ -124,6 +129,7 @@ class Collector:
                 trainers_may_fetch=trainers_may_fetch,
                 weighted=weighted,
                 max_weight=0.0 if max_weight is None else max_weight,
+                reveal=_reveal_mode(reveal),
             )
         except InvalidArgument as exc:
             raise InputError(str(exc)) from None
@@ -227,7 +233,11 @@ class Collector:
             spec = fetch_spec(self._transport, round_id)
         if spec.round_id != round_id:
             raise InputError(f"spec is for round {spec.round_id!r}, not {round_id!r}")
-        shares = self._aggregate_shares(round_id)
+        shares: list[AggregateShare] | list[RevealedSum] = (
+            [fetch_revealed_sum(self._transport, round_id)]  # the parties opened it
+            if spec.reveal is RevealMode.SERVERS
+            else self._aggregate_shares(round_id)
+        )
         first = shares[0]
         if first.spec_digest != spec.digest:
             raise ProtocolError(
@@ -241,31 +251,13 @@ class Collector:
             )
         if first.cohort_size < 1:
             raise ProtocolError(f"round {round_id!r}: the servers report an empty cohort")
-        layout = TensorLayout.from_spec(spec)
-        total = spec.fixed_point.decode(
-            ring.total([s.vector for s in shares], len(shares[0].vector))
-        )
-        total_weight: float | None = None
-        if spec.weighted:
-            total, total_weight = split_weighted(spec, total, first.cohort_size)
-            mean = weighted_mean(spec, total, total_weight)
-        else:
-            _check_bound(spec, total, first.cohort_size)
-            mean = total / float(first.cohort_size)
-        total.flags.writeable = False
-        mean.flags.writeable = False
-        return AggregateResult(
-            round_id=round_id,
-            sum=layout.unflatten(total),
-            mean=Mean(
-                layout.unflatten(mean),
-                "weighted" if spec.weighted else "unweighted",
-                first.cohort_size if total_weight is None else total_weight,
-            ),
-            cohort_size=first.cohort_size,
-            cohort_digest=first.cohort_digest,
-            total_weight=total_weight,
-        )
+        total = ring.total([s.vector for s in shares], len(shares[0].vector))
+        return decode_result(spec, total, first.cohort_size, first.cohort_digest)
+
+    def reveal_status(self, round_id: str) -> list[RevealStatus]:
+        """Every party's reveal of a round in reveal mode ``servers`` (never the sum), by
+        party; see :func:`mpcagg.clients.revealed.reveal_statuses`."""
+        return reveal_statuses(self._transport, round_id)
 
     def _aggregate_shares(self, round_id: str) -> list[AggregateShare]:
         t = self._transport
@@ -291,6 +283,46 @@ class Collector:
                 "nothing was reconstructed"
             )
         return shares
+
+
+def decode_result(
+    spec: RoundSpec, total_ring: npt.NDArray[np.uint64], cohort_size: int, cohort_digest: bytes
+) -> AggregateResult:
+    """The decoded sum and mean of a revealed ring sum over a cohort of ``cohort_size``
+    (what :meth:`Collector.result` returns); :class:`ProtocolError` for a sum honest
+    inputs cannot produce (see :func:`_check_bound`, and for weighted rounds
+    :func:`mpcagg.clients.weighting.split_weighted`)."""
+    layout = TensorLayout.from_spec(spec)
+    total = spec.fixed_point.decode(total_ring)
+    total_weight: float | None = None
+    if spec.weighted:
+        total, total_weight = split_weighted(spec, total, cohort_size)
+        mean = weighted_mean(spec, total, total_weight)
+    else:
+        _check_bound(spec, total, cohort_size)
+        mean = total / float(cohort_size)
+    total.flags.writeable = False
+    mean.flags.writeable = False
+    return AggregateResult(
+        round_id=spec.round_id,
+        sum=layout.unflatten(total),
+        mean=Mean(
+            layout.unflatten(mean),
+            "weighted" if spec.weighted else "unweighted",
+            cohort_size if total_weight is None else total_weight,
+        ),
+        cohort_size=cohort_size,
+        cohort_digest=cohort_digest,
+        total_weight=total_weight,
+    )
+
+
+def _reveal_mode(value: RevealMode | str) -> RevealMode:
+    try:
+        return RevealMode(value)
+    except ValueError:
+        modes = ", ".join(m.value for m in RevealMode)
+        raise InputError(f"reveal must be one of {modes}, got {value!r}") from None
 
 
 def _check_bound(spec: RoundSpec, total: npt.NDArray[np.float64], cohort_size: int) -> None:

@@ -43,6 +43,11 @@ class Receipt:
     sharing_id: str = ""
     """Hex of the 16-byte id shared by every party's upload (not secret)."""
     unknown: Mapping[int, str] = field(default_factory=dict)
+    phases: Mapping[str, float] = field(default_factory=dict, compare=False)
+    """Seconds the trainer spent in each step of the call that made this receipt:
+    ``encode_s`` (fixed point, update digest; :meth:`submit` only), ``share_s`` (the
+    full share's digest pass), ``seeds_s`` (seed uploads until acknowledged) and
+    ``full_s`` (the full share's upload, once the seeds are in)."""
 
     @property
     def complete(self) -> bool:

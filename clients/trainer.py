@@ -11,13 +11,12 @@ nothing is ever re-shared. Seeds and shares are never logged or shown.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,10 @@ from mpcagg.clients.results import AggregateResult, Receipt
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.transport import RetryPolicy, Transport
 from mpcagg.clients.weighting import weigh
-from mpcagg.mpc import EncodingError, Seed, SharingContext, full_party_for, share
+from mpcagg.mpc import EncodingError, Seed, SharingContext, full_party_for, seed_parties
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.mpc.ring import RingVector, to_bytes
+from mpcagg.mpc.sharing import full_share_chunks
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import (
     InputError,
@@ -42,7 +43,7 @@ from mpcagg.protocol.errors import (
     UploadFailed,
 )
 from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
-from mpcagg.protocol.state import RoundState, UploadAck
+from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
 from mpcagg.wire import framing as wire
 
 log = logging.getLogger("mpcagg.clients")
@@ -149,10 +150,14 @@ class SecureAggregator:
         acknowledged.
         """
         spec = self.join(round_) if isinstance(round_, str) else round_
+        t = time.perf_counter()
         encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
         sharing = self._sharing_for(spec, encoded)
+        encode_s = time.perf_counter() - t
         failed = self._verify_round(spec) if verify else {}
-        return self._upload(spec, sharing, encoded, range(spec.n_parties), failed)
+        return self._upload(
+            spec, sharing, encoded, range(spec.n_parties), failed, {"encode_s": encode_s}
+        )
 
     def resume(
         self,
@@ -210,7 +215,7 @@ class SecureAggregator:
         Raises :class:`UpdateConflict` if this trainer shared a different update (or
         under another spec) for that round.
         """
-        digest = hashlib.sha256(to_bytes(encoded)).digest()
+        digest = payload_digest(to_bytes(encoded))
         held = self._sharings.get(spec.round_id)
         if held is not None:
             if held.spec.digest != spec.digest or not hmac.compare_digest(
@@ -241,14 +246,28 @@ class SecureAggregator:
         encoded: RingVector,
         parties: Iterable[int],
         failed: dict[int, str],
+        phases: dict[str, float] | None = None,
     ) -> Receipt:
+        """Upload ``sharing`` to ``parties`` (those not in ``failed``): **seeds first, the
+        full share last**. The full share is sent only once every seed party has
+        acknowledged its seed (in this call, or before it: parties not in ``parties``),
+        marked ``seeds_acknowledged``: the full party can then fold it into its
+        accumulator for good, since every party holds the sharing and it will be in the
+        cohort. Until then the full party is reported failed ("not sent"), and
+        :meth:`resume` finishes the seeds and then sends it."""
         started = time.monotonic()
+        phases = dict(phases or {})
         targets = [p for p in parties if p not in failed]
         if not targets:
             raise UploadFailed(self._failure_message(spec, failed), failed)
+        n = spec.n_parties
+        full = full_party_for(self.client_id, n)
+        t = time.perf_counter()
         uploads = self._share(spec, sharing, encoded)
-        sent = dict.fromkeys(range(spec.n_parties), 0)
+        phases["share_s"] = time.perf_counter() - t
+        sent = dict.fromkeys(range(n), 0)
         delivered: set[int] = set()  # parties that were handed the whole payload
+        outcomes: dict[int, UploadAck | MpcaggError] = {}
         total = sum(uploads[p].payload_bytes for p in targets)
         enabled = wants_progress(self.progress)
         with UploadProgress(total, enabled=enabled, desc=f"upload {spec.round_id}") as bar:
@@ -264,9 +283,11 @@ class SecureAggregator:
                         sharing_id=sharing.sharing_id,
                         chunk_bytes=self.cluster.limits.chunk_bytes,
                         spec_digest=spec.digest,
-                        on_progress=lambda n: bar.advance(party, n),
+                        seeds_acknowledged=party == full,
+                        on_progress=lambda k: bar.advance(party, k),
+                        on_sent=lambda k: _add(sent, party, k),
                     )
-                    return self._transport.upload(party, _counted(messages, sent, party, delivered))
+                    return self._transport.upload(party, _counted(messages, party, delivered))
 
                 ack = self._transport.retrying(attempt, what=f"upload to party {party}")
                 if ack.payload_digest != upload.digest or (
@@ -277,13 +298,27 @@ class SecureAggregator:
                     )
                 return ack
 
-            outcomes = self._transport.each_party(send, targets)
+            t = time.perf_counter()
+            seeds = [p for p in targets if p != full]
+            outcomes.update(self._transport.each_party(send, seeds) if seeds else {})
+            phases["seeds_s"] = time.perf_counter() - t
+            waiting = [
+                p
+                for p in range(n)
+                if p != full and p in targets and not isinstance(outcomes.get(p), UploadAck)
+            ]
+            if full in targets and not waiting:
+                t = time.perf_counter()
+                outcomes.update(self._transport.each_party(send, [full]))
+                phases["full_s"] = time.perf_counter() - t
+            elif full in targets:
+                failed[full] = f"not sent: the seeds at parties {waiting} are not acknowledged"
 
         acked: list[int] = []
         duplicates: list[int] = []
         unknown: dict[int, str] = {}
         fatal: list[MpcaggError] = []
-        for party, outcome in outcomes.items():
+        for party, outcome in sorted(outcomes.items()):
             if isinstance(outcome, UploadAck):
                 acked.append(party)
                 if outcome.duplicate:
@@ -308,11 +343,12 @@ class SecureAggregator:
             client_id=self.client_id,
             acknowledged=tuple(sorted(acked)),
             failed=dict(sorted(failed.items())),
-            bytes_sent={p: sent[p] for p in range(spec.n_parties)},
+            bytes_sent={p: sent[p] for p in range(n)},
             duration_s=time.monotonic() - started,
             duplicates=tuple(sorted(duplicates)),
             sharing_id=sharing.sharing_id.hex(),
             unknown=dict(sorted(unknown.items())),
+            phases=phases,
         )
         # The update is kept only while some party may still need its share.
         sharing.encoded = None if not receipt.pending else encoded
@@ -324,6 +360,13 @@ class SecureAggregator:
             receipt.duration_s,
         )
         return receipt
+
+    def status(self, round_id: str) -> list[RoundStatus]:
+        """Every server's view of the round (trainers may ask), as
+        :meth:`clients.Collector.status`; e.g. to wait for COMMITTED before :meth:`result`."""
+        from mpcagg.clients.collector import Collector
+
+        return Collector._over(self._transport, self.client_id).status(round_id)
 
     def result(self, spec: RoundSpec) -> AggregateResult:
         """The round's decoded sum and mean, fetched by this trainer.
@@ -383,16 +426,27 @@ class SecureAggregator:
     def _share(
         self, spec: RoundSpec, sharing: _Sharing, encoded: RingVector
     ) -> list[wire.PartyUpload]:
-        """The n shares of ``encoded`` under ``sharing``'s seeds: byte-identical every time."""
+        """The n uploads of ``encoded`` under ``sharing``'s seeds, byte-identical every time:
+        the seeds, and the full share computed chunk by chunk as it is sent
+        (:func:`mpc.sharing.full_share_chunks`), so it never exists whole unless it is
+        small enough to keep (:data:`wire.framing.KEEP_BYTES`)."""
         n = spec.n_parties
-        shares = share(
-            encoded,
-            n,
-            full_party_for(self.client_id, n),
-            list(sharing.seeds),
-            SharingContext(spec.round_id, self.client_id),
-        )
-        return [wire.PartyUpload.from_share(s) for s in shares]
+        full = full_party_for(self.client_id, n)
+        context = SharingContext(spec.round_id, self.client_id)
+        seeds = list(sharing.seeds)
+
+        def pieces(chunk_elements: int) -> Iterator[RingVector]:
+            return full_share_chunks(encoded, n, full, seeds, context, chunk_elements)
+
+        seeded = dict(zip(seed_parties(n, full), seeds, strict=True))
+        return [
+            wire.PartyUpload.streamed(
+                p, len(encoded), pieces, chunk_bytes=self.cluster.limits.chunk_bytes
+            )
+            if p == full
+            else wire.PartyUpload.of_seed(p, len(encoded), seeded[p])
+            for p in range(n)
+        ]
 
     def _failure_message(self, spec: RoundSpec, failed: dict[int, str]) -> str:
         reasons = "; ".join(f"party {p}: {r}" for p, r in sorted(failed.items()))
@@ -417,13 +471,14 @@ class _Sharing:
     encoded: RingVector | None = field(default=None, repr=False)  # kept while incomplete
 
 
-def _counted(messages: Any, sent: dict[int, int], party: int, delivered: set[int]) -> Any:
-    """Yield ``messages``, adding their serialized size to ``sent[party]``; once the last
-    one has been taken, add ``party`` to ``delivered``."""
-    for msg in messages:
-        sent[party] += msg.ByteSize()
-        yield msg
+def _counted(messages: Any, party: int, delivered: set[int]) -> Any:
+    """Yield ``messages``; once the last one has been taken, add ``party`` to ``delivered``."""
+    yield from messages
     delivered.add(party)
+
+
+def _add(sent: dict[int, int], party: int, nbytes: int) -> None:
+    sent[party] += nbytes
 
 
 def _locate_encoding_error(spec: RoundSpec, layout: TensorLayout, vector: FloatArray) -> InputError:

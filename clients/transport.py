@@ -258,6 +258,12 @@ class Transport:
     def _call_options(self, timeout: float | None = None) -> dict[str, Any]:
         return {"timeout": self.timeout if timeout is None else timeout}
 
+    def channel(self, party: int) -> grpc.Channel:
+        """The channel to ``party``'s client port (for services beside Aggregation)."""
+        self._stub(party)
+        with self._lock:
+            return self._channels[party][0]
+
     def _stub(self, party: int) -> Any:
         with self._lock:
             entry = self._channels.get(party)

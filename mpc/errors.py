@@ -7,7 +7,11 @@
     ├── EncodingError       an input value cannot be encoded (NaN, ±inf, beyond the bound)
     ├── LengthError         a vector's length does not match what was expected
     ├── SeedError           seed material of the wrong size or kind
-    └── EngineUnavailable   an engine's optional dependency (CrypTen) is missing
+    ├── EngineUnavailable   an engine's optional dependency (CrypTen) is missing
+    └── GroupError          the parties' computation group (mpc.group) cannot go on
+        ├── GroupChanged    a member restarted mid-computation: form the group again
+        └── GroupUnavailable  the group cannot form or finish (a party down, refusing,
+                            or the deadline passed); nothing was revealed
 
 Messages say what was expected and what came; none of them carries secret material.
 """
@@ -37,3 +41,19 @@ class SeedError(MpcError, ValueError):
 
 class EngineUnavailable(MpcError, ImportError):
     """An engine's optional dependency is not installed or does not import."""
+
+
+class GroupError(MpcError):
+    """The parties' computation group (:mod:`mpc.group`) cannot go on."""
+
+
+class GroupChanged(GroupError):
+    """A member of the group restarted (a new incarnation) while a computation ran.
+
+    Nothing received in the broken group is used; the caller forms the group again and
+    starts the computation over."""
+
+
+class GroupUnavailable(GroupError):
+    """The group cannot form or finish: a party is unreachable or refuses, or the
+    computation's deadline passed. Nothing partial was revealed."""

@@ -26,6 +26,8 @@ from mpcagg.mpc.errors import EncodingError, ParameterError
 from mpcagg.mpc.ring import DTYPE, RingVector, as_int64
 
 DEFAULT_PRECISION_BITS = 16
+_ENCODE_CHUNK = 1 << 16
+"""Elements encoded per step (256 KiB of float32 temporaries)."""
 _INT63 = (1 << 63) - 1
 
 
@@ -56,18 +58,22 @@ class FixedPoint:
         ``x · 2^f`` does not fit in int64.
         """
         arr = _as_float_array(x).reshape(-1)
-        scaled = np.multiply(arr, arr.dtype.type(self.scale), dtype=arr.dtype)
         # |x| <= bound, checked as |x·2^f| <= bound·2^f (scaling by 2^f is exact), which
         # also gives trunc(|x·2^f|) <= floor(bound·2^f); and trunc(|x·2^f|) <= 2^63 − 1.
         if bound is not None:
             self.encoded_bound(bound)  # validates the bound
         scaled_bound = math.inf if bound is None else bound * self.scale
-        if scaled.size:
+        out: npt.NDArray[np.int64] = np.empty(arr.size, dtype=np.int64)
+        scale = arr.dtype.type(self.scale)
+        # In chunks, so the float temporaries stay cache-sized whatever the length.
+        for start in range(0, arr.size, _ENCODE_CHUNK):
+            part = arr[start : start + _ENCODE_CHUNK]
+            scaled = np.multiply(part, scale, dtype=arr.dtype)
             # One pass over the data in the common case; NaN makes the max NaN.
             peak = float(np.max(np.abs(scaled)))
             if not (math.isfinite(peak) and peak <= scaled_bound and math.floor(peak) <= _INT63):
-                _raise_first_bad(arr, scaled, bound)
-        out: npt.NDArray[np.int64] = scaled.astype(np.int64)  # C cast: truncation toward zero
+                _raise_first_bad(part, scaled, bound, offset=start)
+            out[start : start + len(part)] = scaled  # C cast: truncation toward zero
         return out.view(DTYPE)
 
     def decode(self, ring: RingVector) -> npt.NDArray[np.float64]:
@@ -130,16 +136,19 @@ def _as_float_array(x: Any) -> npt.NDArray[np.floating[Any]]:
     return np.ascontiguousarray(arr)
 
 
-def _raise_first_bad(arr: npt.NDArray[Any], scaled: npt.NDArray[Any], bound: float | None) -> None:
-    """Raise for the first value that is non-finite, beyond ``±bound`` or too large."""
+def _raise_first_bad(
+    arr: npt.NDArray[Any], scaled: npt.NDArray[Any], bound: float | None, offset: int = 0
+) -> None:
+    """Raise for the first value that is non-finite, beyond ``±bound`` or too large
+    (``arr`` starts at flat index ``offset`` of the input)."""
     finite = np.isfinite(arr)
     # trunc(|v|) > 2^63 − 1 for a float v is exactly |v| >= 2^63.
     too_big = np.abs(scaled.astype(np.float64)) >= 2.0**63
     beyond = np.zeros_like(finite) if bound is None else np.abs(arr.astype(np.float64)) > bound
-    i = int(np.argmax(~finite | too_big | beyond))
-    value = float(arr[i])
-    if not finite[i]:
+    j = int(np.argmax(~finite | too_big | beyond))
+    value, i = float(arr[j]), offset + j
+    if not finite[j]:
         raise EncodingError(f"value at index {i} is {value!r}; expected a finite number")
-    if beyond[i]:
+    if beyond[j]:
         raise EncodingError(f"value at index {i} is {value!r}, beyond the round's bound ±{bound!r}")
     raise EncodingError(f"value at index {i} is {value!r}; its encoding does not fit in 64 bits")

@@ -19,7 +19,7 @@ so that :func:`add_stream_into` can fuse the expansion with the ring addition.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,14 +107,67 @@ def add_stream_into(
     Each chunk of keystream is written to a cache-sized scratch buffer and added
     straight away, so the full share is never materialised.
     """
-    stream = keystream(seed, context)
-    n = len(acc)
-    scratch = np.zeros(min(n, CHUNK_ELEMENTS), dtype=DTYPE)
-    scratch_raw = scratch.data.cast("B")
-    zeros = bytes(len(scratch) * ELEMENT_BYTES)
-    op = np.subtract if negate else np.add
-    for start, stop in chunks(n):
-        k = stop - start
-        stream.update_into(memoryview(zeros)[: k * ELEMENT_BYTES], scratch_raw[: k * ELEMENT_BYTES])
+    Keystream(seed, context).add_into(acc, negate=negate)
+
+
+def add_streams_into(
+    acc: RingVector, streams: Sequence[tuple[Seed, PrgContext]], *, negate: bool = False
+) -> None:
+    """``acc += Σ PRG(seed, context)`` over ``streams``, fused: the outer loop runs over
+    cache-sized chunks of ``acc`` and the inner one over the streams, so each chunk of
+    the accumulator is read and written once from cache whatever the number of streams
+    (one keystream context per stream is kept meanwhile)."""
+    keys = [Keystream(seed, context) for seed, context in streams]
+    if not keys:
+        return
+    scratch = Keystream.scratch_for(len(acc))  # one for all, so it stays in cache
+    for start, stop in chunks(len(acc)):
         target = acc[start:stop]
-        op(target, scratch[:k], out=target)
+        for key in keys:
+            key.add_into(target, negate=negate, scratch=scratch)
+
+
+class Keystream:
+    """The PRG output of one ``(seed, context)``, consumed in order: each call to
+    :meth:`add_into` uses the next ``len(target)`` elements of the stream."""
+
+    __slots__ = ("_cipher", "_scratch")
+
+    def __init__(self, seed: Seed, context: PrgContext) -> None:
+        self._cipher = keystream(seed, context)
+        self._scratch: tuple[RingVector, bytes] | None = None
+
+    @staticmethod
+    def scratch_for(length: int) -> tuple[RingVector, bytes]:
+        """A cache-sized work buffer (and as many zero bytes) for targets of ``length``."""
+        n = max(1, min(length, CHUNK_ELEMENTS))
+        return np.empty(n, dtype=DTYPE), bytes(n * ELEMENT_BYTES)
+
+    def add_into(
+        self,
+        target: RingVector,
+        *,
+        negate: bool = False,
+        scratch: tuple[RingVector, bytes] | None = None,
+    ) -> None:
+        """``target += next elements`` (``-=`` with ``negate``), modulo 2^64, in place.
+
+        ``scratch`` (from :meth:`scratch_for`) may be shared by keystreams used in turn.
+        """
+        n = len(target)
+        if n == 0:
+            return
+        if scratch is None:
+            if self._scratch is None or len(self._scratch[0]) < min(n, CHUNK_ELEMENTS):
+                self._scratch = self.scratch_for(n)
+            scratch = self._scratch
+        buf, zero_bytes = scratch
+        raw = buf.data.cast("B")
+        zeros = memoryview(zero_bytes)
+        op = np.subtract if negate else np.add
+        step = len(buf)
+        for start in range(0, n, step):
+            k = min(step, n - start)
+            self._cipher.update_into(zeros[: k * ELEMENT_BYTES], raw[: k * ELEMENT_BYTES])
+            part = target[start : start + k]
+            op(part, buf[:k], out=part)

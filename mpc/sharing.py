@@ -13,7 +13,7 @@ seeds").
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,6 +131,44 @@ def share(
         shares.append(seeded)
     shares.insert(full_party, FullShare(party=full_party, vector=full))
     return shares
+
+
+def full_share_chunks(
+    encoded: RingVector,
+    n_parties: int,
+    full_party: int,
+    seeds: Sequence[Seed],
+    context: SharingContext,
+    chunk_elements: int,
+) -> Iterator[RingVector]:
+    """The full share of :func:`share` (same arguments), computed ``chunk_elements`` at a
+    time: the pieces concatenate to ``share(...)[full_party].vector``.
+
+    Each piece is a view of one scratch buffer, valid until the next one is taken, so
+    the full share never exists whole (memory: one chunk, whatever the length). Every
+    call restarts the keystreams, so it yields the same bytes each time. Raises
+    :class:`ParameterError` as :func:`share` does, or for ``chunk_elements < 1``.
+    """
+    check_parties(n_parties, full_party)
+    if len(seeds) != n_parties - 1:
+        raise ParameterError(
+            f"expected {n_parties - 1} seeds for {n_parties} parties, got {len(seeds)}"
+        )
+    if chunk_elements < 1:
+        raise ParameterError(f"chunk_elements must be >= 1, got {chunk_elements}")
+    x = np.ascontiguousarray(encoded, dtype=DTYPE)
+    keys = [
+        prg.Keystream(seed, context.prg_context(party))
+        for party, seed in zip(seed_parties(n_parties, full_party), seeds, strict=True)
+    ]
+    out = np.empty(min(len(x), chunk_elements), dtype=DTYPE)
+    scratch = prg.Keystream.scratch_for(len(out))
+    for start, stop in prg.chunks(len(x), chunk_elements):
+        piece = out[: stop - start]
+        np.copyto(piece, x[start:stop])
+        for key in keys:
+            key.add_into(piece, negate=True, scratch=scratch)
+        yield piece
 
 
 def reconstruct(shares: Sequence[Share]) -> RingVector:

@@ -2,31 +2,81 @@
 
 from __future__ import annotations
 
+import enum
+import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
+from mpcagg.ops.reveal import result as reveal_result
+from mpcagg.ops.rounds import rounds_app
 from mpcagg.protocol.errors import MpcaggError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="mpcagg: secure aggregation of model updates across three or more servers.",
 )
 certs_app = typer.Typer(
     no_args_is_help=True, help="Credentials: a CA, party certificates, client certificates."
 )
 app.add_typer(certs_app, name="certs")
+app.add_typer(rounds_app, name="rounds")
+app.command("result")(reveal_result)
 
 
-def _logging(level: str) -> None:
+class Engine(enum.StrEnum):
+    numpy = "numpy"
+    crypten = "crypten"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class LogFormat(enum.StrEnum):
+    auto = "auto"
+    text = "text"
+    json = "json"
+
+
+def _version(show: bool) -> None:
+    if show:
+        from mpcagg.protocol.version import PROTOCOL_VERSION, package_version
+        from mpcagg.servers.schema import SCHEMA_VERSION
+
+        typer.echo(
+            f"mpcagg {package_version()} (peer protocol {PROTOCOL_VERSION}, "
+            f"store schema {SCHEMA_VERSION})"
+        )
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """mpcagg: secure aggregation of model updates across three or more servers."""
+
+
+def _logging(level: str, fmt: str = "text") -> None:
     from mpcagg.servers.logs import configure
 
-    configure(level)
+    configure(level, fmt)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -42,26 +92,64 @@ def server(
         bool, typer.Option(help="Run without TLS or authentication (dev only).")
     ] = False,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound ports here.")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.INFO,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="auto: text on a terminal, JSON lines otherwise.")
+    ] = LogFormat.auto,
+    engine: Annotated[
+        Engine | None, typer.Option(help="Override the cluster file's engine.")
+    ] = None,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(help="Serve Prometheus metrics on HOST:PORT (else [metrics] address)."),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
     ] = None,
 ) -> None:
     """Run one aggregation server, as in production."""
-    _logging(log_level)
-    from mpcagg.protocol.cluster import load_cluster
-    from mpcagg.servers.server import serve_forever
+    _logging(log_level.value, log_format.value)
+    from mpcagg.servers.operations import banner
 
+    log = logging.getLogger("mpcagg.server")
+    # The first line, whatever --log-level says: which mpcagg runs, in which versions.
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, banner(party), (), None))
     try:
+        from mpcagg.protocol.cluster import load_cluster
+        from mpcagg.servers.server import serve_forever
+
+        cluster = load_cluster(config)
+        if engine is not None:
+            cluster = cluster.model_copy(update={"engine": engine.value})
+        if metrics_address is not None:
+            metrics_address = _metrics_address(metrics_address)
         serve_forever(
-            load_cluster(config),
+            cluster,
             party,
             insecure=insecure,
             port_file=port_file,
             metrics_port=metrics_port,
+            metrics_address=metrics_address,
         )
-    except MpcaggError as exc:
+    except (MpcaggError, OSError) as exc:
         raise _fail(exc) from None
+    except Exception as exc:  # one line, never a traceback (it goes to the DEBUG log)
+        log.debug("start-up failed", exc_info=exc)
+        raise _fail(
+            RuntimeError(f"{type(exc).__name__}: {exc} (--log-level DEBUG shows where)")
+        ) from None
+
+
+def _metrics_address(address: str) -> str:
+    from pydantic import ValidationError
+
+    from mpcagg.protocol.cluster import MetricsConfig
+    from mpcagg.protocol.errors import ConfigError
+
+    try:
+        return MetricsConfig(address=address).address
+    except ValidationError:
+        raise ConfigError(f"--metrics-address must be host:port, got {address!r}") from None
 
 
 @app.command()
@@ -69,16 +157,25 @@ def health(
     config: Annotated[Path, typer.Option(help="Cluster file (TOML).")],
     party: Annotated[int, typer.Option(help="The party to probe (its cert and key are used).")],
     timeout: Annotated[float, typer.Option(help="Seconds per port.")] = 5.0,
+    wait: Annotated[
+        float, typer.Option(help="Keep probing up to this many seconds until it serves.")
+    ] = 0.0,
 ) -> None:
-    """Exit 0 if the party answers SERVING on both ports, 1 if not (for container probes)."""
-    from mpcagg.ops.health import check_health
+    """Exit 0 if the party answers SERVING on both ports, 1 if not (for container probes).
+
+    Prints each port's answer and the mpcagg version and peer protocol the party runs.
+    """
+    from mpcagg.ops.health import wait_healthy
     from mpcagg.protocol.cluster import load_cluster
 
     try:
-        serving = check_health(load_cluster(config), party, timeout=timeout)
+        ports = wait_healthy(load_cluster(config), party, wait=wait, timeout=timeout)
     except MpcaggError as exc:
         raise _fail(exc) from None
+    serving = all(p.serving for p in ports)
     typer.echo(f"party {party}: {'serving' if serving else 'NOT serving'}")
+    for p in ports:
+        typer.echo(f"  {p.describe()}")
     raise typer.Exit(code=0 if serving else 1)
 
 
@@ -233,9 +330,23 @@ def certs_client(
     typer.echo(f"wrote {cert} and {key} (0600) for {role} {client_id!r}, valid until {expires}")
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """The console script: every error is one line on stderr (exit 2), never a traceback."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message())
+        return 0
+    except click.ClickException as exc:
+        typer.secho(f"error: {exc.format_message()}", fg=typer.colors.RED, err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.secho("aborted", err=True)
+        return 130
+    return int(result) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(main())

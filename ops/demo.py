@@ -160,7 +160,7 @@ def run_demo(
                 for rc in receipts:
                     if not rc.complete:
                         say(
-                            f"      {rc.client_id} reached parties {list(rc.acknowledged)} only: "
+                            f"      {rc.client_id} is not held by parties {list(rc.pending)}: "
                             "it is left out of the cohort"
                         )
                 collector.close(round_id)

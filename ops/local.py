@@ -24,6 +24,7 @@ from mpcagg.protocol.cluster import (
     ClusterConfig,
     Limits,
     PartyConfig,
+    Retention,
     TlsConfig,
     dump_cluster,
     load_cluster,
@@ -52,6 +53,7 @@ class LocalCluster:
         engine: str = "numpy",
         limits: dict[str, Any] | None = None,
         name: str = "local",
+        retention: dict[str, Any] | None = None,
         log_level: str = "INFO",
     ) -> None:
         if n_parties < 2:
@@ -61,6 +63,7 @@ class LocalCluster:
         self.tls = tls
         self.engine = engine
         self.limits = Limits(**(limits or {}))
+        self.retention = Retention(**(retention or {}))
         self.name = name
         self.log_level = log_level
         self.cluster_file = self.directory / "cluster.toml"
@@ -102,6 +105,7 @@ class LocalCluster:
                 "engine": self.engine,
                 "tls": tls_config,
                 "limits": self.limits,
+                "retention": self.retention,
                 "parties": parties,
             }
         )
@@ -135,7 +139,7 @@ class LocalCluster:
         cmd = [
             sys.executable, "-m", "mpcagg.ops.cli", "server",
             "--config", str(self.cluster_file), "--party", str(party),
-            "--port-file", str(port_file), "--log-level", self.log_level,
+            "--port-file", str(port_file), "--log-level", self.log_level, "--log-format", "text",
         ]  # fmt: skip
         if not self.tls:
             cmd.append("--insecure")

@@ -70,6 +70,9 @@ class Limits(_Strict):
     max_message_bytes: int = Field(default=5 * MiB, ge=1024)
     rpc_timeout_s: float = Field(default=120.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    # A round in reveal mode "servers": how long after its commit (or its deadline, if
+    # later) a party waits for the parties' group to open the aggregate before it gives up.
+    reveal_timeout_s: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _chunk_fits(self) -> Limits:

@@ -6,6 +6,7 @@ by the collector; a mismatch anywhere stops the round before anything is reveale
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -49,6 +50,20 @@ class TensorSpec:
         return math.prod(self.shape)
 
 
+class RevealMode(enum.StrEnum):
+    """Who opens a round's committed aggregate.
+
+    ``collector``: the collector fetches every party's aggregate share and adds them (and
+    cohort trainers, if the spec allows it). ``servers``: the parties open it among
+    themselves over their group (``servers/group.py``) and each serves the result only to
+    its own operator and, if the spec allows it, to cohort trainers; no aggregate share
+    leaves a party on the client port.
+    """
+
+    COLLECTOR = "collector"
+    SERVERS = "servers"
+
+
 @dataclass(frozen=True, slots=True)
 class RoundSpec:
     """Validated round parameters (see ``protos/mpcagg/v1/aggregation.proto``)."""
@@ -67,10 +82,17 @@ class RoundSpec:
     extra ring element after the tensors), so the round reveals ``Σw·x`` and ``Σw``."""
     max_weight: float = 0.0
     """The largest weight a trainer may give (weighted rounds only; 0 otherwise)."""
+    reveal: RevealMode = RevealMode.COLLECTOR
+    """Who opens the committed aggregate (:class:`RevealMode`)."""
     _digest: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_id("round id", self.round_id)
+        try:
+            object.__setattr__(self, "reveal", RevealMode(self.reveal))
+        except ValueError:
+            modes = ", ".join(m.value for m in RevealMode)
+            raise InvalidArgument(f"reveal must be one of {modes}, got {self.reveal!r}") from None
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -161,6 +183,8 @@ class RoundSpec:
         if self.weighted:  # absent otherwise, so unweighted digests are as before
             doc["weighted"] = True
             doc["max_weight"] = float(self.max_weight).hex()
+        if self.reveal is not RevealMode.COLLECTOR:  # absent otherwise, as for weighted
+            doc["reveal"] = self.reveal.value
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -222,4 +246,5 @@ def spec_from_canonical(raw: bytes) -> RoundSpec:
         trainers_may_fetch=doc["trainers_may_fetch"],
         weighted=doc.get("weighted", False),
         max_weight=float.fromhex(doc["max_weight"]) if "max_weight" in doc else 0.0,
+        reveal=RevealMode(doc.get("reveal", RevealMode.COLLECTOR.value)),
     )

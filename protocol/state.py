@@ -96,6 +96,9 @@ class UploadHeader:
     """``kind`` SEED only: the 32-byte seed."""
     spec_digest: bytes = b""
     """The round spec the trainer shared under; if set, a party holding another refuses."""
+    seeds_acknowledged: bool = False
+    """``kind`` FULL only: every seed of this sharing was acknowledged before the full share
+    was sent, so the party folds it into its accumulator for good (it is not kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,9 @@ class Manifest:
     held: tuple[Holding, ...]
     state: RoundState
     cohort_digest: bytes
+    folded: tuple[Holding, ...] = ()
+    """The held full shares this party folded into its accumulator and cannot take out
+    again: a cohort must include every one of them (the leader fails the round otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)

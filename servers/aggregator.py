@@ -13,11 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
-
-from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
 from mpcagg.mpc.engines import Engine
-from mpcagg.mpc.ring import DTYPE, RingVector
+from mpcagg.mpc.ring import RingVector
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import (
     AlreadyExists,
@@ -32,15 +29,18 @@ from mpcagg.protocol.identity import Identity
 from mpcagg.protocol.spec import (
     SHARING_ID_BYTES,
     Holding,
+    RevealMode,
     RoundSpec,
     check_id,
     cohort_digest,
     spec_from_canonical,
 )
 from mpcagg.protocol.state import Manifest, RoundState, RoundStatus, UploadAck, UploadHeader
+from mpcagg.servers.accumulator import RoundAccumulator
+from mpcagg.servers.events import Observers, RoundEvents
 from mpcagg.servers.round import Round, UploadRecord
-from mpcagg.servers.storage import Storage, UploadRow
-from mpcagg.servers.upload import DIGEST_BYTES, BufferPool, UploadSession
+from mpcagg.servers.storage import Storage
+from mpcagg.servers.upload import DIGEST_BYTES, StagingBudget, UploadSession
 
 log = logging.getLogger("mpcagg.aggregator")
 
@@ -59,6 +59,7 @@ class Aggregator:
         limits: Limits,
         clock: Clock = time.time,
         on_upload: Callable[[int], None] | None = None,
+        events: RoundEvents | None = None,
     ) -> None:
         self.party = party
         self.n_parties = n_parties
@@ -67,13 +68,16 @@ class Aggregator:
         self.limits = limits
         self.clock = clock
         self._rounds: dict[str, Round] = {}
-        self.buffers = BufferPool()
+        self.staging = StagingBudget()
         self._lock = threading.Lock()
         self._on_upload = on_upload
+        self.events: RoundEvents = events if events is not None else Observers()
 
-    def metrics_upload(self, nbytes: int) -> None:
+    def metrics_upload(self, nbytes: int, kind: str = "unknown") -> None:
+        """An upload of ``nbytes`` share bytes was durably acknowledged."""
         if self._on_upload is not None:
             self._on_upload(nbytes)
+        self.events.upload("stored", kind, nbytes)
 
     # --- recovery -----------------------------------------------------------------------
 
@@ -87,7 +91,7 @@ class Aggregator:
             if state is RoundState.COMMITTED:
                 assert row.cohort is not None and row.cohort_digest is not None
                 rnd.cohort, rnd.cohort_digest = row.cohort, row.cohort_digest
-                rnd.accumulator = self.engine.from_ring(self.storage.read_aggregate(spec.round_id))
+                # Served from its file (aggregate_share), never held in memory.
                 self.storage.keep_only_aggregate(spec.round_id)
             elif state is RoundState.FAILED:
                 rnd.accumulator = None
@@ -95,33 +99,20 @@ class Aggregator:
                 self.storage.forget_seeds(spec.round_id)
             else:
                 rnd.decided = row.cohort if state is RoundState.CLOSING else None
-                rnd.accumulator = self.engine.zeros(spec.length)
-                uploads = self.storage.uploads(spec.round_id)
+                # The last checkpoint holds exactly the folded shares the rows name.
+                rnd.ingest, uploads = RoundAccumulator.recover(self.storage, spec)
                 for up in uploads:
-                    rnd.accumulator = self.engine.accumulate(
-                        rnd.accumulator, self._stored_share(spec, up)
-                    )
                     rnd.uploads[up.client_id] = UploadRecord(
-                        up.client_id, up.sharing_id, up.kind, up.digest, up.nbytes
+                        up.client_id, up.sharing_id, up.kind, up.digest, up.nbytes, up.folded
                     )
                     rnd.bytes_received += up.nbytes
                     replayed += 1
-                keep = {f"{u.client_id}.{u.kind}" for u in uploads if u.kind == "full"}
-                self.storage.sweep(spec.round_id, keep=keep)
+                keep = {
+                    f"{u.client_id}.{u.kind}" for u in uploads if u.kind == "full" and not u.folded
+                }
+                self.storage.sweep(spec.round_id, keep=keep | rnd.ingest.files())
             self._rounds[spec.round_id] = rnd
         return replayed
-
-    def _stored_share(self, spec: RoundSpec, up: UploadRow) -> FullShare | SeedShare:
-        payload = self.storage.read_payload(up)
-        if up.kind == "full":
-            vec = np.frombuffer(bytearray(payload), dtype=DTYPE)
-            return FullShare(party=self.party, vector=vec)
-        return SeedShare(
-            party=self.party,
-            length=spec.length,
-            seed=Seed(payload),
-            context=SharingContext(spec.round_id, up.client_id),
-        )
 
     # --- rounds -------------------------------------------------------------------------
 
@@ -156,7 +147,10 @@ class Aggregator:
                 return self._status(existing)
             self.storage.insert_round(spec.round_id, spec.canonical(), spec.digest, self.clock())
             rnd = Round(
-                spec=spec, state=RoundState.OPEN, accumulator=self.engine.zeros(spec.length)
+                spec=spec,
+                state=RoundState.OPEN,
+                accumulator=None,
+                ingest=RoundAccumulator(self.storage, spec),
             )
             self._rounds[spec.round_id] = rnd
         log.info(
@@ -199,6 +193,17 @@ class Aggregator:
 
     def begin_upload(self, h: UploadHeader) -> UploadAck | UploadSession:
         """Validate a header. Returns a receipt for an identical retry, else a session."""
+        kind = h.kind if h.kind in ("seed", "full") else "unknown"
+        try:
+            started = self._begin_upload(h)
+        except Exception:
+            self.events.upload("refused", kind, 0)
+            raise
+        if isinstance(started, UploadAck):
+            self.events.upload("duplicate", kind, 0)
+        return started
+
+    def _begin_upload(self, h: UploadHeader) -> UploadAck | UploadSession:
         check_id("client id", h.client_id)
         rnd = self.get(h.round_id)
         spec = rnd.spec
@@ -302,13 +307,14 @@ class Aggregator:
                 self._stop_accepting(rnd)
                 log.info("round %s closing: %d uploads held", round_id, len(rnd.uploads))
             self._quiesce(rnd)
-            held = rnd.holdings() if rnd.state is RoundState.CLOSING else (rnd.cohort or ())
+            closing = rnd.state is RoundState.CLOSING
             return Manifest(
                 round_id=round_id,
                 party=self.party,
-                held=held,
+                held=rnd.holdings() if closing else (rnd.cohort or ()),
                 state=rnd.state,
                 cohort_digest=rnd.cohort_digest,
+                folded=rnd.folded() if closing else (),
             )
 
     def commit(
@@ -353,29 +359,48 @@ class Aggregator:
                 self._stop_accepting(rnd)  # may release the lock: check again after it
                 self._check_holds(rnd, cohort)
             rnd.require(RoundState.CLOSING)
-            spec = rnd.spec
-            acc = rnd.accumulator
-            members = set(cohort)
-            for up in self.storage.uploads(round_id):
-                if Holding(up.client_id, up.sharing_id) not in members:
-                    acc = self.engine.subtract(acc, self._stored_share(spec, up))
-            self.storage.write_aggregate(round_id, np.ascontiguousarray(self.engine.to_ring(acc)))
-            self.storage.set_round_state(round_id, RoundState.COMMITTED.value, "", cohort, digest)
-            rnd.accumulator = acc
+            started = time.monotonic()
+            assert rnd.ingest is not None  # a CLOSING round has one
+            # Folded shares plus the cohort's seeds and kept-apart shares: nothing is
+            # subtracted, and what is outside the cohort is never expanded.
+            try:
+                aggregate = rnd.ingest.aggregate(
+                    self.engine, self.party, cohort, self.storage.uploads(round_id)
+                )
+                self.storage.write_aggregate(round_id, aggregate)
+                self.storage.set_round_state(
+                    round_id, RoundState.COMMITTED.value, "", cohort, digest
+                )
+            except BaseException:
+                rnd.ingest.restore()  # the sum was computed in place: undo it
+                raise
+            rnd.accumulator = None  # from now on served from its file (aggregate_share)
+            rnd.ingest = None
             rnd.cohort, rnd.cohort_digest = cohort, digest
             rnd.move(RoundState.COMMITTED)
             self.storage.keep_only_aggregate(round_id)
             log.info("round %s committed: cohort of %d", round_id, len(cohort))
+            self.events.committed(rnd, aggregate, time.monotonic() - started)
             return self._status(rnd)
 
     def _check_holds(self, rnd: Round, cohort: tuple[Holding, ...]) -> None:
-        """Raise :class:`InvalidArgument` unless this party holds every sharing of ``cohort``."""
-        missing = [m for m in cohort if m not in set(rnd.holdings())]
+        """Raise :class:`InvalidArgument` unless this party holds every sharing of ``cohort``
+        and ``cohort`` includes every full share this party folded (which cannot be taken
+        out of its accumulator)."""
+        held, members = set(rnd.holdings()), set(cohort)
+        missing = [m for m in cohort if m not in held]
         if missing:
             raise InvalidArgument(
                 f"cohort names {len(missing)} sharings party {self.party} does not hold "
                 f"(first: client {missing[0].client_id!r}, sharing "
                 f"{missing[0].sharing_id.hex()[:8]}…)"
+            )
+        stranded = [h for h in rnd.folded() if h not in members]
+        if stranded:
+            raise InvalidArgument(
+                f"cohort leaves out {len(stranded)} full shares party {self.party} has folded "
+                f"into its accumulator (first: client {stranded[0].client_id!r}); they "
+                "cannot be taken out"
             )
 
     def _stop_accepting(self, rnd: Round) -> None:
@@ -386,6 +411,7 @@ class Aggregator:
         """
         self.storage.set_round_state(rnd.spec.round_id, RoundState.CLOSING.value)
         rnd.move(RoundState.CLOSING)
+        self.events.closing(rnd)
         self._quiesce(rnd)
 
     def _quiesce(self, rnd: Round) -> None:
@@ -430,10 +456,26 @@ class Aggregator:
             self.storage.set_round_state(round_id, RoundState.FAILED.value, reason)
             rnd.move(RoundState.FAILED, reason)
             rnd.accumulator = None
+            rnd.ingest = None
             self.storage.sweep(round_id, keep=set())
             self.storage.forget_seeds(round_id)
             log.warning("round %s failed: %s", round_id, reason)
+            self.events.failed(rnd)
             return self._status(rnd)
+
+    def forget(self, round_id: str) -> None:
+        """Prune a finished round: its rows and files go, and this party no longer knows
+        it (NOT_FOUND from then on). Raises :class:`RoundNotOpen` if it has not finished."""
+        rnd = self.get(round_id)
+        with rnd.lock:
+            if not rnd.state.final:
+                raise RoundNotOpen(
+                    f"round {round_id!r} is {rnd.state.value}; only a finished round is pruned"
+                )
+            with self._lock:
+                self._rounds.pop(round_id, None)
+            self.storage.delete_round(round_id)
+        self.events.forgotten(round_id)
 
     def aggregate_share(
         self, round_id: str, caller: Identity | None = None
@@ -443,9 +485,16 @@ class Aggregator:
         The collector may fetch it; a trainer only if the round's spec allows it and the
         trainer is in the cohort (PERMISSION_DENIED otherwise, decided before the round's
         state is looked at, so a trainer learns nothing about a round it may not fetch).
-        ``caller`` None: no identity checks (``--insecure``).
+        ``caller`` None: no identity checks (``--insecure``). A round in reveal mode
+        ``servers`` serves its aggregate share to nobody (the parties open it among
+        themselves, servers/reveal.py).
         """
         rnd = self.get(round_id)
+        if rnd.spec.reveal is RevealMode.SERVERS:
+            raise PermissionDenied(
+                f"round {round_id!r} is revealed among the servers (reveal mode servers): "
+                "no party serves its aggregate share"
+            )
         if (
             caller is not None
             and caller.role != "collector"
@@ -459,4 +508,4 @@ class Aggregator:
             rnd.require(RoundState.COMMITTED)
             if rnd.cohort is None or len(rnd.cohort) < rnd.spec.min_clients:
                 raise RoundNotOpen(f"round {round_id!r} has no cohort of at least min_clients")
-            return self._status(rnd), np.ascontiguousarray(self.engine.to_ring(rnd.accumulator))
+            return self._status(rnd), self.storage.read_aggregate(round_id)

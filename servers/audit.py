@@ -44,10 +44,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mpcagg.mpc.ring import RingVector, to_bytes
+from mpcagg.protocol.admin import RoundSummary
 from mpcagg.protocol.errors import ConfigError
+from mpcagg.protocol.identity import party_uri
 from mpcagg.protocol.state import RoundState
-from mpcagg.servers.identity import party_uri
-from mpcagg.servers.inventory import Inventory, RoundSummary
+from mpcagg.servers.inventory import Inventory
 from mpcagg.servers.round import Round
 
 log = logging.getLogger("mpcagg.audit")
@@ -275,7 +276,9 @@ class ChainCheck:
         if self.ok:
             unsigned = self.records - self.signed
             extra = f", {unsigned} unsigned (--insecure)" if unsigned else ""
-            return f"chain ok ({self.records} records, {self.signed} signatures valid{extra})"
+            records = f"{self.records} record{'s' if self.records != 1 else ''}"
+            signed = f"{self.signed} signature{'s' if self.signed != 1 else ''} valid"
+            return f"chain ok ({records}, {signed}{extra})"
         return f"CHAIN BROKEN: {'; '.join(self.problems[:3])}" + (
             f" (and {len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
         )

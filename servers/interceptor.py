@@ -25,7 +25,7 @@ from mpcagg.wire.status import abort, code_for, is_abort
 
 log = logging.getLogger("mpcagg.refused")
 
-Policy = tuple[Role, ...] | Literal["leader"]
+Policy = tuple[Role, ...] | Literal["leader", "party"]
 
 POLICY: dict[str, Policy] = {
     "/mpcagg.v1.Aggregation/CreateRound": ("collector",),
@@ -36,9 +36,22 @@ POLICY: dict[str, Policy] = {
     "/mpcagg.v1.Peer/Manifest": "leader",
     "/mpcagg.v1.Peer/Commit": "leader",
     "/mpcagg.v1.Peer/Fail": "leader",
+    # Operator commands (`mpcagg rounds`, servers/admin.py): the collector only.
+    "/mpcagg.v1.Admin/ListRounds": ("collector",),
+    "/mpcagg.v1.Admin/ShowRound": ("collector",),
+    "/mpcagg.v1.Admin/AbortRound": ("collector",),
+    "/mpcagg.v1.Admin/PruneRounds": ("collector",),
+    "/mpcagg.v1.Admin/GetAuditLog": ("collector",),
+    # Reveal mode "servers" (servers/reveal.py): any party sends group frames to any
+    # other (peer port; the frame must name the sender its certificate names); the
+    # reveal's state for the collector and trainers, the sum for cohort trainers only.
+    "/mpcagg.v1.Group/Send": "party",
+    "/mpcagg.v1.Reveal/GetRevealStatus": ("collector", "trainer"),
+    "/mpcagg.v1.Reveal/GetRevealedSum": ("trainer",),
 }
-"""Who may call each RPC: client roles (client port), or the leader's party certificate
-(peer port). A method missing here is not served by the interceptor's servers."""
+"""Who may call each RPC: client roles (client port), the leader's party certificate, or
+any party certificate of the cluster (peer port). A method missing here is not served
+by the interceptor's servers."""
 
 _CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("caller", default=None)
 
@@ -95,6 +108,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _admit(self, context: grpc.ServicerContext, policy: Policy) -> Identity | None:
         if policy == "leader":
             self._peer_auth.require_leader(context)
+            return None
+        if policy == "party":
+            self._peer_auth.require_party(context)
             return None
         return self._auth.require(context, *policy)
 

@@ -9,43 +9,16 @@ run beside a live server (WAL readers do not block the writer).
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpcagg.protocol.admin import RoundSummary
 from mpcagg.protocol.errors import ConfigError, NotFound
-from mpcagg.protocol.spec import RoundSpec, cohort_from_json, spec_from_canonical
+from mpcagg.protocol.spec import cohort_from_json, spec_from_canonical
 from mpcagg.protocol.state import RoundState
 from mpcagg.servers import schema
 
 DB_FILE = "meta.sqlite3"
-
-
-@dataclass(frozen=True, slots=True)
-class RoundSummary:
-    """One round at one party, as its store records it (no share material)."""
-
-    round_id: str
-    party: int
-    state: RoundState
-    reason: str
-    spec_digest: bytes
-    cohort_size: int
-    cohort_digest: bytes
-    uploads: int
-    full_shares: int
-    seed_shares: int
-    share_bytes: int
-    created_at: float
-    closed_at: float | None
-    """When the party stopped accepting uploads (None: it never was CLOSING)."""
-    finished_at: float | None
-    """When it became COMMITTED or FAILED."""
-    deadline_unix: float
-    spec: RoundSpec | None = None
-
-    def age(self, now: float) -> float:
-        return max(now - self.created_at, 0.0)
 
 
 _ROUNDS = """

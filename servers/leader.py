@@ -5,7 +5,9 @@
    only if every party holds the same sharing (client id and sharing id) for it. A
    trainer that reached only some servers is simply left out (no recovery protocol
    for dropouts), and shares of two different sharings are never summed together.
-3. Below ``min_clients``: the round FAILS everywhere and nothing is revealed.
+3. Below ``min_clients``, or if a party *folded* a full share whose sharing is not in
+   the cohort (a trainer that sent it before its seeds were all acknowledged, which
+   the client never does): the round FAILS everywhere and nothing is revealed.
 4. Otherwise the leader records the cohort durably, commits it on every peer, then
    on itself. A peer that is down leaves the round CLOSING; closing again resumes
    with the same recorded cohort (idempotent, restart-safe).
@@ -90,6 +92,9 @@ class Leader:
                     round_id,
                     split,
                 )
+            stranded = _stranded(manifests, cohort)
+            if stranded:  # a full share folded before its seeds were all held
+                return self._fail(round_id, stranded)
             if len(cohort) < spec.min_clients:
                 held = ", ".join(f"party {m.party}: {len(m.held)}" for m in manifests)
                 return self._fail(
@@ -197,3 +202,20 @@ def _intersection(manifests: list[Manifest]) -> tuple[tuple[Holding, ...], int]:
         common &= set(m.held)
         named &= {h.client_id for h in m.held}
     return tuple(sorted(common)), len(named) - len(common)
+
+
+def _stranded(manifests: list[Manifest], cohort: tuple[Holding, ...]) -> str:
+    """Why no cohort can be committed, or "": a party folded a full share (sent as if
+    every seed were acknowledged) whose sharing is not held everywhere. It cannot take
+    it out, so its aggregate share would be wrong; a trainer using the client never
+    causes this (it sends its full share only after every seed is acknowledged)."""
+    members = set(cohort)
+    for m in manifests:
+        out = [h for h in m.folded if h not in members]
+        if out:
+            return (
+                f"party {m.party} folded the full share of client {out[0].client_id!r} "
+                f"(and {len(out) - 1} more) whose seeds not every party holds: it cannot "
+                "be left out, so nothing is revealed"
+            )
+    return ""

@@ -17,6 +17,7 @@ import grpc
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.spec import Holding
 from mpcagg.protocol.state import Manifest
+from mpcagg.servers.versioning import versioned
 from mpcagg.v1 import peer_pb2_grpc
 from mpcagg.wire import convert
 from mpcagg.wire.status import translate
@@ -93,6 +94,10 @@ class PeerClient:
         self._options = [
             ("grpc.max_send_message_length", max_message),
             ("grpc.max_receive_message_length", max_message),
+            # A party that restarts is dialled again within seconds (gRPC's default
+            # back-off grows to two minutes, longer than a group reveal waits).
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -114,9 +119,17 @@ class PeerClient:
                         certificate_chain=self._tls.cert,
                     )
                     self._channel = grpc.secure_channel(target, creds, options=self._options)
-                self._stub = peer_pb2_grpc.PeerStub(self._channel)
+                self._stub = peer_pb2_grpc.PeerStub(versioned(self._channel, self.party))
                 self._target = target
             return self._stub
+
+    def channel(self) -> grpc.Channel:
+        """The mutual-TLS channel to this party's peer port, dialled with this party's
+        certificate (the parties' group sends its messages over it too)."""
+        self._get_stub()
+        with self._lock:
+            assert self._channel is not None
+            return self._channel
 
     def _call(self, method: str, call: Callable[[Any], Any]) -> Any:
         try:

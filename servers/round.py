@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpcagg.protocol.errors import RoundNotOpen
 from mpcagg.protocol.spec import Holding, RoundSpec
 from mpcagg.protocol.state import RoundState
+
+if TYPE_CHECKING:
+    from mpcagg.servers.accumulator import RoundAccumulator
 
 _ALLOWED = {
     RoundState.OPEN: {RoundState.CLOSING, RoundState.FAILED},
@@ -38,6 +41,8 @@ class UploadRecord:
     kind: str
     digest: bytes
     nbytes: int
+    folded: bool = False
+    """A full share folded into the accumulator: it cannot be taken out again."""
 
     @property
     def holding(self) -> Holding:
@@ -52,6 +57,8 @@ class Round:
     state: RoundState
     accumulator: Any
     reason: str = ""
+    ingest: RoundAccumulator | None = None
+    """OPEN and CLOSING: the folded full shares and the group commit of uploads."""
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     inflight: set[str] = field(default_factory=set)
     committing: set[str] = field(default_factory=set)  # being made durable; manifests wait
@@ -72,6 +79,10 @@ class Round:
     def holdings(self) -> tuple[Holding, ...]:
         """What this party durably holds, sorted by client id."""
         return tuple(sorted(u.holding for u in self.uploads.values()))
+
+    def folded(self) -> tuple[Holding, ...]:
+        """The held full shares folded into the accumulator, sorted by client id."""
+        return tuple(sorted(u.holding for u in self.uploads.values() if u.folded))
 
     def move(self, new: RoundState, reason: str = "") -> None:
         """Transition to ``new``; raises :class:`RoundNotOpen` for an illegal transition."""

@@ -6,6 +6,8 @@
                                             versioning carry user_version 0 and are 1)
     2   + round_times: when each round stopped accepting uploads (CLOSING) and when it
           finished (COMMITTED or FAILED), kept by triggers on ``rounds.state``
+    3   + checkpoints: the current checkpoint slot of each open round's accumulator;
+          uploads.folded: a full share folded into it (not kept in a file of its own)
 
 A server refuses a store whose version is newer than :data:`SCHEMA_VERSION` (written
 by a newer mpcagg: this one might misread it) *before* touching it, and migrates an
@@ -21,7 +23,7 @@ from typing import Final
 from mpcagg.protocol.errors import ConfigError
 from mpcagg.protocol.version import package_version
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -49,6 +51,15 @@ MIGRATIONS: Final[dict[int, str]] = {
     BEGIN
         DELETE FROM round_times WHERE round_id = OLD.round_id;
     END;
+    """,
+    3: """
+    CREATE TABLE IF NOT EXISTS checkpoints (
+        round_id   TEXT PRIMARY KEY,
+        slot       INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        digest     BLOB NOT NULL
+    );
+    ALTER TABLE uploads ADD COLUMN folded INTEGER NOT NULL DEFAULT 0;
     """,
 }
 """Version -> the statements that bring version - 1 to it (idempotent)."""

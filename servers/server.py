@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import Counter, start_http_server
 
 from mpcagg.mpc.engines import get_engine
 from mpcagg.protocol.cluster import ClusterConfig
@@ -30,18 +29,21 @@ from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.auth import Authenticator, PeerAuthenticator
 from mpcagg.servers.interceptor import ServiceInterceptor
 from mpcagg.servers.leader import Leader
+from mpcagg.servers.metrics import record_refusal
+from mpcagg.servers.operations import Operations
 from mpcagg.servers.peers import PeerTls, peer_clients
+from mpcagg.servers.reveal import Revealer, attach_reveal
 from mpcagg.servers.service import AggregationService, PeerService
+from mpcagg.servers.startup import bind
 from mpcagg.servers.storage import Storage
+from mpcagg.servers.upload import unmap_large_allocations
+from mpcagg.servers.versioning import VersionInterceptor
 from mpcagg.v1 import aggregation_pb2_grpc, peer_pb2_grpc
 
 log = logging.getLogger("mpcagg.server")
 
 CONTROL_RPCS = 16
 """Worker threads beyond the upload cap, for everything that is not an upload."""
-
-UPLOAD_BYTES = Counter("mpcagg_upload_bytes", "Share bytes durably received")
-UPLOADS = Counter("mpcagg_uploads", "Uploads durably received")
 
 
 @dataclass
@@ -60,24 +62,33 @@ class RunningServer:
     health: health.HealthServicer
     storage: Storage
     drain_timeout: float
+    operations: Operations | None = None
+    """Audit log, metrics, retention, the Admin service (servers/operations.py)."""
+    revealer: Revealer | None = None
+    """Reveal mode ``servers``: the parties' group and the Reveal service (servers/reveal.py)."""
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones (uploads) finish within the drain timeout, stop."""
         self.health.enter_graceful_shutdown()
         if self.leader is not None:
             self.leader.stop()
+        if self.operations is not None:
+            self.operations.stop()
+        if self.revealer is not None:
+            self.revealer.stop()
         stopped = [s.stop(grace=self.drain_timeout) for s in (self.grpc_server, self.peer_server)]
         for event in stopped:
             event.wait(self.drain_timeout + 5)
         self.storage.close()
 
 
-def _on_upload(nbytes: int) -> None:
-    UPLOADS.inc()
-    UPLOAD_BYTES.inc(nbytes)
-
-
-def create_server(cluster: ClusterConfig, party: int, *, insecure: bool = False) -> RunningServer:
+def create_server(
+    cluster: ClusterConfig,
+    party: int,
+    *,
+    insecure: bool = False,
+    metrics_address: str | None = None,
+) -> RunningServer:
     """Start party ``party`` of ``cluster`` in this process and return it (its ``port``
     and ``peer_port`` are the bound ports; a configured port 0 binds an ephemeral one).
 
@@ -104,9 +115,12 @@ def create_server(cluster: ClusterConfig, party: int, *, insecure: bool = False)
             "port can upload, close rounds and fetch aggregate shares. Development only."
         )
     limits = cluster.limits
+    operations = Operations.prepare(cluster, party, insecure=insecure)  # checks credentials
     storage = Storage(me.data_dir)
     engine = get_engine(cluster.engine)
-    aggregator = Aggregator(party, cluster.n_parties, storage, engine, limits, on_upload=_on_upload)
+    aggregator = Aggregator(
+        party, cluster.n_parties, storage, engine, limits, events=operations.events
+    )
     replayed = aggregator.recover()
     if replayed:
         log.info("recovered %d acknowledged uploads from %s", replayed, me.data_dir)
@@ -130,17 +144,18 @@ def create_server(cluster: ClusterConfig, party: int, *, insecure: bool = False)
     interceptor = ServiceInterceptor(
         Authenticator(enforcing=peer_tls is not None),
         PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None),
+        on_refusal=record_refusal,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=workers,
-        interceptors=[interceptor],
+        interceptors=[VersionInterceptor(), interceptor],
     )
     peer_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=CONTROL_RPCS, thread_name_prefix="peer-rpc"),
         options=options,
-        interceptors=[interceptor],
+        interceptors=[VersionInterceptor(), interceptor],
     )
     aggregation_pb2_grpc.add_AggregationServicer_to_server(
         AggregationService(aggregator, leader, limits), server
@@ -149,26 +164,38 @@ def create_server(cluster: ClusterConfig, party: int, *, insecure: bool = False)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_server)
-    assert me.peer_address is not None  # checked above
+    operations.attach(aggregator, leader, server, peer_tls, metrics_address)
+    revealer = attach_reveal(
+        aggregator,
+        peers,
+        limits,
+        me.data_dir,
+        enforcing=peer_tls is not None,
+        client_server=server,
+        peer_server=peer_server,
+        events=operations.events,
+    )
+    peer_bind = me.peer_bind
+    assert peer_bind is not None  # checked above
     if peer_tls is None:
-        port = server.add_insecure_port(me.address)
-        peer_port = peer_server.add_insecure_port(me.peer_address)
+        port = bind(server, me.client_bind, "listen_address", None)
+        peer_port = bind(peer_server, peer_bind, "peer_listen_address", None)
     else:
         # Both ports require a client certificate from the cluster CA: gRPC fills the
         # auth context's x509 entries (the caller's identity) only then.
         mutual_tls = grpc.ssl_server_credentials(
             [(peer_tls.key, peer_tls.cert)], root_certificates=peer_tls.ca, require_client_auth=True
         )
-        port = server.add_secure_port(me.address, mutual_tls)
-        peer_port = peer_server.add_secure_port(me.peer_address, mutual_tls)
-    if port == 0 or peer_port == 0:
-        raise ConfigError(f"could not bind {me.address} / {me.peer_address}")
+        port = bind(server, me.client_bind, "listen_address", mutual_tls)
+        peer_port = bind(peer_server, peer_bind, "peer_listen_address", mutual_tls)
     server.start()
     peer_server.start()
     for name in ("", "mpcagg.v1.Aggregation", "mpcagg.v1.Peer"):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if leader is not None:
         leader.start()
+    operations.start()
+    revealer.start()
     log.info(
         "party %d serving on port %d (peers: %d), engine %s", party, port, peer_port, engine.name
     )
@@ -183,6 +210,8 @@ def create_server(cluster: ClusterConfig, party: int, *, insecure: bool = False)
         health_servicer,
         storage,
         limits.drain_timeout_s,
+        operations,
+        revealer,
     )
 
 
@@ -193,12 +222,15 @@ def serve_forever(
     insecure: bool,
     port_file: Path | None,
     metrics_port: int | None = None,
+    metrics_address: str | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, then drain and exit."""
-    running = create_server(cluster, party, insecure=insecure)
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1")
-        log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)
+    """Run until SIGTERM/SIGINT, then drain and exit. Metrics are served on
+    ``metrics_address`` (or 127.0.0.1:``metrics_port``, or the cluster file's
+    ``[metrics] address``)."""
+    if metrics_address is None and metrics_port is not None:
+        metrics_address = f"127.0.0.1:{metrics_port}"
+    unmap_large_allocations()  # staged upload chunks go back to the system when freed
+    running = create_server(cluster, party, insecure=insecure, metrics_address=metrics_address)
     if port_file is not None:
         write_atomic(port_file, f"{running.port} {running.peer_port}\n".encode(), 0o644)
     stop = threading.Event()

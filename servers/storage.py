@@ -1,17 +1,24 @@
-"""Durable state of one party: spool files for shares, SQLite for metadata.
+"""Durable state of one party: SQLite for metadata and seeds, files for vectors.
 
 Layout under the data directory::
 
-    meta.sqlite3                       rounds, acknowledged uploads and their seeds
+    meta.sqlite3                       rounds, acknowledged uploads and their seeds, the
+                                       current checkpoint of each open round
                                        (WAL, synchronous=FULL, mode 0600)
-    spool/<round_id>/<client_id>.full  a full share, little-endian uint64
+    spool/<round_id>/acc-<0|1>.bin     the two checkpoint slots of a round's accumulator
+                                       (the folded full shares), little-endian uint64
+    spool/<round_id>/<client_id>.full  a full share kept apart (sent before its seeds
+                                       were all acknowledged: it may have to stay out)
+    spool/<round_id>/aggregate.bin     a committed round's aggregate share
     spool/<round_id>/*.tmp             an upload in progress (deleted on recovery)
 
-A full-share upload is acknowledged only after its spool file is fsync'ed, renamed
-into place, the directory fsync'ed, and its row committed; a seed upload (32 bytes)
-is acknowledged once its row, seed included, is committed. On start, rows without a
-file are impossible; files without a row (a crash between rename and commit) and
-``*.tmp`` files were never acknowledged and are deleted.
+Uploads are acknowledged in batches (:mod:`servers.accumulator`): one transaction
+records the batch's rows and, if the batch folded full shares into the accumulator,
+the checkpoint slot just written and fdatasync'ed (:func:`servers.spool.write_vector`).
+A seed (32 bytes) lives in its row; a full share kept apart is fsync'ed and renamed
+into place before its row is. On start, the current slot is what the rows say was
+folded; the other slot, files without a row and ``*.tmp`` files were never
+acknowledged and are deleted.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.protocol.errors import ConfigError
 from mpcagg.protocol.spec import Holding, cohort_from_json, cohort_to_json
 from mpcagg.servers import schema
+from mpcagg.servers.spool import DIRECT_ALIGN, SpoolWriter, fsync_dir
+
+__all__ = ["DIRECT_ALIGN", "CheckpointRow", "RoundRow", "SpoolWriter", "Storage", "UploadRow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -78,6 +88,19 @@ class UploadRow:
     length: int
     nbytes: int
     seed: bytes = field(default=b"", repr=False)  # kind "seed": the 32-byte seed
+    folded: bool = False
+    """kind "full": in the round's accumulator (checkpoint), not in a file of its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """The durable checkpoint of an open round's accumulator: which slot file holds it,
+    its generation (one per batch that folded shares) and its payload digest."""
+
+    round_id: str
+    slot: int
+    generation: int
+    digest: bytes
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -102,78 +125,7 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 AGGREGATE_FILE = "aggregate.bin"
-
-DIRECT_ALIGN = 4096
-"""Offset, length and memory alignment that O_DIRECT writes keep to."""
-
-
-class SpoolWriter:
-    """Writes one upload's payload to a temporary file; :meth:`sync` then :meth:`publish`
-    make it durable.
-
-    Where the file system allows it, a second descriptor opened with ``O_DIRECT``
-    writes page-aligned runs straight from the caller's buffer to the disk, skipping
-    the copy into the page cache (the largest cost of ingest when profiled);
-    :attr:`direct` says whether it is available.
-    """
-
-    def __init__(self, final: Path, tmp: Path) -> None:
-        self.final = final
-        self.tmp = tmp
-        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(self._fd, 0o600)  # share material: owner-only, even over a leftover file
-        self._direct_fd = -1
-        flag = getattr(os, "O_DIRECT", 0)
-        if flag:
-            try:
-                self._direct_fd = os.open(tmp, os.O_WRONLY | flag)
-            except OSError:  # e.g. tmpfs: no O_DIRECT
-                self._direct_fd = -1
-        self.nbytes = 0
-
-    @property
-    def direct(self) -> bool:
-        return self._direct_fd >= 0
-
-    def write_at(self, data: bytes | memoryview, offset: int, *, direct: bool = False) -> None:
-        """Write ``data`` at ``offset``; with ``direct``, ``data``'s address, length and
-        ``offset`` must be multiples of :data:`DIRECT_ALIGN`."""
-        fd = self._direct_fd if direct else self._fd
-        view = memoryview(data).cast("B")
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
-        self.nbytes = max(self.nbytes, offset)
-
-    def sync(self) -> None:
-        """fsync the file's content (may run outside any lock)."""
-        os.fsync(self._fd)
-        self._close()
-
-    def _close(self) -> None:
-        for fd in (self._fd, self._direct_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._fd = self._direct_fd = -1
-
-    def publish(self) -> None:
-        """Rename into place and fsync the directory (after :meth:`sync`)."""
-        os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
-
-    def abort(self) -> None:
-        self._close()
-        self.tmp.unlink(missing_ok=True)
 
 
 class Storage:
@@ -273,6 +225,27 @@ class Storage:
     def share_path(self, round_id: str, client_id: str, kind: str) -> Path:
         return self.spool_dir(round_id) / f"{client_id}.{kind}"
 
+    def checkpoint_path(self, round_id: str, slot: int) -> Path:
+        """Checkpoint slot ``slot`` (0 or 1) of ``round_id``'s accumulator."""
+        directory = self.spool_dir(round_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"acc-{slot}.bin"
+
+    def staging_path(self, round_id: str, client_id: str, sharing_id: bytes) -> Path:
+        """Where an upload in progress is staged (never synced; swept on recovery)."""
+        directory = self.spool_dir(round_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{client_id}.{sharing_id.hex()}.tmp"
+
+    def checkpoint(self, round_id: str) -> CheckpointRow | None:
+        """The current checkpoint of ``round_id``, or None before its first."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT round_id, slot, generation, digest FROM checkpoints WHERE round_id = ?",
+                (round_id,),
+            ).fetchone()
+        return None if row is None else CheckpointRow(*row)
+
     def open_spool(
         self, round_id: str, client_id: str, kind: str, sharing_id: bytes
     ) -> SpoolWriter:
@@ -304,35 +277,67 @@ class Storage:
         return np.memmap(path, dtype=DTYPE, mode="r")
 
     def keep_only_aggregate(self, round_id: str) -> None:
-        """A committed round: drop every individual share (files and seeds)."""
+        """A committed round: drop every individual share (files, checkpoints and seeds)."""
         self.sweep(round_id, keep={AGGREGATE_FILE})
         self.forget_seeds(round_id)
 
-    def record_upload(self, row: UploadRow) -> None:
+    def record_uploads(self, rows: list[UploadRow], checkpoint: CheckpointRow | None) -> None:
+        """Record a batch of acknowledged uploads (and the checkpoint that folded the
+        batch's full shares, if any) in one transaction: one fsync of the WAL."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO uploads (round_id, client_id, sharing_id, kind, digest, length, "
-                "nbytes, seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.round_id,
-                    row.client_id,
-                    row.sharing_id,
-                    row.kind,
-                    row.digest,
-                    row.length,
-                    row.nbytes,
-                    row.seed,
-                ),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO uploads (round_id, client_id, sharing_id, kind, digest, "
+                    "length, nbytes, seed, folded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.round_id,
+                            r.client_id,
+                            r.sharing_id,
+                            r.kind,
+                            r.digest,
+                            r.length,
+                            r.nbytes,
+                            r.seed,
+                            int(r.folded),
+                        )
+                        for r in rows
+                    ],
+                )
+                if checkpoint is not None:
+                    self._db.execute(
+                        "INSERT INTO checkpoints (round_id, slot, generation, digest) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (round_id) DO UPDATE SET "
+                        "slot = excluded.slot, generation = excluded.generation, "
+                        "digest = excluded.digest",
+                        (
+                            checkpoint.round_id,
+                            checkpoint.slot,
+                            checkpoint.generation,
+                            checkpoint.digest,
+                        ),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def record_upload(self, row: UploadRow) -> None:
+        """One row on its own (a batch of one, no checkpoint)."""
+        self.record_uploads([row], None)
 
     def uploads(self, round_id: str) -> list[UploadRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT round_id, client_id, sharing_id, kind, digest, length, nbytes, seed "
-                "FROM uploads WHERE round_id = ? ORDER BY client_id",
+                "SELECT round_id, client_id, sharing_id, kind, digest, length, nbytes, seed, "
+                "folded FROM uploads WHERE round_id = ? ORDER BY client_id",
                 (round_id,),
             ).fetchall()
-        return [UploadRow(*r) for r in rows]
+        return [
+            UploadRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], seed=r[7], folded=bool(r[8]))
+            for r in rows
+        ]
 
     def read_payload(self, row: UploadRow) -> bytes:
         """The share as uploaded: a seed from the database, a full share from its file."""
@@ -349,6 +354,7 @@ class Storage:
         """
         with self._lock:
             self._db.execute("UPDATE uploads SET seed = x'' WHERE round_id = ?", (round_id,))
+            self._db.execute("DELETE FROM checkpoints WHERE round_id = ?", (round_id,))
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sweep(self, round_id: str, keep: set[str]) -> int:
@@ -367,9 +373,10 @@ class Storage:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM uploads WHERE round_id = ?", (round_id,))
+            self._db.execute("DELETE FROM checkpoints WHERE round_id = ?", (round_id,))
             self._db.execute("DELETE FROM rounds WHERE round_id = ?", (round_id,))
             self._db.execute("COMMIT")
         directory = self.spool_dir(round_id)
         if directory.is_dir():
             shutil.rmtree(directory, ignore_errors=True)
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)

@@ -4,7 +4,7 @@ transport that imports ``*_pb2``."""
 from __future__ import annotations
 
 from mpcagg.protocol.errors import InvalidArgument, ProtocolError
-from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec
+from mpcagg.protocol.spec import Holding, RevealMode, RoundSpec, TensorSpec
 from mpcagg.protocol.state import (
     Manifest,
     RoundState,
@@ -31,6 +31,7 @@ def spec_from_proto(msg: pb.RoundSpec) -> RoundSpec:
         trainers_may_fetch=msg.trainers_may_fetch,
         weighted=msg.weighted,
         max_weight=msg.max_weight,
+        reveal=_reveal_from_proto(msg.reveal),
     )
 
 
@@ -47,7 +48,21 @@ def spec_to_proto(spec: RoundSpec) -> pb.RoundSpec:
         trainers_may_fetch=spec.trainers_may_fetch,
         weighted=spec.weighted,
         max_weight=spec.max_weight,
+        reveal=_REVEAL_MODES[spec.reveal],
     )
+
+
+_REVEAL_MODES = {
+    RevealMode.COLLECTOR: pb.REVEAL_MODE_COLLECTOR,
+    RevealMode.SERVERS: pb.REVEAL_MODE_SERVERS,
+}
+
+
+def _reveal_from_proto(value: int) -> RevealMode:
+    for mode, wire in _REVEAL_MODES.items():
+        if wire == value:
+            return mode
+    raise InvalidArgument(f"reveal mode {value} is not one of COLLECTOR (0), SERVERS (1)")
 
 
 _KINDS = {pb.SEED: ShareKind.SEED, pb.FULL: ShareKind.FULL}
@@ -97,6 +112,7 @@ def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
         payload_digest=h.payload_digest,
         seed=h.seed,
         spec_digest=h.spec_digest,
+        seeds_acknowledged=h.seeds_acknowledged,
     )
 
 
@@ -167,6 +183,7 @@ def manifest_to_proto(m: Manifest) -> peer_pb2.ManifestReply:
         held=holdings_to_proto(m.held),
         state=state_to_proto(m.state),
         cohort_digest=m.cohort_digest,
+        folded=holdings_to_proto(m.folded),
     )
 
 
@@ -178,6 +195,7 @@ def manifest_from_proto(reply: peer_pb2.ManifestReply) -> Manifest:
         held=holdings_from_proto(reply.held),
         state=state_from_proto(reply.state),
         cohort_digest=bytes(reply.cohort_digest),
+        folded=holdings_from_proto(reply.folded),
     )
 
 

@@ -9,34 +9,35 @@ Flower's simulation runtime in this process without Ray (``inprocess.py``).
 ``summary.json``.
 """
 
+# ruff: noqa: E402  (the environment and sys.path are set before the imports below)
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "app")]  # inprocess.py; the Flower app's package
 
-import numpy as np  # noqa: E402
-from flwr.app import Context  # noqa: E402
-from flwr.serverapp.strategy import FedAvg  # noqa: E402
+import inprocess
+import numpy as np
+from digits import client_app, server_app
+from digits.server_app import FEDAVG, TRAINERS, History
+from flwr.app import Context
+from flwr.serverapp.strategy import FedAvg
 
-import apps  # noqa: E402
-import inprocess  # noqa: E402
-import task  # noqa: E402
-from mpcagg import Collector  # noqa: E402
-from mpcagg.flower import NodeCredentials, SecureAggregationMod, SecureFedAvg  # noqa: E402
-from mpcagg.ops.local import LocalCluster  # noqa: E402
+from mpcagg import Collector
+from mpcagg.flower import NodeCredentials, SecureAggregationMod, SecureFedAvg
+from mpcagg.ops.local import LocalCluster
 
-TRAINERS = 5
 BOUND = 50.0  # |trained − global| per coordinate; this task's updates stay below 2
-MAX_WEIGHT = 2000.0  # the largest partition has 367 examples
+MAX_WEIGHT = 2000.0  # the largest partition has 462 examples
 PRECISION_BITS = 16
-FEDAVG = {"fraction_evaluate": 0.0, "min_train_nodes": TRAINERS, "min_available_nodes": TRAINERS}
 
 
 def parse_drop(values: list[str]) -> set[tuple[int, int]]:
@@ -47,19 +48,17 @@ def parse_drop(values: list[str]) -> set[tuple[int, int]]:
     return out
 
 
-def run_plain(rounds: int, drop: set[tuple[int, int]]) -> apps.History:
-    parts, test = task.data()
-    history = apps.History()
-    server = apps.server_app(lambda: FedAvg(**FEDAVG), rounds, test, history)
-    inprocess.run(server, apps.client_app(parts, [], drop), TRAINERS)
+def run_plain(rounds: int, drop: set[tuple[int, int]]) -> History:
+    history = History()
+    server = server_app.make(lambda: FedAvg(**FEDAVG), rounds, history)
+    inprocess.run(server, client_app.make([], drop), TRAINERS)
     return history
 
 
 def run_secure(
     rounds: int, drop: set[tuple[int, int]], workdir: Path
-) -> tuple[apps.History, list[object]]:
-    parts, test = task.data()
-    history = apps.History()
+) -> tuple[History, list[object]]:
+    history = History()
     reports: list[object] = []
     with LocalCluster(workdir / "cluster", 3, tls=True, log_level="WARNING") as cluster:
 
@@ -82,9 +81,9 @@ def run_secure(
                 s.reports = reports  # type: ignore[assignment]
                 return s
 
-            server = apps.server_app(strategy, rounds, test, history)
+            server = server_app.make(strategy, rounds, history)
             try:
-                inprocess.run(server, apps.client_app(parts, [mod], drop), TRAINERS)
+                inprocess.run(server, client_app.make([mod], drop), TRAINERS)
             finally:
                 mod.close()
     return history, reports
@@ -97,6 +96,10 @@ def main() -> int:
     parser.add_argument("--save", type=Path)
     args = parser.parse_args()
     drop = parse_drop(args.drop)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("mpcagg     :      %(message)s"))
+    logging.getLogger("mpcagg.flower").addHandler(handler)
+    logging.getLogger("mpcagg.flower").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="mpcagg-flower-") as tmp:
         secure, reports = run_secure(args.rounds, drop, Path(tmp))
     plain = run_plain(args.rounds, drop)
@@ -104,8 +107,7 @@ def main() -> int:
     print("\nround  cohort  acc secure  acc plain  s/round secure  s/round plain  max|Δmodel|")
     for r in range(1, args.rounds + 1):
         diff = max(
-            float(np.max(np.abs(secure.models[r][k] - plain.models[r][k])))
-            for k in plain.models[r]
+            float(np.max(np.abs(secure.models[r][k] - plain.models[r][k]))) for k in plain.models[r]
         )
         rep = reports[r - 1]
         print(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from mpcagg.mpc.group import GroupChannel
 from mpcagg.mpc.ring import RingVector
 from mpcagg.mpc.sharing import Share
 
@@ -26,14 +27,27 @@ class Engine(Protocol):
     def accumulate(self, acc: Any, share: Share) -> Any:
         """``acc + share`` (in place where possible); returns the accumulator."""
 
+    def accumulate_many(self, acc: Any, shares: Iterable[Share]) -> Any:
+        """``acc + Σ shares``: the same as :meth:`accumulate` of each in turn (an engine may
+        fuse the seed expansions); returns the accumulator."""
+
     def subtract(self, acc: Any, share: Share) -> Any:
         """``acc − share`` (in place where possible); returns the accumulator."""
 
     def to_ring(self, acc: Any) -> RingVector:
         """The accumulator as ring elements (uint64), e.g. to serve or persist it."""
 
+    def adopt(self, vector: RingVector) -> Any:
+        """An accumulator holding ``vector``: its very memory where the engine can work on
+        it (numpy; then changing one changes the other), else a copy (:meth:`from_ring`)."""
+
     def from_ring(self, vector: RingVector) -> Any:
         """An accumulator holding ``vector``."""
 
     def reconstruct(self, aggregate_shares: Sequence[Any]) -> RingVector:
         """The sum of every party's aggregate share: the revealed aggregate."""
+
+    def reveal(self, acc: Any, group: GroupChannel) -> RingVector:
+        """Open ``acc``, this party's aggregate share, among the parties of ``group``:
+        the sum of every member's share, at every member. Raises the group's
+        :class:`mpc.errors.GroupError` (nothing is opened then)."""

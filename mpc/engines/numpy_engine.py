@@ -7,11 +7,12 @@ expanded and added while the chunk stays in cache and is never materialised.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from mpcagg.mpc import prg, ring
+from mpcagg.mpc.group import GroupChannel
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.mpc.sharing import FullShare, SeedShare, Share
 
@@ -33,11 +34,29 @@ class NumpyEngine:
     def accumulate(self, acc: RingVector, share: Share) -> RingVector:
         return self._apply(acc, share, negate=False)
 
+    def accumulate_many(self, acc: RingVector, shares: Iterable[Share]) -> RingVector:
+        """Full shares are added as they come; seed shares are expanded together at the
+        end, fused chunk by chunk (:func:`mpc.prg.add_streams_into`), so each chunk of
+        the accumulator stays in cache while every seed's keystream is added to it."""
+        seeded: list[SeedShare] = []
+        for share in shares:
+            if isinstance(share, SeedShare):
+                ring.check_length(acc, share.length)
+                seeded.append(share)
+            else:
+                self._apply(acc, share, negate=False)
+        prg.add_streams_into(acc, [(s.seed, s.prg_context()) for s in seeded])
+        return acc
+
     def subtract(self, acc: RingVector, share: Share) -> RingVector:
         return self._apply(acc, share, negate=True)
 
     def to_ring(self, acc: RingVector) -> RingVector:
         return acc
+
+    def adopt(self, vector: RingVector) -> RingVector:
+        ring.check_length(vector, len(vector))
+        return vector
 
     def from_ring(self, vector: RingVector) -> RingVector:
         return np.array(vector, dtype=DTYPE, copy=True)
@@ -46,6 +65,10 @@ class NumpyEngine:
         if not aggregate_shares:
             raise ValueError("cannot reconstruct from zero aggregate shares")
         return ring.total(aggregate_shares, len(aggregate_shares[0]))
+
+    def reveal(self, acc: RingVector, group: GroupChannel) -> RingVector:
+        """Every member's share, exchanged over the group, summed by :meth:`reconstruct`."""
+        return self.reconstruct(group.all_gather(acc))
 
     def _apply(self, acc: RingVector, share: Share, *, negate: bool) -> RingVector:
         ring.check_length(acc, share.length)

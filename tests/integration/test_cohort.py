@@ -79,8 +79,10 @@ def test_trainer_reaching_only_two_servers_is_excluded(rig: Rig) -> None:
     )
     assert rig.submit(spec, "partial-0", power(0)).complete
     receipt = rig.submit(spec, "partial-1", power(1), config=broken, retry=NO_RETRY)
-    assert receipt.acknowledged == (0, 1)
-    assert set(receipt.failed) == {2}
+    # Seeds first: party 2's seed fails, so the full share (party 0's) is never sent.
+    assert full_party_for("partial-1", 3) == 0
+    assert receipt.acknowledged == (1,)
+    assert set(receipt.failed) == {0, 2} and "not sent" in receipt.failed[0]
     assert not receipt.complete
     assert rig.submit(spec, "partial-2", power(2)).complete
     # Trainer 3 reaches parties 1 and 2 only (not the leader), at the wire level.
@@ -88,7 +90,7 @@ def test_trainer_reaching_only_two_servers_is_excluded(rig: Rig) -> None:
     rig.upload(spec.round_id, "partial-3", shares, parties=[1, 2])
 
     received = {p: s.received for p, s in rig.status(spec.round_id).items()}
-    assert received == {0: 3, 1: 4, 2: 3}
+    assert received == {0: 2, 1: 4, 2: 3}
     info = rig.close(spec.round_id)
     assert info.state is RoundState.COMMITTED, info.reason
     assert info.cohort_size == 2

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mpcagg import RetryPolicy, RoundState
+from mpcagg.mpc import full_party_for
 from tests.integration.conftest import Rig, exact_inputs, running_cluster
 
 PATIENT = RetryPolicy(attempts=6, initial_backoff_s=0.2, max_backoff_s=2.0)
@@ -32,14 +33,17 @@ def test_resubmitting_after_an_outage_completes_the_same_sharing(tmp_path: Path)
         trainers = [rig.trainer(f"t{k}", retry=PATIENT) for k in range(3)]
         cluster.kill_party(1)
         first = [t.submit(spec, {"w": x}) for t, x in zip(trainers, inputs, strict=True)]
-        for receipt in first:
-            assert sorted(receipt.failed) == [1] and receipt.unknown == {}, receipt
-            assert receipt.acknowledged == (0, 2, 3)
+        for k, receipt in enumerate(first):
+            # Seeds first: with party 1's seed missing, the full share is not sent yet.
+            full = full_party_for(f"t{k}", 4)
+            assert full != 1 and sorted(receipt.failed) == sorted({1, full}), receipt
+            assert "not sent" in receipt.failed[full] and receipt.unknown == {}
+            assert receipt.acknowledged == tuple(p for p in range(4) if p not in (1, full))
         cluster.start_party(1)
         again = [t.submit(spec, {"w": x}) for t, x in zip(trainers, inputs, strict=True)]
         for before, after in zip(first, again, strict=True):
             assert after.complete and after.sharing_id == before.sharing_id
-            assert after.duplicates == (0, 2, 3)  # already counted there
+            assert after.duplicates == before.acknowledged  # already held there
         for t in trainers:
             t.disconnect()
         assert rig.close("outage").state is RoundState.COMMITTED
@@ -120,7 +124,10 @@ def test_a_lost_acknowledgement_is_unknown_and_resuming_settles_it(tmp_path: Pat
                 assert t.join("lost-ack").digest == spec.digest  # TLS is up through the relay
                 proxy.drop.set()
                 receipt = t.submit(spec, {"w": x})
-                assert sorted(receipt.unknown) == [victim] and receipt.failed == {}
+                # Unknown, not failed; and the full share waits until that seed is settled.
+                full = full_party_for("lossy", 3)
+                assert sorted(receipt.unknown) == [victim] and list(receipt.failed) == [full]
+                assert "not sent" in receipt.failed[full]
                 assert not receipt.complete
                 # The party did store it: the receipt claimed no more than the trainer knew.
                 assert rig.status("lost-ack")[victim].received == 1

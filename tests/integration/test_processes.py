@@ -55,7 +55,7 @@ RUNNER = (
 def _user_project(where: Path) -> None:
     shadow = where / "clients"
     shadow.mkdir()
-    (shadow / "__init__.py").write_text("raise ImportError('the user\'s own clients package')\n")
+    (shadow / "__init__.py").write_text("raise ImportError('the user's own clients package')\n")
 
 
 def _run(script: str, *args: str, cwd: Path) -> subprocess.Popen[str]:

@@ -18,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.ops.credentials import KeyPair, issue_client_cert, issue_party_cert, load_key_pair
 from mpcagg.ops.local import LocalCluster
 from mpcagg.protocol.identity import Role
@@ -194,7 +195,7 @@ def seed_upload(
         party=party,
         kind=pb.SEED,
         length=length,
-        payload_digest=hashlib.sha256(seed).digest(),
+        payload_digest=payload_digest(seed),
         seed=seed,
     )
     return [pb.UploadMessage(header=header)]
@@ -216,7 +217,7 @@ def full_upload(
         party=party,
         kind=pb.FULL,
         length=len(data) // 8,
-        payload_digest=hashlib.sha256(data).digest(),
+        payload_digest=payload_digest(data),
     )
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     return [pb.UploadMessage(header=header)] + [pb.UploadMessage(chunk=c) for c in chunks]

@@ -17,7 +17,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from mpcagg.v1 import aggregation_pb2 as pb
-from mpcagg.v1 import peer_pb2
+from mpcagg.v1 import group_pb2, peer_pb2, reveal_pb2
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,
@@ -47,6 +47,11 @@ EXPECTED_RPCS = {
     ("Peer", "Manifest"): ("ManifestRequest", "ManifestReply", False, False),
     ("Peer", "Commit"): ("CommitRequest", "RoundStatus", False, False),
     ("Peer", "Fail"): ("FailRequest", "RoundStatus", False, False),
+    # Reveal mode "servers": group frames between parties (peer port), and each party's
+    # reveal state and revealed sum (client port).
+    ("Group", "Send"): ("GroupFrame", "GroupAck", True, False),
+    ("Reveal", "GetRevealStatus"): ("GetRevealRequest", "RevealStatus", False, False),
+    ("Reveal", "GetRevealedSum"): ("GetRevealRequest", "RevealedSumMessage", False, True),
 }
 
 DIGEST_FIELDS = {
@@ -58,9 +63,13 @@ DIGEST_FIELDS = {
     "AggregateShareHeader.cohort_digest",
     "AggregateShareHeader.spec_digest",
     "ManifestReply.cohort_digest",
+    "RevealStatus.cohort_digest",
+    "RevealStatus.spec_digest",
+    "GroupAck.incarnation",  # 16 random bytes naming a party's server process
 }
-RING_FIELDS = {"AggregateShareMessage.chunk"}
-"""The one response field that carries ring elements: an aggregate share's chunks."""
+RING_FIELDS = {"AggregateShareMessage.chunk", "RevealedSumMessage.chunk"}
+"""The response fields that carry ring elements: an aggregate share's chunks, and (reveal
+mode servers) the sum a party revealed, which is served to cohort trainers only."""
 
 SHARE_CARRIERS = {P + "UploadMessage", P + "UploadHeader"}
 """Request types that carry one client's share (seed or full-share chunks)."""
@@ -82,7 +91,7 @@ _NUMERIC = {
 
 
 def _services() -> Iterator[tuple[str, object]]:
-    for module in (pb, peer_pb2):
+    for module in (pb, peer_pb2, group_pb2, reveal_pb2):
         yield from module.DESCRIPTOR.services_by_name.items()
 
 
@@ -142,6 +151,10 @@ def test_no_response_can_carry_a_clients_share() -> None:
             "Holding",
             "RoundSpec",
             "TensorSpec",
+            "GroupAck",
+            "RevealStatus",
+            "RevealedSumMessage",
+            "RevealedSumHeader",
         )
     }
 
@@ -158,8 +171,14 @@ def test_only_aggregate_share_chunks_carry_ring_data() -> None:
             assert not (_is_repeated(field) and field.type == FieldDescriptor.TYPE_STRING)
     assert bytes_fields == DIGEST_FIELDS | RING_FIELDS
     # Repeated fields: the spec's tensors and their shapes (the spec is public), and a
-    # manifest's holdings (client id and 16-byte sharing id each, for peers only).
-    assert bulk_fields == {"RoundSpec.tensors", "TensorSpec.shape", "ManifestReply.held"}
+    # manifest's holdings and the folded ones among them (client id and 16-byte sharing
+    # id each, for peers only).
+    assert bulk_fields == {
+        "RoundSpec.tensors",
+        "TensorSpec.shape",
+        "ManifestReply.held",
+        "ManifestReply.folded",
+    }
     # Scalars are counts, indices and states, never ring elements (no 64-bit numbers
     # other than the aggregate's length).
     wide = {
@@ -170,6 +189,7 @@ def test_only_aggregate_share_chunks_carry_ring_data() -> None:
     }
     assert wide == {
         "AggregateShareHeader.length",
+        "RevealedSumHeader.length",
         "TensorSpec.shape",  # dimensions
         "RoundSpec.bound",  # the public per-coordinate bound
         "RoundSpec.max_weight",  # the public largest weight of a weighted round
@@ -186,7 +206,7 @@ def test_ring_data_is_served_only_by_get_aggregate_share() -> None:
             f"{c.name}.{f.name}" in RING_FIELDS for c in _closure(m.output_type) for f in c.fields
         )
     }
-    assert carriers == {("Aggregation", "GetAggregateShare")}
+    assert carriers == {("Aggregation", "GetAggregateShare"), ("Reveal", "GetRevealedSum")}
 
 
 # --- live ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ bytes per round, max message size.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from mpcagg import Collector, LimitExceeded, SecureAggregator
 from mpcagg import Unavailable as ClientUnavailable
 from mpcagg.clients.transport import Transport
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.v1 import aggregation_pb2 as pb
 from tests.security.conftest import (
@@ -118,7 +118,7 @@ def test_max_upload_bytes_per_round(env: SecureEnv) -> None:
     data = bytes(range(64))
     # A refused upload (bad digest) gives its reservation back.
     bad = full_upload("budget", "b0", 1, data)
-    bad[0].header.payload_digest = hashlib.sha256(b"other").digest()
+    bad[0].header.payload_digest = payload_digest(b"other")
     assert code_of(lambda: _upload(env, bad, "b0")) is grpc.StatusCode.INVALID_ARGUMENT
     _upload(env, full_upload("budget", "b1", 1, data), "b1")
     _upload(env, full_upload("budget", "b2", 1, data), "b2")

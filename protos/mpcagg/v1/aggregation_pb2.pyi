@@ -22,6 +22,32 @@ else:
 
 DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
+class _RevealMode:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _RevealModeEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_RevealMode.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    REVEAL_MODE_COLLECTOR: _RevealMode.ValueType  # 0
+    """The collector fetches every party's aggregate share (GetAggregateShare) and adds them."""
+    REVEAL_MODE_SERVERS: _RevealMode.ValueType  # 1
+    """The parties open it among themselves over their group (group.proto, peer port); each
+    serves the result to its operator and, if trainers_may_fetch, to cohort trainers
+    (reveal.proto). No aggregate share is served on the client port.
+    """
+
+class RevealMode(_RevealMode, metaclass=_RevealModeEnumTypeWrapper):
+    """Who opens a round's committed aggregate."""
+
+REVEAL_MODE_COLLECTOR: RevealMode.ValueType  # 0
+"""The collector fetches every party's aggregate share (GetAggregateShare) and adds them."""
+REVEAL_MODE_SERVERS: RevealMode.ValueType  # 1
+"""The parties open it among themselves over their group (group.proto, peer port); each
+serves the result to its operator and, if trainers_may_fetch, to cohort trainers
+(reveal.proto). No aggregate share is served on the client port.
+"""
+Global___RevealMode: typing_extensions.TypeAlias = RevealMode
+
 class _RoundState:
     ValueType = typing.NewType("ValueType", builtins.int)
     V: typing_extensions.TypeAlias = ValueType
@@ -102,6 +128,7 @@ class RoundSpec(google.protobuf.message.Message):
     TRAINERS_MAY_FETCH_FIELD_NUMBER: builtins.int
     WEIGHTED_FIELD_NUMBER: builtins.int
     MAX_WEIGHT_FIELD_NUMBER: builtins.int
+    REVEAL_FIELD_NUMBER: builtins.int
     round_id: builtins.str
     precision_bits: builtins.int
     bound: builtins.float
@@ -118,6 +145,8 @@ class RoundSpec(google.protobuf.message.Message):
     """each trainer shares [w·x, w]: one more element after the tensors"""
     max_weight: builtins.float
     """weighted only: 0 <= w <= max_weight; bound × max_weight never wraps"""
+    reveal: Global___RevealMode.ValueType
+    """who opens the committed aggregate"""
     @property
     def tensors(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     def __init__(
@@ -134,8 +163,9 @@ class RoundSpec(google.protobuf.message.Message):
         trainers_may_fetch: builtins.bool = ...,
         weighted: builtins.bool = ...,
         max_weight: builtins.float = ...,
+        reveal: Global___RevealMode.ValueType = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["bound", b"bound", "deadline_unix", b"deadline_unix", "max_clients", b"max_clients", "max_weight", b"max_weight", "min_clients", b"min_clients", "n_parties", b"n_parties", "precision_bits", b"precision_bits", "round_id", b"round_id", "tensors", b"tensors", "trainers_may_fetch", b"trainers_may_fetch", "weighted", b"weighted"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bound", b"bound", "deadline_unix", b"deadline_unix", "max_clients", b"max_clients", "max_weight", b"max_weight", "min_clients", b"min_clients", "n_parties", b"n_parties", "precision_bits", b"precision_bits", "reveal", b"reveal", "round_id", b"round_id", "tensors", b"tensors", "trainers_may_fetch", b"trainers_may_fetch", "weighted", b"weighted"]) -> None: ...
 
 Global___RoundSpec: typing_extensions.TypeAlias = RoundSpec
 
@@ -246,6 +276,7 @@ class UploadHeader(google.protobuf.message.Message):
     PAYLOAD_DIGEST_FIELD_NUMBER: builtins.int
     SEED_FIELD_NUMBER: builtins.int
     SPEC_DIGEST_FIELD_NUMBER: builtins.int
+    SEEDS_ACKNOWLEDGED_FIELD_NUMBER: builtins.int
     round_id: builtins.str
     client_id: builtins.str
     sharing_id: builtins.bytes
@@ -256,11 +287,15 @@ class UploadHeader(google.protobuf.message.Message):
     length: builtins.int
     """ring elements of the (expanded) share"""
     payload_digest: builtins.bytes
-    """SHA-256 of the seed bytes or of the full share's bytes"""
+    """32 bytes: mpcagg.mpc.digest (GMAC-based) of the seed or the full share's bytes"""
     seed: builtins.bytes
     """kind = SEED only"""
     spec_digest: builtins.bytes
     """the round spec the trainer shared under; if set, any other is refused"""
+    seeds_acknowledged: builtins.bool
+    """kind = FULL only: every other party has acknowledged its seed of this sharing, so the
+    party may fold the share into its accumulator for good instead of keeping it apart.
+    """
     def __init__(
         self,
         *,
@@ -273,8 +308,9 @@ class UploadHeader(google.protobuf.message.Message):
         payload_digest: builtins.bytes = ...,
         seed: builtins.bytes = ...,
         spec_digest: builtins.bytes = ...,
+        seeds_acknowledged: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["client_id", b"client_id", "kind", b"kind", "length", b"length", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "seed", b"seed", "sharing_id", b"sharing_id", "spec_digest", b"spec_digest"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["client_id", b"client_id", "kind", b"kind", "length", b"length", "party", b"party", "payload_digest", b"payload_digest", "round_id", b"round_id", "seed", b"seed", "seeds_acknowledged", b"seeds_acknowledged", "sharing_id", b"sharing_id", "spec_digest", b"spec_digest"]) -> None: ...
 
 Global___UploadHeader: typing_extensions.TypeAlias = UploadHeader
 

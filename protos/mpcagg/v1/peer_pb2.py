@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mpcagg.v1 import aggregation_pb2 as mpcagg_dot_v1_dot_aggregation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpcagg/v1/peer.proto\x12\tmpcagg.v1\x1a\x1bmpcagg/v1/aggregation.proto\"8\n\x0fManifestRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0bspec_digest\x18\x02 \x01(\x0c\"\xa1\x01\n\rManifestReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x15\n\rcohort_digest\x18\x07 \x01(\x0c\x12 \n\x04held\x18\x08 \x03(\x0b\x32\x12.mpcagg.v1.HoldingJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"w\n\rCommitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x15\n\rcohort_digest\x18\x03 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x04 \x01(\x0c\x12\"\n\x06\x63ohort\x18\x05 \x03(\x0b\x32\x12.mpcagg.v1.HoldingJ\x04\x08\x02\x10\x03\"/\n\x0b\x46\x61ilRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xbc\x01\n\x04Peer\x12@\n\x08Manifest\x12\x1a.mpcagg.v1.ManifestRequest\x1a\x18.mpcagg.v1.ManifestReply\x12:\n\x06\x43ommit\x12\x18.mpcagg.v1.CommitRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\x36\n\x04\x46\x61il\x12\x16.mpcagg.v1.FailRequest\x1a\x16.mpcagg.v1.RoundStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpcagg/v1/peer.proto\x12\tmpcagg.v1\x1a\x1bmpcagg/v1/aggregation.proto\"8\n\x0fManifestRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0bspec_digest\x18\x02 \x01(\x0c\"\xc5\x01\n\rManifestReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x15\n\rcohort_digest\x18\x07 \x01(\x0c\x12 \n\x04held\x18\x08 \x03(\x0b\x32\x12.mpcagg.v1.Holding\x12\"\n\x06\x66olded\x18\t \x03(\x0b\x32\x12.mpcagg.v1.HoldingJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"w\n\rCommitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x15\n\rcohort_digest\x18\x03 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x04 \x01(\x0c\x12\"\n\x06\x63ohort\x18\x05 \x03(\x0b\x32\x12.mpcagg.v1.HoldingJ\x04\x08\x02\x10\x03\"/\n\x0b\x46\x61ilRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xbc\x01\n\x04Peer\x12@\n\x08Manifest\x12\x1a.mpcagg.v1.ManifestRequest\x1a\x18.mpcagg.v1.ManifestReply\x12:\n\x06\x43ommit\x12\x18.mpcagg.v1.CommitRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\x36\n\x04\x46\x61il\x12\x16.mpcagg.v1.FailRequest\x1a\x16.mpcagg.v1.RoundStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MANIFESTREQUEST']._serialized_start=64
   _globals['_MANIFESTREQUEST']._serialized_end=120
   _globals['_MANIFESTREPLY']._serialized_start=123
-  _globals['_MANIFESTREPLY']._serialized_end=284
-  _globals['_COMMITREQUEST']._serialized_start=286
-  _globals['_COMMITREQUEST']._serialized_end=405
-  _globals['_FAILREQUEST']._serialized_start=407
-  _globals['_FAILREQUEST']._serialized_end=454
-  _globals['_PEER']._serialized_start=457
-  _globals['_PEER']._serialized_end=645
+  _globals['_MANIFESTREPLY']._serialized_end=320
+  _globals['_COMMITREQUEST']._serialized_start=322
+  _globals['_COMMITREQUEST']._serialized_end=441
+  _globals['_FAILREQUEST']._serialized_start=443
+  _globals['_FAILREQUEST']._serialized_end=490
+  _globals['_PEER']._serialized_start=493
+  _globals['_PEER']._serialized_end=681
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,7 @@ class ManifestReply(google.protobuf.message.Message):
     STATE_FIELD_NUMBER: builtins.int
     COHORT_DIGEST_FIELD_NUMBER: builtins.int
     HELD_FIELD_NUMBER: builtins.int
+    FOLDED_FIELD_NUMBER: builtins.int
     round_id: builtins.str
     party: builtins.int
     state: mpcagg.v1.aggregation_pb2.RoundState.ValueType
@@ -59,6 +60,12 @@ class ManifestReply(google.protobuf.message.Message):
     def held(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[mpcagg.v1.aggregation_pb2.Holding]:
         """sorted by client id; the cohort once COMMITTED"""
 
+    @property
+    def folded(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[mpcagg.v1.aggregation_pb2.Holding]:
+        """The held full shares this party has folded into its accumulator (uploaded after every
+        seed was acknowledged): it cannot take them out, so a cohort must include them all.
+        """
+
     def __init__(
         self,
         *,
@@ -67,8 +74,9 @@ class ManifestReply(google.protobuf.message.Message):
         state: mpcagg.v1.aggregation_pb2.RoundState.ValueType = ...,
         cohort_digest: builtins.bytes = ...,
         held: collections.abc.Iterable[mpcagg.v1.aggregation_pb2.Holding] | None = ...,
+        folded: collections.abc.Iterable[mpcagg.v1.aggregation_pb2.Holding] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["cohort_digest", b"cohort_digest", "held", b"held", "party", b"party", "round_id", b"round_id", "state", b"state"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort_digest", b"cohort_digest", "folded", b"folded", "held", b"held", "party", b"party", "round_id", b"round_id", "state", b"state"]) -> None: ...
 
 Global___ManifestReply: typing_extensions.TypeAlias = ManifestReply
 

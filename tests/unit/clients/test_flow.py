@@ -7,12 +7,12 @@ and each fake serves the sum of its cohort's shares. Servers bind 127.0.0.1:0.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,14 +38,16 @@ from mpcagg import (
     UploadFailed,
 )
 from mpcagg.mpc import FixedPoint, FullShare, Seed, SeedShare, Share, SharingContext, full_party_for
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.mpc.engines import NumpyEngine
 from mpcagg.ops.credentials import create_ca, issue_client_cert
 from mpcagg.protocol.cluster import ClusterConfig, Limits
-from mpcagg.protocol.spec import RoundSpec, cohort_digest
+from mpcagg.protocol.spec import Holding, RoundSpec, cohort_digest
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import aggregation_pb2_grpc as pb_grpc
 from mpcagg.wire.convert import spec_from_proto
 from tests.unit.clients import make_cluster
+from tests.unit.clients.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,7 +142,7 @@ class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
             if r.state != pb.OPEN:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
             payload = header.seed if header.kind == pb.SEED else data
-            digest = hashlib.sha256(payload).digest()
+            digest = payload_digest(payload)
             if digest != header.payload_digest or header.length != r.spec.length:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "digest or length mismatch")
             client = header.client_id
@@ -237,6 +239,14 @@ class FakeCluster:
 
 
 @pytest.fixture
+def real(tmp_path: Path) -> Iterator[InProcessCluster]:
+    """Three real parties in this process: for every test that injects no fault."""
+    cluster = InProcessCluster(tmp_path)
+    yield cluster
+    cluster.stop_all()
+
+
+@pytest.fixture
 def fake() -> Iterator[FakeCluster]:
     cluster = FakeCluster(3)
     yield cluster
@@ -248,13 +258,15 @@ def model(seed: int) -> torch.nn.Module:
     return torch.nn.Linear(5, 3)
 
 
-def trainer(fake: FakeCluster, client_id: str | None, **kw: Any) -> SecureAggregator:
+def trainer(
+    cluster: FakeCluster | InProcessCluster, client_id: str | None, **kw: Any
+) -> SecureAggregator:
     kw.setdefault("progress", False)
-    return SecureAggregator(fake.config, client_id, retry=FAST, **kw)
+    return SecureAggregator(cluster.config, client_id, retry=FAST, **kw)
 
 
-def collector(fake: FakeCluster) -> Collector:
-    return Collector(fake.config, retry=FAST)
+def collector(cluster: FakeCluster | InProcessCluster) -> Collector:
+    return Collector(cluster.config, retry=FAST)
 
 
 def expected_sum(models: list[torch.nn.Module], spec: RoundSpec) -> dict[str, np.ndarray]:
@@ -267,15 +279,17 @@ def expected_sum(models: list[torch.nn.Module], spec: RoundSpec) -> dict[str, np
     return out
 
 
-def test_full_round(fake: FakeCluster) -> None:
+def test_full_round(real: InProcessCluster) -> None:
     models = [model(i) for i in range(3)]
-    with collector(fake) as col:
+    with collector(real) as col:
         spec = col.open_round("r1", models[0].named_parameters(), min_clients=3, bound=10.0)
         assert spec.n_parties == 3 and spec.length == 18 and spec.bound == 10.0
         clients = ["alice", "bob", "dave"]
+        held = []
         for cid, m in zip(clients, models, strict=True):
-            with trainer(fake, cid) as t:
+            with trainer(real, cid) as t:
                 receipt = t.submit(spec, m.named_parameters())
+            held.append(Holding(cid, bytes.fromhex(receipt.sharing_id)))
             assert receipt.complete and receipt.acknowledged == (0, 1, 2)
             assert receipt.round_id == "r1" and receipt.client_id == cid
             full = full_party_for(cid, 3)
@@ -288,7 +302,7 @@ def test_full_round(fake: FakeCluster) -> None:
         assert {s.state for s in col.status("r1")} == {RoundState.COMMITTED}
 
         result = col.result("r1", spec)
-        assert result.cohort_size == 3 and result.cohort_digest == cohort_digest(clients)
+        assert result.cohort_size == 3 and result.cohort_digest == cohort_digest(held)
         want = expected_sum(models, spec)
         for name in ("weight", "bias"):
             np.testing.assert_array_equal(result.sum[name], want[name])
@@ -306,12 +320,12 @@ def test_full_round(fake: FakeCluster) -> None:
         )
 
 
-def test_state_dict_and_gradients(fake: FakeCluster) -> None:
+def test_state_dict_and_gradients(real: InProcessCluster) -> None:
     m = model(7)
     m(torch.randn(4, 5)).pow(2).sum().backward()
-    with collector(fake) as col:
+    with collector(real) as col:
         spec = col.open_round("grads", m, min_clients=1)
-        with trainer(fake, "alice") as t:
+        with trainer(real, "alice") as t:
             assert t.submit(spec, m.named_parameters(), use_grad=True).complete
         assert col.close("grads", wait_s=5).state is RoundState.COMMITTED
         result = col.result("grads", spec)
@@ -359,7 +373,9 @@ def test_lost_acknowledgement_is_acknowledged_again_as_duplicate(fake: FakeClust
 
 def test_an_acknowledgement_lost_for_good_is_unknown_until_resumed(fake: FakeCluster) -> None:
     """The whole payload went out and no answer came: the receipt says "unknown", never
-    "failed" (the party holds the share); resuming settles it as a duplicate."""
+    "failed" (the party holds the share); resuming settles it as a duplicate. The full
+    share waits for that seed: it is sent only by the resume."""
+    assert full_party_for("carol", 3) == 2
     fake.parties[1].drop_next_acks = 1
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
@@ -367,8 +383,9 @@ def test_an_acknowledgement_lost_for_good_is_unknown_until_resumed(fake: FakeClu
             fake.config, "carol", retry=RetryPolicy(attempts=1), progress=False
         ) as t:
             receipt = t.submit(spec, model(1).named_parameters())
-            assert sorted(receipt.unknown) == [1] and receipt.failed == {}
-            assert not receipt.complete and receipt.pending == (1,)
+            assert sorted(receipt.unknown) == [1] and list(receipt.failed) == [2]
+            assert "not sent" in receipt.failed[2] and not fake.parties[2].attempts
+            assert not receipt.complete and receipt.pending == (1, 2)
             settled = t.resume(receipt)
         assert settled.complete and settled.duplicates == (1,)
         assert settled.sharing_id == receipt.sharing_id
@@ -406,7 +423,7 @@ def test_unreachable_party_is_reported_and_close_times_out(fake: FakeCluster) ->
     with collector(fake) as col:
         spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
         fake.stop(2)
-        with trainer(fake, "dave") as t:
+        with trainer(fake, "alice") as t:  # its full share goes to party 2
             receipt = t.submit(spec, model(1).named_parameters())
         assert receipt.acknowledged == (0, 1) and not receipt.complete
         assert list(receipt.failed) == [2] and "UNAVAILABLE" in receipt.failed[2]
@@ -438,8 +455,10 @@ def test_invalid_argument_is_raised_with_the_server_message(fake: FakeCluster) -
         "INVALID_ARGUMENT",
         message,
     )
-    assert any("acknowledged by parties [0, 2]" in note for note in err.value.__notes__)
+    # A seed was refused, so the full share (party 2) is never sent.
+    assert any("acknowledged by parties [0]; failed at [1, 2]" in n for n in err.value.__notes__)
     assert len(fake.parties[1].attempts) == 1  # not retried
+    assert not fake.parties[2].attempts
 
 
 def test_the_certificate_names_the_trainer_and_its_key_is_never_shown(
@@ -462,10 +481,10 @@ def test_the_certificate_names_the_trainer_and_its_key_is_never_shown(
     assert all("authorization" not in md for p in fake.parties for md in p.metadata)
 
 
-def test_identical_resubmission_is_acknowledged_as_already_counted(fake: FakeCluster) -> None:
-    with collector(fake) as col:
+def test_identical_resubmission_is_acknowledged_as_already_counted(real: InProcessCluster) -> None:
+    with collector(real) as col:
         spec = col.open_round("r1", model(0).named_parameters())
-    with trainer(fake, "alice") as t:
+    with trainer(real, "alice") as t:
         first = t.submit(spec, model(1).named_parameters())
         again = t.submit(spec, model(1).named_parameters())  # the same sharing is reused
     assert first.complete and again.complete
@@ -486,19 +505,19 @@ def test_a_different_update_for_a_shared_round_is_refused_before_sending(
         assert [len(p.metadata) for p in fake.parties] == before  # nothing was sent
 
 
-def test_round_failed_below_min_clients(fake: FakeCluster) -> None:
-    with collector(fake) as col:
+def test_round_failed_below_min_clients(real: InProcessCluster) -> None:
+    with collector(real) as col:
         spec = col.open_round("r1", model(0).named_parameters(), min_clients=2)
-        with trainer(fake, "alice") as t:
+        with trainer(real, "alice") as t:
             t.submit(spec, model(1).named_parameters())
         final = col.close("r1", wait_s=5)
         assert final.state is RoundState.FAILED and "below min_clients" in final.reason
-        with pytest.raises(RoundNotOpen, match="not committed"):
+        with pytest.raises(RoundNotOpen, match=r"is FAILED .*expected COMMITTED"):
             col.result("r1", spec)
 
 
-def test_open_round_is_idempotent_but_not_for_another_spec(fake: FakeCluster) -> None:
-    with collector(fake) as col:
+def test_open_round_is_idempotent_but_not_for_another_spec(real: InProcessCluster) -> None:
+    with collector(real) as col:
         spec = col.open_round("r1", model(0).named_parameters())
         assert col.open_round("r1", model(0).named_parameters()) == spec
         with pytest.raises(AlreadyExists) as err:
@@ -528,10 +547,10 @@ def test_disagreeing_aggregate_shares_are_refused(fake: FakeCluster) -> None:
             col.result("r1", spec)
 
 
-def test_progress_bar_on_stderr(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    with collector(fake) as col:
+def test_progress_bar_on_stderr(real: InProcessCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    with collector(real) as col:
         spec = col.open_round("r1", model(0).named_parameters())
-    with trainer(fake, "alice", progress=True) as t:
+    with trainer(real, "alice", progress=True) as t:
         t.submit(spec, model(1).named_parameters())
     assert "upload r1" in capsys.readouterr().err
 

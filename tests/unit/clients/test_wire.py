@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.protocol.errors import ProtocolError
 from mpcagg.protocol.state import RoundState
 from mpcagg.v1 import aggregation_pb2 as pb
@@ -17,9 +16,12 @@ from mpcagg.wire.framing import PartyUpload, read_aggregate_share, upload_messag
 SHARING_ID = bytes(range(16))
 
 
+def vector(length: int) -> np.ndarray:
+    return (np.arange(length, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)).astype("<u8")
+
+
 def full_upload(length: int) -> PartyUpload:
-    vec = (np.arange(length, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)).astype("<u8")
-    return PartyUpload.from_share(FullShare(party=2, vector=vec))
+    return PartyUpload.from_share(FullShare(party=2, vector=vector(length)))
 
 
 @pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 100])
@@ -46,9 +48,9 @@ def test_full_share_stream(length: int) -> None:
     assert all(m.WhichOneof("body") == "chunk" for m in msgs[1:])
     assert all(0 < len(c) <= 64 and len(c) % 8 == 0 for c in chunks)
     data = b"".join(chunks)
-    expected = upload.share.vector.astype("<u8").tobytes()
+    expected = vector(length).tobytes()
     assert data == expected
-    assert h.payload_digest == hashlib.sha256(expected).digest() == upload.digest
+    assert h.payload_digest == payload_digest(expected) == upload.digest
     assert len(chunks) == -(-len(expected) // 64)
     assert progress == [min(64 * (i + 1), len(expected)) for i in range(len(chunks))]
 
@@ -64,7 +66,7 @@ def test_seed_share_stream_is_one_header() -> None:
     h = msgs[0].header
     assert h.kind == pb.SEED and h.length == 1000 and h.party == 1
     assert h.seed == bytes(range(32))
-    assert h.payload_digest == hashlib.sha256(bytes(range(32))).digest()
+    assert h.payload_digest == payload_digest(bytes(range(32)))
     assert "Seed(..)" in repr(upload) and bytes(range(32)).hex() not in repr(upload)
 
 

@@ -262,3 +262,13 @@ def test_max_clients_at_the_bound_sum_without_wrapping(clients: int) -> None:
     wrapped = signed(total)[0]
     assert wrapped < 0
     assert wrapped == (clients + 1) * encoded - 2**64
+
+
+@pytest.mark.parametrize("index", [0, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 7])
+def test_the_first_bad_value_is_named_by_its_flat_index_whatever_the_chunk(index: int) -> None:
+    """Encoding runs in chunks: the index is the input's, not the chunk's."""
+    x = np.zeros(4 * (1 << 16), dtype=np.float32)
+    x[index] = 2.0
+    x[-1] = np.nan  # a later problem is not the one reported
+    with pytest.raises(mpc.EncodingError, match=rf"value at index {index} is 2.0, beyond"):
+        FixedPoint(16).encode(x, bound=1.0)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mpcagg.mpc as mpc
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.mpc.engines import NumpyEngine
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import InvalidArgument, NotFound, Unavailable
@@ -92,14 +93,14 @@ def _upload(
             seed = s.seed.expose()
             header = UploadHeader(
                 spec.round_id, client, sharing, s.party, "seed", LENGTH,
-                hashlib.sha256(seed).digest(), seed,
+                payload_digest(seed), seed,
             )  # fmt: skip
             session = aggs[s.party].begin_upload(header)
         else:
             raw = s.vector.tobytes()
             header = UploadHeader(
                 spec.round_id, client, sharing, s.party, "full", LENGTH,
-                hashlib.sha256(raw).digest(),
+                payload_digest(raw),
             )  # fmt: skip
             session = aggs[s.party].begin_upload(header)
             assert isinstance(session, UploadSession)

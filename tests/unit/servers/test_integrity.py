@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpcagg.mpc.digest import payload_digest
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import ConfigError, InvalidArgument, RoundNotOpen
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, check_id, cohort_digest
@@ -118,12 +119,11 @@ def test_a_peer_that_reports_the_round_failed_fails_it_everywhere(
 
 
 def _seed_session(agg: Aggregator, spec: RoundSpec, client: str) -> UploadSession:
-    import hashlib
 
     seed = _seed(SHARING, client, 0)
     header = UploadHeader(
         spec.round_id, client, SHARING, agg.party, "seed", LENGTH,
-        hashlib.sha256(seed).digest(), seed,
+        payload_digest(seed), seed,
     )  # fmt: skip
     session = agg.begin_upload(header)
     assert isinstance(session, UploadSession)
@@ -136,14 +136,14 @@ def test_a_manifest_waits_for_an_upload_being_recorded(tmp_path: Path, spec: Rou
     agg.create_round(spec)
     session = _seed_session(agg, spec, "a")
     recording, release = threading.Event(), threading.Event()
-    original = agg.storage.record_upload
+    original = agg.storage.record_uploads
 
-    def slow_record(row):  # type: ignore[no-untyped-def]
+    def slow_record(rows, checkpoint):  # type: ignore[no-untyped-def]
         recording.set()
         assert release.wait(10)
-        original(row)
+        original(rows, checkpoint)
 
-    agg.storage.record_upload = slow_record  # type: ignore[method-assign]
+    agg.storage.record_uploads = slow_record  # type: ignore[method-assign]
     acked: list[object] = []
     uploader = threading.Thread(target=lambda: acked.append(session.finish()))
     uploader.start()

@@ -1,4 +1,4 @@
-"""Where a server's ingest time goes: ``python -m bench.ingest [--quick] [--out DIR]``.
+"""Where a server's ingest time goes: ``python -m bench.studies.ingest [--quick] [--out DIR]``.
 
 Three measurements, all on loopback with the client in a child process:
 
@@ -377,7 +377,7 @@ def server(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.ingest", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer sink variants, smaller data")
     parser.add_argument("--out", type=Path, help="write ingest.json here")
     parser.add_argument("--dim", type=int, default=10**7, help="elements per upload (8 bytes each)")
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         streams = (1, 2) if args.quick else (1, 2, 4)
         out["server"] = server(creds, work, dim, args.uploads, streams, profile=False)
         out["server_profiled"] = server(creds, work, dim, args.uploads, streams, profile=True)
-        from bench.pipelines import pipelines, stages
+        from bench.studies.pipelines import pipelines, stages
 
         print("3. stages alone:")
         out["stages"] = stages(work)

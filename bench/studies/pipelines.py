@@ -1,4 +1,4 @@
-"""The server's per-byte ingest work without the network (parts 3 and 4 of :mod:`bench.ingest`).
+"""The per-byte ingest work without the network (parts 3 and 4 of :mod:`bench.studies.ingest`).
 
 ``stages``: each stage alone on 2 MiB chunks (SHA-256, memcpy, page-cache write,
 write + fsync). ``pipelines``: a whole upload's server-side work (hash, buffer,

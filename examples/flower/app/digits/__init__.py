@@ -1,0 +1,1 @@
+"""The example's Flower app: load_digits across five trainers, aggregated by mpcagg."""
