@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mpcagg.clients.broadcast import broadcast
-from mpcagg.clients.transport import Transport, _rpc
+from mpcagg.clients.transport import Transport, _rpc  # the one gRPC → error translation
 from mpcagg.protocol.errors import ProtocolError
 from mpcagg.protocol.group import RevealedSum, RevealState, RevealStatus
 from mpcagg.v1 import reveal_pb2_grpc

@@ -75,6 +75,11 @@ def unmap_large_allocations(threshold: int = 1 << 20) -> bool:
     import ctypes
     import ctypes.util
 
+    if os.environ.get("MPCAGG_EXPERIMENT_THRESHOLD"):
+        threshold = int(os.environ["MPCAGG_EXPERIMENT_THRESHOLD"])
+        if threshold == 0:
+            return False
+
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

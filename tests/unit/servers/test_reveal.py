@@ -120,10 +120,12 @@ def test_a_group_that_cannot_form_fails_within_the_window_and_keeps_nothing(
         ):
             t.result(spec)
         # Party 2 returns: the others refuse its group (their reveal failed for good), so
-        # it fails too, at once, and nothing is kept anywhere.
+        # it fails too, at once, and nothing is kept anywhere
         cluster.start(2)
         final = cluster.wait_reveal("no-group", {RevealState.FAILED}, timeout=window + 8)
-        assert "failed at party" in final[2].reason, final[2]
+        # (its window opened when the others' hellos first reached it, so it may have closed)
+        reason = final[2].reason
+        assert "failed at party" in reason or "window closed" in reason, final[2]
         for p in range(cluster.n):
             assert not (cluster.data_dir(p) / "reveal" / "no-group.sum").exists()
     finally:
