@@ -23,7 +23,7 @@ from mpcagg.protocol.group import RevealState
 
 if TYPE_CHECKING:  # imported when used: the CLI starts without the server's modules
     from mpcagg.clients.results import AggregateResult
-    from mpcagg.servers.reveal import RevealRecord
+    from mpcagg.servers.results import RevealRecord
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def read_result(data_dir: Path, party: int, round_id: str) -> PartyResult:
     has no reveal record for it (not committed here, or not in reveal mode servers),
     :class:`ProtocolError` if the stored sum is not one honest inputs can produce."""
     from mpcagg.clients.collector import decode_result
-    from mpcagg.servers.reveal import ResultStore
+    from mpcagg.servers.results import ResultStore
 
     store = ResultStore.open(data_dir)
     record = store.read(round_id)

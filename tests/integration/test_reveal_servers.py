@@ -28,7 +28,7 @@ from mpcagg.ops.local import LocalCluster
 from mpcagg.ops.reveal import read_result
 from mpcagg.protocol.errors import ServiceError
 from mpcagg.protocol.group import RevealState, RevealStatus
-from mpcagg.servers.reveal import ResultStore
+from mpcagg.servers.results import ResultStore
 from tests.integration.conftest import LIMITS, Rig, encode_all, eventually, exact_inputs, ring_sum
 
 pytestmark = [pytest.mark.crypten, pytest.mark.timeout(150)]

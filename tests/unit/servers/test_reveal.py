@@ -23,7 +23,7 @@ from mpcagg.ops.reveal import read_result
 from mpcagg.protocol.errors import RoundNotOpen
 from mpcagg.protocol.group import RevealState
 from mpcagg.protocol.state import RoundState
-from mpcagg.servers.reveal import ResultStore
+from mpcagg.servers.results import ResultStore
 from tests.crypten_world import crypten_world_of_one
 from tests.unit.servers.group_rig import TlsCluster, exact_inputs, ring_sum
 
