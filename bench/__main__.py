@@ -52,10 +52,16 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         action="store_true",
         help="the baseline spools and fsyncs every upload, as the real servers do",
     )
-    parser.add_argument(
+    dial = parser.add_mutually_exclusive_group()
+    dial.add_argument(
         "--keep-connections",
         action="store_true",
-        help="trainers keep their channels across rounds (a training loop) instead of redialling",
+        help="trainers keep their channels across rounds, as in a training loop (the default)",
+    )
+    dial.add_argument(
+        "--redial",
+        action="store_true",
+        help="every trainer dials its channels anew each round (n TLS handshakes per round)",
     )
     parser.add_argument("--workdir", type=Path, help="where servers keep their data (tmp)")
     parser.add_argument("--no-plots", action="store_true")
@@ -83,7 +89,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
     if args.scale_only:
         changes.update(trainers=(), engines=False)
     changes["baseline_durable"] = args.baseline_durable
-    changes["keep_connections"] = args.keep_connections
+    changes["keep_connections"] = not args.redial
     if args.micro_only:
         changes.update(trainers=(), engines=False)
     plan = dataclasses.replace(plan, **changes)  # type: ignore[arg-type]
