@@ -11,6 +11,7 @@ and sizes only). Health checks are not intercepted.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Iterator
@@ -148,7 +149,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 self._refuse(context, name, request, exc)
             finally:
                 if token is not None:
-                    _CALLER.reset(token)
+                    # A stream cancelled by the client is closed from another thread,
+                    # whose context never held the token: nothing to reset there.
+                    with contextlib.suppress(ValueError):
+                        _CALLER.reset(token)
 
         return handle
 
