@@ -52,16 +52,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         action="store_true",
         help="the baseline spools and fsyncs every upload, as the real servers do",
     )
-    dial = parser.add_mutually_exclusive_group()
-    dial.add_argument(
+    parser.add_argument(
         "--keep-connections",
         action="store_true",
-        help="trainers keep their channels across rounds, as in a training loop (the default)",
-    )
-    dial.add_argument(
-        "--redial",
-        action="store_true",
-        help="every trainer dials its channels anew each round (n TLS handshakes per round)",
+        help="trainers keep their channels across rounds (a training loop) instead of redialling",
     )
     parser.add_argument("--workdir", type=Path, help="where servers keep their data (tmp)")
     parser.add_argument("--no-plots", action="store_true")
@@ -89,7 +83,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
     if args.scale_only:
         changes.update(trainers=(), engines=False)
     changes["baseline_durable"] = args.baseline_durable
-    changes["keep_connections"] = not args.redial
+    changes["keep_connections"] = args.keep_connections
     if args.micro_only:
         changes.update(trainers=(), engines=False)
     plan = dataclasses.replace(plan, **changes)  # type: ignore[arg-type]

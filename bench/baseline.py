@@ -47,6 +47,7 @@ from mpcagg.ops.credentials import KeyPair, issue_client_cert, load_key_pair, pr
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.identity import check_role, client_from_auth_context
 from mpcagg.servers.storage import SpoolWriter
+from mpcagg.servers.upload import unmap_large_allocations
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.wire.framing import chunk_message_bytes
 
@@ -226,6 +227,7 @@ def _sweep(root: Path, round_id: str) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     """Run the baseline server until SIGTERM."""
+    unmap_large_allocations()  # as the real servers do (chunks go back to the system)
     limits = Limits()
     options = [
         ("grpc.max_send_message_length", limits.max_message_bytes),

@@ -5,12 +5,11 @@ A cell is (trainers N, parameters d, parties n). Each measured round of a cell m
 other n − 1 parties get 32-byte seeds) and the same again into the baseline server.
 Cells are skipped, with the reason printed, when they cannot fit the machine:
 
-- disk: each party keeps at most three vectors of 8d bytes at a time (two checkpoint
-  slots of its accumulator, then one and the aggregate), whatever N; all of them must
-  fit in half the free space of the working directory;
+- disk: a round's spool (``N · 8d`` bytes until commit) must fit in half the free
+  space of the working directory;
 - memory: trainer threads (≈ 32 bytes per parameter each: float input, fixed point,
-  full share, chunk copies) plus every server's accumulator and staged uploads must
-  fit in 60 % of the available memory;
+  full share, chunk copies) plus every server's accumulator and in-flight upload
+  buffers must fit in 60 % of the available memory;
 - duration: the cell's estimated time must stay under ``max_cell_s`` (lifted by
   ``--full``).
 
@@ -28,8 +27,6 @@ from pathlib import Path
 
 import psutil
 
-from mpcagg.servers.upload import STAGING_MEMORY_BYTES
-
 GiB = 1 << 30
 
 # Duration model constants (2-core AMD EPYC VM, TLS on, numpy engine; both modes).
@@ -37,12 +34,12 @@ ROUND_FIXED_S = 0.1
 """Per round: open, close, commit, reveal, bookkeeping."""
 TRAINER_FIXED_S = 0.012
 """Per trainer and 3 parties: channels, TLS handshakes, round check, acknowledgements."""
-THROUGHPUT_BPS = 300e6
+THROUGHPUT_BPS = 150e6
 """Share bytes per second into the servers, all parties together, end to end."""
 CELL_FIXED_S = 3.0
 """Per cell: start the cluster, warm up connections, stop it."""
-PLAIN_FRACTION = 0.7
-"""The two plaintext rounds (int64, float32) cost about this fraction of a secure one."""
+PLAIN_FRACTION = 0.3
+"""A plaintext round costs about this fraction of a secure one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +78,8 @@ class Plan:
     scale: bool = False
     """Also the scale runs (:mod:`bench.scale`)."""
     baseline_durable: bool = False
-    keep_connections: bool = True
-    """Trainers keep their channels across rounds, as in a training loop (``--redial``:
-    every trainer dials its n channels anew each round, n TLS handshakes against the
-    baseline's one)."""
+    keep_connections: bool = False
+    """Trainers keep their channels across rounds, as in a training loop (else: dial anew)."""
     extra: dict[str, object] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
@@ -134,24 +129,19 @@ def memory_bytes(cell: Cell, plan: Plan) -> int:
     """Estimated peak memory of a round, all processes."""
     threads = min(plan.trainer_threads, cell.trainers)
     client = threads * 32 * cell.dim
-    # Each party: its accumulator and the staged uploads in flight (at most one per trainer
-    # thread, and at most the staging budget).
-    per_party = 8 * cell.dim + min(threads * 8 * cell.dim, STAGING_MEMORY_BYTES)
+    # Each party: accumulator, committed copies of earlier rounds, in-flight full uploads.
+    rounds = plan.warmup + plan.rounds_for(cell)
+    per_party = 8 * cell.dim * (rounds + 2 * threads)
     baseline = 8 * cell.dim * (1 + threads)
     return client + cell.parties * per_party + baseline
-
-
-def disk_bytes(cell: Cell) -> int:
-    """Share data all parties keep on disk at once, at most (three vectors each)."""
-    return cell.parties * 3 * 8 * cell.dim
 
 
 def skip_reason(cell: Cell, plan: Plan, workdir: Path) -> str | None:
     """Why ``cell`` cannot run here, or None."""
     free = shutil.disk_usage(_existing(workdir)).free
-    if disk_bytes(cell) > free // 2:
+    if cell.share_bytes > free // 2:
         return (
-            f"disk: the parties keep 3·8d each = {_bytes(disk_bytes(cell))}; "
+            f"disk: a round spools N·8d = {_bytes(cell.share_bytes)} before commit; "
             f"{_bytes(free)} free in {workdir} (needs at most half)"
         )
     available = psutil.virtual_memory().available

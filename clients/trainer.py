@@ -17,7 +17,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from mpcagg.protocol.errors import (
     MpcaggError,
     ProtocolError,
     RoundStateError,
-    ServiceError,
     UpdateConflict,
     UploadFailed,
 )
@@ -264,11 +262,13 @@ class SecureAggregator:
             raise UploadFailed(self._failure_message(spec, failed), failed)
         n = spec.n_parties
         full = full_party_for(self.client_id, n)
-        uploads = self._seed_uploads(spec, sharing, len(encoded))
+        t = time.perf_counter()
+        uploads = self._share(spec, sharing, encoded)
+        phases["share_s"] = time.perf_counter() - t
         sent = dict.fromkeys(range(n), 0)
         delivered: set[int] = set()  # parties that were handed the whole payload
         outcomes: dict[int, UploadAck | MpcaggError] = {}
-        total = sum(32 if p != full else len(encoded) * 8 for p in targets)
+        total = sum(uploads[p].payload_bytes for p in targets)
         enabled = wants_progress(self.progress)
         with UploadProgress(total, enabled=enabled, desc=f"upload {spec.round_id}") as bar:
 
@@ -276,8 +276,6 @@ class SecureAggregator:
                 upload = uploads[party]
 
                 def attempt() -> UploadAck:
-                    if upload.seed is not None:
-                        return self._send_seed(spec, sharing, upload, sent, delivered, bar)
                     messages = wire.upload_messages(
                         upload,
                         round_id=spec.round_id,
@@ -302,13 +300,7 @@ class SecureAggregator:
 
             t = time.perf_counter()
             seeds = [p for p in targets if p != full]
-            with ThreadPoolExecutor(1, thread_name_prefix="mpcagg-seeds") as background:
-                sending = background.submit(self._transport.each_party, send, seeds)
-                if full in targets:  # the full share's first pass, while the seeds travel
-                    s0 = time.perf_counter()
-                    uploads[full] = self._full_upload(spec, sharing, encoded)
-                    phases["share_s"] = time.perf_counter() - s0
-                outcomes.update(sending.result())
+            outcomes.update(self._transport.each_party(send, seeds) if seeds else {})
             phases["seeds_s"] = time.perf_counter() - t
             waiting = [
                 p
@@ -431,54 +423,13 @@ class SecureAggregator:
             )
         return outcomes.reasons()
 
-    def _send_seed(
-        self,
-        spec: RoundSpec,
-        sharing: _Sharing,
-        upload: wire.PartyUpload,
-        sent: dict[int, int],
-        delivered: set[int],
-        bar: UploadProgress,
-    ) -> UploadAck:
-        """One seed upload as one unary call (``UploadSeed``). A transient failure after
-        the request may have gone out (no answer in time, a connection lost, not refused)
-        counts as delivered: the receipt then says "unknown", never "failed"."""
-        party = upload.party
-        header = wire.seed_header(
-            upload,
-            round_id=spec.round_id,
-            client_id=self.client_id,
-            sharing_id=sharing.sharing_id,
-            spec_digest=spec.digest,
-        )
-        sent[party] += header.ByteSize()
-        try:
-            ack = self._transport.upload_seed(party, header)
-        except ServiceError as exc:
-            if exc.transient and not _refused(exc):
-                delivered.add(party)
-            raise
-        delivered.add(party)
-        bar.advance(party, len(header.seed))
-        return ack
-
-    def _seed_uploads(
-        self, spec: RoundSpec, sharing: _Sharing, length: int
-    ) -> dict[int, wire.PartyUpload]:
-        """The n−1 seed uploads of ``sharing`` (``mpc.sharing.share``'s order of seeds)."""
-        full = full_party_for(self.client_id, spec.n_parties)
-        parties = seed_parties(spec.n_parties, full)
-        return {
-            p: wire.PartyUpload.of_seed(p, length, seed)
-            for p, seed in zip(parties, sharing.seeds, strict=True)
-        }
-
-    def _full_upload(
+    def _share(
         self, spec: RoundSpec, sharing: _Sharing, encoded: RingVector
-    ) -> wire.PartyUpload:
-        """The full share of ``encoded`` under ``sharing``'s seeds, byte-identical every
-        time, computed chunk by chunk as it is sent (:func:`mpc.sharing.full_share_chunks`):
-        it never exists whole unless small enough to keep (:data:`wire.framing.KEEP_BYTES`)."""
+    ) -> list[wire.PartyUpload]:
+        """The n uploads of ``encoded`` under ``sharing``'s seeds, byte-identical every time:
+        the seeds, and the full share computed chunk by chunk as it is sent
+        (:func:`mpc.sharing.full_share_chunks`), so it never exists whole unless it is
+        small enough to keep (:data:`wire.framing.KEEP_BYTES`)."""
         n = spec.n_parties
         full = full_party_for(self.client_id, n)
         context = SharingContext(spec.round_id, self.client_id)
@@ -487,9 +438,15 @@ class SecureAggregator:
         def pieces(chunk_elements: int) -> Iterator[RingVector]:
             return full_share_chunks(encoded, n, full, seeds, context, chunk_elements)
 
-        return wire.PartyUpload.streamed(
-            full, len(encoded), pieces, chunk_bytes=self.cluster.limits.chunk_bytes
-        )
+        seeded = dict(zip(seed_parties(n, full), seeds, strict=True))
+        return [
+            wire.PartyUpload.streamed(
+                p, len(encoded), pieces, chunk_bytes=self.cluster.limits.chunk_bytes
+            )
+            if p == full
+            else wire.PartyUpload.of_seed(p, len(encoded), seeded[p])
+            for p in range(n)
+        ]
 
     def _failure_message(self, spec: RoundSpec, failed: dict[int, str]) -> str:
         reasons = "; ".join(f"party {p}: {r}" for p, r in sorted(failed.items()))
@@ -522,15 +479,6 @@ def _counted(messages: Any, party: int, delivered: set[int]) -> Any:
 
 def _add(sent: dict[int, int], party: int, nbytes: int) -> None:
     sent[party] += nbytes
-
-
-def _refused(exc: ServiceError) -> bool:
-    """Whether a transient error says the request never reached the party (no
-    connection could be made)."""
-    text = str(exc).lower()
-    return exc.code == "UNAVAILABLE" and any(
-        s in text for s in ("failed to connect", "connection refused", "port 0", "dns")
-    )
 
 
 def _locate_encoding_error(spec: RoundSpec, layout: TensorLayout, vector: FloatArray) -> InputError:

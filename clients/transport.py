@@ -211,12 +211,6 @@ class Transport:
             msg = self._stub(party).Upload(messages, **self._call_options())
         return convert.ack_from_proto(msg)
 
-    def upload_seed(self, party: int, header: Any) -> UploadAck:
-        """A seed upload (its header is all of it) in one unary call."""
-        with _rpc(party, "UploadSeed"):
-            msg = self._stub(party).UploadSeed(header, **self._call_options())
-        return convert.ack_from_proto(msg)
-
     def aggregate_share(self, party: int, round_id: str) -> AggregateShare:
         with _rpc(party, "GetAggregateShare"):
             stream = self._stub(party).GetAggregateShare(

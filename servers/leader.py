@@ -1,7 +1,6 @@
 """The leader's part of closing a round: agree the cohort, then commit it everywhere.
 
-1. Every party (the leader included, all at once) returns its manifest and stops
-   accepting uploads.
+1. Every party (the leader included) returns its manifest and stops accepting uploads.
 2. The cohort is the intersection of the manifests over *sharings*: a client is in
    only if every party holds the same sharing (client id and sharing id) for it. A
    trainer that reached only some servers is simply left out (no recovery protocol
@@ -9,10 +8,9 @@
 3. Below ``min_clients``, or if a party *folded* a full share whose sharing is not in
    the cohort (a trainer that sent it before its seeds were all acknowledged, which
    the client never does): the round FAILS everywhere and nothing is revealed.
-4. Otherwise the leader records the cohort durably, commits it on every peer (all at
-   once: each waits for its own disk), then on itself. A peer that is down leaves the
-   round CLOSING; closing again resumes with the same recorded cohort (idempotent,
-   restart-safe).
+4. Otherwise the leader records the cohort durably, commits it on every peer, then
+   on itself. A peer that is down leaves the round CLOSING; closing again resumes
+   with the same recorded cohort (idempotent, restart-safe).
 5. A FAILED round is failed on every peer: the leader retries Fail (from its
    periodic tick) until each peer has recorded it, so no party keeps a decided
    round's shares.
@@ -23,9 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TypeVar
+from collections.abc import Sequence
 
 from mpcagg.protocol.errors import NotFound, ServiceError
 from mpcagg.protocol.spec import Holding, cohort_digest
@@ -34,7 +30,6 @@ from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.peers import LocalPeer, Peer
 
 log = logging.getLogger("mpcagg.leader")
-T = TypeVar("T")
 _CLOSING = RoundState.CLOSING
 
 
@@ -82,8 +77,7 @@ class Leader:
         spec = rnd.spec
         cohort = rnd.decided
         if cohort is None:
-            parties = (self._local, *self._peers)
-            manifests = _each(lambda p: p.manifest(round_id, spec.digest), parties)
+            manifests = [p.manifest(round_id, spec.digest) for p in (self._local, *self._peers)]
             failed = [m for m in manifests if m.state not in (_CLOSING, RoundState.COMMITTED)]
             if failed:  # FAILED, or a state this party cannot read: nothing is revealed
                 first = failed[0]
@@ -110,7 +104,8 @@ class Leader:
                 )
             self._agg.decide(round_id, cohort, cohort_digest(cohort))
         digest = cohort_digest(cohort)
-        _each(lambda p: p.commit(round_id, cohort, digest, spec.digest), self._peers)
+        for peer in self._peers:
+            peer.commit(round_id, cohort, digest, spec.digest)
         self._local.commit(round_id, cohort, digest, spec.digest)  # last: it answers CloseRound
         status = self._agg.status(round_id)
         log.info("round %s committed on all %d parties", round_id, len(self._peers) + 1)
@@ -224,14 +219,3 @@ def _stranded(manifests: list[Manifest], cohort: tuple[Holding, ...]) -> str:
                 "be left out, so nothing is revealed"
             )
     return ""
-
-
-def _each(call: Callable[[Peer], T], parties: Sequence[Peer]) -> list[T]:
-    """``call(party)`` for every party at once (each waits for its own disk), in order;
-    the first error is raised once every call has ended."""
-    if len(parties) <= 1:
-        return [call(p) for p in parties]
-    with ThreadPoolExecutor(len(parties), thread_name_prefix="leader") as pool:
-        futures = [pool.submit(call, p) for p in parties]
-        wait(futures)
-    return [f.result() for f in futures]

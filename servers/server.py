@@ -36,6 +36,7 @@ from mpcagg.servers.reveal import Revealer, attach_reveal
 from mpcagg.servers.service import AggregationService, PeerService
 from mpcagg.servers.startup import bind
 from mpcagg.servers.storage import Storage
+from mpcagg.servers.upload import unmap_large_allocations
 from mpcagg.servers.versioning import VersionInterceptor
 from mpcagg.v1 import aggregation_pb2_grpc, peer_pb2_grpc
 
@@ -228,6 +229,7 @@ def serve_forever(
     ``[metrics] address``)."""
     if metrics_address is None and metrics_port is not None:
         metrics_address = f"127.0.0.1:{metrics_port}"
+    unmap_large_allocations()  # staged upload chunks go back to the system when freed
     running = create_server(cluster, party, insecure=insecure, metrics_address=metrics_address)
     if port_file is not None:
         write_atomic(port_file, f"{running.port} {running.peer_port}\n".encode(), 0o644)

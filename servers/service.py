@@ -14,7 +14,7 @@ import grpc
 
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import Busy, PermissionDenied, RoundNotOpen
-from mpcagg.protocol.state import UploadAck, UploadHeader
+from mpcagg.protocol.state import UploadAck
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.interceptor import caller
 from mpcagg.servers.upload import UploadSession
@@ -72,24 +72,16 @@ class AggregationService(pb_grpc.AggregationServicer):
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         with self._uploads:
             header, chunks = framing.read_upload(request_iterator)
-            return convert.ack_to_proto(self._upload(header, chunks))
-
-    def UploadSeed(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with self._uploads:
-            header = framing.read_seed_upload(request)
-            return convert.ack_to_proto(self._upload(header, iter(())))
-
-    def _upload(self, header: UploadHeader, chunks: Iterator[bytes]) -> UploadAck:
-        ident = caller()
-        if ident is not None and ident.client_id != header.client_id:
-            raise PermissionDenied(
-                f"authenticated as {ident.client_id!r} but the request names client "
-                f"{header.client_id!r}"
-            )
-        started = self._agg.begin_upload(header)
-        if isinstance(started, UploadAck):
-            return started
-        return _drive(started, chunks)
+            ident = caller()
+            if ident is not None and ident.client_id != header.client_id:
+                raise PermissionDenied(
+                    f"authenticated as {ident.client_id!r} but the request names client "
+                    f"{header.client_id!r}"
+                )
+            started = self._agg.begin_upload(header)
+            if isinstance(started, UploadAck):
+                return convert.ack_to_proto(started)
+            return convert.ack_to_proto(_drive(started, chunks))
 
     def CloseRound(self, request: Any, context: grpc.ServicerContext) -> Any:
         if self._leader is None:

@@ -24,14 +24,12 @@ __all__ = [
     "aggregate_messages",
     "chunk_message_bytes",
     "read_aggregate_share",
-    "read_seed_upload",
     "read_upload",
-    "seed_header",
     "upload_messages",
 ]
 
 
-KEEP_BYTES = 256 << 20
+KEEP_BYTES = 64 << 20
 """A streamed full share up to this size keeps the chunks its digest pass computed, so
 sending (and each retry) reuses them; a larger one is computed again for each send."""
 
@@ -185,27 +183,6 @@ def upload_messages(
             on_progress(sent)
 
 
-def seed_header(
-    upload: PartyUpload, *, round_id: str, client_id: str, sharing_id: bytes, spec_digest: bytes
-) -> pb.UploadHeader:
-    """The whole of a seed upload (``UploadSeed``): the header, seed included."""
-    if upload.seed is None:
-        raise ValueError("a full share streams through upload_messages, not a seed header")
-    if len(sharing_id) != SHARING_ID_BYTES:
-        raise ValueError(f"sharing_id must be {SHARING_ID_BYTES} bytes, got {len(sharing_id)}")
-    return pb.UploadHeader(
-        round_id=round_id,
-        client_id=client_id,
-        sharing_id=sharing_id,
-        party=upload.party,
-        kind=pb.SEED,
-        length=upload.length,
-        payload_digest=upload.digest,
-        spec_digest=spec_digest,
-        seed=upload.seed.expose(),
-    )
-
-
 def chunk_message_bytes(n: int) -> int:
     """Serialized size of an ``UploadMessage``/``AggregateShareMessage`` carrying an
     ``n``-byte chunk (field 2, length-delimited: tag, varint length, bytes)."""
@@ -284,16 +261,6 @@ def aggregate_messages(
     raw = to_bytes(vector)
     for start in range(0, len(raw), chunk_bytes):
         yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + chunk_bytes]))
-
-
-def read_seed_upload(header: pb.UploadHeader) -> UploadHeader:
-    """The header of an ``UploadSeed`` call; raises :class:`InvalidArgument` unless it is
-    a seed share (a full share streams its chunks through ``Upload``)."""
-    if header.kind != pb.SEED:
-        raise InvalidArgument(
-            "UploadSeed carries a seed share (kind SEED); send a full share through Upload"
-        )
-    return header_from_proto(header)
 
 
 def read_upload(messages: Iterator[pb.UploadMessage]) -> tuple[UploadHeader, Iterator[bytes]]:

@@ -142,16 +142,6 @@ def _recording(loot: Loot, mp: pytest.MonkeyPatch) -> None:
         return upload(self, tee(), context)
 
     mp.setattr(AggregationService, "Upload", recorded_upload)
-    upload_seed = AggregationService.UploadSeed
-
-    def recorded_seed(self: AggregationService, request: Any, context: Any) -> Any:
-        seen = loot.record(self, "UploadSeed", context)
-        kept = pb.UploadMessage()
-        kept.header.CopyFrom(request)  # a seed upload is its header
-        seen.messages.append(kept)
-        return upload_seed(self, request, context)
-
-    mp.setattr(AggregationService, "UploadSeed", recorded_seed)
     for name in ("CreateRound", "GetRound", "GetAggregateShare"):
         original = getattr(AggregationService, name)
 

@@ -37,7 +37,6 @@ EXPECTED_RPCS = {
     ("Aggregation", "CreateRound"): ("CreateRoundRequest", "RoundStatus", False, False),
     ("Aggregation", "GetRound"): ("GetRoundRequest", "RoundStatus", False, False),
     ("Aggregation", "Upload"): ("UploadMessage", "UploadReceipt", True, False),
-    ("Aggregation", "UploadSeed"): ("UploadHeader", "UploadReceipt", False, False),
     ("Aggregation", "CloseRound"): ("CloseRoundRequest", "RoundStatus", False, False),
     ("Aggregation", "GetAggregateShare"): (
         "GetAggregateShareRequest",

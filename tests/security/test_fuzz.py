@@ -365,7 +365,6 @@ METHODS = {
     "/mpcagg.v1.Aggregation/CloseRound": ("unary", False),
     "/mpcagg.v1.Aggregation/GetAggregateShare": ("server-stream", False),
     "/mpcagg.v1.Aggregation/Upload": ("client-stream", False),
-    "/mpcagg.v1.Aggregation/UploadSeed": ("unary", False),
     "/mpcagg.v1.Peer/Manifest": ("unary", True),
     "/mpcagg.v1.Peer/Commit": ("unary", True),
     "/mpcagg.v1.Peer/Fail": ("unary", True),

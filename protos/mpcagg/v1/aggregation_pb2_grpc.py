@@ -49,11 +49,6 @@ class AggregationStub(object):
                 request_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadMessage.SerializeToString,
                 response_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
                 _registered_method=True)
-        self.UploadSeed = channel.unary_unary(
-                '/mpcagg.v1.Aggregation/UploadSeed',
-                request_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadHeader.SerializeToString,
-                response_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
-                _registered_method=True)
         self.CloseRound = channel.unary_unary(
                 '/mpcagg.v1.Aggregation/CloseRound',
                 request_serializer=mpcagg_dot_v1_dot_aggregation__pb2.CloseRoundRequest.SerializeToString,
@@ -90,14 +85,6 @@ class AggregationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UploadSeed(self, request, context):
-        """Trainer: the same for a seed share (kind = SEED), whose header is the whole upload:
-        one unary call, cheaper than a stream of one message.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def CloseRound(self, request, context):
         """Collector, at the leader (party 0): close the round and agree the cohort.
         """
@@ -128,11 +115,6 @@ def add_AggregationServicer_to_server(servicer, server):
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
                     request_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadMessage.FromString,
-                    response_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.SerializeToString,
-            ),
-            'UploadSeed': grpc.unary_unary_rpc_method_handler(
-                    servicer.UploadSeed,
-                    request_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadHeader.FromString,
                     response_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.SerializeToString,
             ),
             'CloseRound': grpc.unary_unary_rpc_method_handler(
@@ -226,33 +208,6 @@ class Aggregation(object):
             target,
             '/mpcagg.v1.Aggregation/Upload',
             mpcagg_dot_v1_dot_aggregation__pb2.UploadMessage.SerializeToString,
-            mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UploadSeed(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mpcagg.v1.Aggregation/UploadSeed',
-            mpcagg_dot_v1_dot_aggregation__pb2.UploadHeader.SerializeToString,
             mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
             options,
             channel_credentials,

@@ -127,9 +127,6 @@ class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
         with self.lock:
             return self._status(self._round(request.round_id, context))
 
-    def UploadSeed(self, request: Any, context: Any) -> pb.UploadReceipt:
-        return self.Upload(iter([pb.UploadMessage(header=request)]), context)
-
     def Upload(self, request_iterator: Iterator[Any], context: Any) -> pb.UploadReceipt:
         msgs = list(request_iterator)
         header = msgs[0].header
@@ -357,10 +354,7 @@ def test_retry_resends_identical_bytes_with_the_same_sharing_id(
     assert (len(d1) == spec.length * 8) == (failing == "full")
     ids = {h.sharing_id for p in fake.parties for h, _ in p.attempts}
     assert ids == {bytes.fromhex(receipt.sharing_id)}
-    # A full share streams (header message, chunk messages); a seed is one unary call
-    # whose request is the header itself.
-    head = pb.UploadMessage(header=h1).ByteSize() if failing == "full" else h1.ByteSize()
-    one_attempt = head + sum(
+    one_attempt = pb.UploadMessage(header=h1).ByteSize() + sum(
         pb.UploadMessage(chunk=d1[i : i + CHUNK]).ByteSize() for i in range(0, len(d1), CHUNK)
     )
     assert receipt.bytes_sent[party] == 2 * one_attempt

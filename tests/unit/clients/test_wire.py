@@ -138,22 +138,3 @@ def test_round_info_maps_states() -> None:
     )
     assert info.state is RoundState.COMMITTED and info.state.final and info.party == 2
     assert status_from_proto(pb.RoundStatus(round_id="r")).state is RoundState.UNKNOWN
-
-
-def test_an_upload_seed_call_carries_a_seed_share_only() -> None:
-    from mpcagg.protocol.errors import InvalidArgument
-    from mpcagg.wire.framing import read_seed_upload, seed_header
-
-    share = SeedShare(party=1, length=10, seed=Seed(bytes(32)), context=SharingContext("r", "c"))
-    header = seed_header(
-        PartyUpload.from_share(share), round_id="r", client_id="c", sharing_id=SHARING_ID,
-        spec_digest=b"",
-    )  # fmt: skip
-    assert read_seed_upload(header).seed == bytes(32)
-    header.kind = pb.FULL
-    with pytest.raises(InvalidArgument, match="through Upload"):
-        read_seed_upload(header)
-    with pytest.raises(ValueError, match="full share"):
-        seed_header(
-            full_upload(4), round_id="r", client_id="c", sharing_id=SHARING_ID, spec_digest=b""
-        )
