@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import scale
 from bench.grid import PRESETS, Plan
 
 
@@ -30,10 +31,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
     parser.add_argument("--micro", action="store_true", help="also run bench/test_micro.py")
     parser.add_argument(
         "--scale",
-        action="store_true",
-        help="also the scale runs (bench.scale): 1000 x 1e6, 1e4 x 1e4, 1 x 1e8",
+        nargs="*",
+        metavar="NAME",
+        choices=[sc.name for sc in scale.SCENARIOS],
+        help="also the scale runs (bench.scale): many (1000 x 1e6), wide (1e4 x 1e4), huge "
+        "(1 x 1e8) unless named; long (1000 x 1e7) only when named",
     )
-    parser.add_argument("--scale-only", action="store_true", help="only the scale runs")
+    parser.add_argument(
+        "--scale-only", action="store_true", help="only the scale runs (those --scale names)"
+    )
     parser.add_argument(
         "--micro-only", action="store_true", help="only the micro suite (no cluster)"
     )
@@ -79,7 +85,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         changes["engine_dims"] = tuple(args.engine_dims)
     changes["engines"] = not args.no_engines
     changes["micro"] = args.micro or args.micro_only
-    changes["scale"] = args.scale or args.scale_only
+    if args.scale is not None or args.scale_only:
+        changes["scale"] = tuple(args.scale) or scale.DEFAULT
     if args.scale_only:
         changes.update(trainers=(), engines=False)
     changes["baseline_durable"] = args.baseline_durable

@@ -5,8 +5,10 @@ A cell is (trainers N, parameters d, parties n). Each measured round of a cell m
 other n − 1 parties get 32-byte seeds) and the same again into the baseline server.
 Cells are skipped, with the reason printed, when they cannot fit the machine:
 
-- disk: a round's spool (``N · 8d`` bytes until commit) must fit in half the free
-  space of the working directory;
+- disk: what the servers hold at once (:func:`disk_bytes`: each party's two
+  accumulator checkpoints, the aggregate shares of the cell's rounds and the uploads
+  being staged; the baseline's spool of ``N · 8d`` with ``--baseline-durable``) must
+  fit in half the free space of the working directory;
 - memory: trainer threads (≈ 32 bytes per parameter each: float input, fixed point,
   full share, chunk copies) plus every server's accumulator and in-flight upload
   buffers must fit in 60 % of the available memory;
@@ -75,8 +77,8 @@ class Plan:
     engines: bool = True
     engine_dims: tuple[int, ...] = (10**5, 10**6, 10**7)
     micro: bool = False
-    scale: bool = False
-    """Also the scale runs (:mod:`bench.scale`)."""
+    scale: tuple[str, ...] = ()
+    """Also these scale runs (:data:`bench.scale.SCENARIOS` by name)."""
     baseline_durable: bool = False
     keep_connections: bool = False
     """Trainers keep their channels across rounds, as in a training loop (else: dial anew)."""
@@ -136,12 +138,25 @@ def memory_bytes(cell: Cell, plan: Plan) -> int:
     return client + cell.parties * per_party + baseline
 
 
+def disk_bytes(cell: Cell, plan: Plan) -> int:
+    """Estimated peak disk use of a cell, all servers: each party's two checkpoint slots,
+    the aggregate share kept for each round of the cell and, at worst, every in-flight
+    upload staged on disk; the baseline's spool of every upload if it is durable. O(d)
+    in the number of trainers, except for the durable baseline."""
+    threads = min(plan.trainer_threads, cell.trainers)
+    rounds = plan.warmup + plan.rounds_for(cell)
+    per_party = 8 * cell.dim * (2 + rounds + threads)
+    baseline = cell.share_bytes if plan.baseline_durable else 0
+    return cell.parties * per_party + baseline
+
+
 def skip_reason(cell: Cell, plan: Plan, workdir: Path) -> str | None:
     """Why ``cell`` cannot run here, or None."""
     free = shutil.disk_usage(_existing(workdir)).free
-    if cell.share_bytes > free // 2:
+    disk = disk_bytes(cell, plan)
+    if disk > free // 2:
         return (
-            f"disk: a round spools N·8d = {_bytes(cell.share_bytes)} before commit; "
+            f"disk: the servers hold up to {_bytes(disk)} at once; "
             f"{_bytes(free)} free in {workdir} (needs at most half)"
         )
     available = psutil.virtual_memory().available

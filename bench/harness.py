@@ -109,7 +109,9 @@ def run(
         from bench import scale
 
         bar.set_description("scale")
-        results["scale"] = scale.run(work_root, plan.trainer_threads, log=tqdm.write)
+        results["scale"] = scale.run(
+            work_root, plan.trainer_threads, scale.chosen(plan.scale), log=tqdm.write
+        )
         report.write(out, results)
         bar.update(round(SCALE_EST_S))
     if plan.micro:
@@ -146,7 +148,7 @@ def describe(
     estimate = sum(grid.cell_seconds(c, plan) for c in runnable)
     estimate += ENGINES_EST_S if plan.engines else 0.0
     estimate += MICRO_EST_S if plan.micro else 0.0
-    estimate += SCALE_EST_S if plan.scale else 0.0
+    estimate += SCALE_EST_S * len(plan.scale)
     log(
         f"{len(runnable)} of {len(decisions)} cells to run "
         f"({plan.warmup} warm-up + {plan.rounds} measured rounds each, at most "

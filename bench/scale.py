@@ -9,7 +9,10 @@ server processes, mutual TLS with client certificates, numpy engine), trainers a
   its data directory's peak size against 3·8d (sampled every 10 ms, database included);
 - ``wide``: N = 10^4 trainers, d = 10^4, in one round;
 - ``huge``: one trainer, d = 10^8: the trainer's peak RSS beyond what it held before the
-  round (its input and the benchmark's own), and each party's.
+  round (its input and the benchmark's own), and each party's;
+- ``long``: N = 1000 trainers, d = 10^7 (80 GB of full shares in one round, which a
+  server that kept each share until the commit could not hold): peak RSS and disk as
+  for ``many``. Not run unless named (``--scale long``): about 10 minutes here.
 
 The secure sum is checked against the locally computed one exactly, as in the grid.
 """
@@ -55,7 +58,21 @@ SCENARIOS = (
     Scenario("many", 1000, 10**6),
     Scenario("wide", 10**4, 10**4),
     Scenario("huge", 1, 10**8),
+    Scenario("long", 1000, 10**7),
 )
+DEFAULT = ("many", "wide", "huge")
+"""What ``--scale`` runs when it names no scenario."""
+
+
+def chosen(names: tuple[str, ...]) -> tuple[Scenario, ...]:
+    """The scenarios called ``names``, in the order of :data:`SCENARIOS`."""
+    unknown = set(names) - {sc.name for sc in SCENARIOS}
+    if unknown:
+        raise ValueError(
+            f"unknown scale scenario(s) {sorted(unknown)}; choose from "
+            f"{[sc.name for sc in SCENARIOS]}"
+        )
+    return tuple(sc for sc in SCENARIOS if sc.name in names)
 
 
 def run(
