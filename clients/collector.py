@@ -69,6 +69,7 @@ class Collector:
 
     @property
     def cluster(self) -> ClusterConfig:
+        """The cluster this collector talks to (as loaded, never re-read)."""
         return self._transport.cluster
 
     def __repr__(self) -> str:

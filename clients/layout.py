@@ -81,10 +81,12 @@ class TensorLayout:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Tensor names, in flattening order."""
         return tuple(t.name for t in self.tensors)
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Tensor shapes, in the order of :attr:`names`."""
         return tuple(t.shape for t in self.tensors)
 
     @property

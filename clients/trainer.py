@@ -1,52 +1,37 @@
 """The trainer client: a model update in, one share per server out.
 
-:meth:`SecureAggregator.submit` follows DESIGN.md "Sharing, with seeds instead of
-full shares": it checks that every server runs the round with exactly the spec
-the trainer was handed (spec digest) and that the round is open, encodes the
-update in fixed point within the round's bound, draws n−1 fresh seeds, computes
-the full share for ``full_party_for(client_id, n)`` and uploads the n shares
-concurrently. A retry resends byte-identical data under the same sharing id;
-nothing is ever re-shared. Seeds and shares are never logged or shown.
+:meth:`SecureAggregator.submit` follows architecture.md §1 "A round" (steps 2–5): it
+encodes the update in fixed point within the round's bound, takes this trainer's
+sharing for the round (:mod:`.sharings`: n−1 fresh seeds and a sharing id, made once
+per round) and uploads it seeds first (:mod:`.upload`). With ``verify`` it first checks
+that every server runs the round with exactly the spec the trainer was handed (spec
+digest) and that the round is open. A retry resends byte-identical data under the same
+sharing id; nothing is ever re-shared. Seeds and shares are never logged or shown.
 """
 
 from __future__ import annotations
 
-import hmac
-import logging
-import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mpcagg.clients.broadcast import round_statuses
 from mpcagg.clients.credentials import ClientCredentials
 from mpcagg.clients.layout import FloatArray, TensorLayout
-from mpcagg.clients.progress import UploadProgress, wants_progress
 from mpcagg.clients.results import AggregateResult, Receipt
 from mpcagg.clients.rounds import fetch_spec
+from mpcagg.clients.sharings import Sharing, Sharings
 from mpcagg.clients.transport import RetryPolicy, Transport
+from mpcagg.clients.upload import upload_sharing
 from mpcagg.clients.weighting import weigh
-from mpcagg.mpc import EncodingError, Seed, SharingContext, full_party_for, seed_parties
-from mpcagg.mpc.digest import payload_digest
-from mpcagg.mpc.ring import RingVector, to_bytes
-from mpcagg.mpc.sharing import full_share_chunks
+from mpcagg.mpc import EncodingError
+from mpcagg.mpc.ring import RingVector
 from mpcagg.protocol.cluster import ClusterConfig
-from mpcagg.protocol.errors import (
-    InputError,
-    MpcaggError,
-    ProtocolError,
-    RoundStateError,
-    UpdateConflict,
-    UploadFailed,
-)
-from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
-from mpcagg.protocol.state import RoundState, RoundStatus, UploadAck
-from mpcagg.wire import framing as wire
-
-log = logging.getLogger("mpcagg.clients")
+from mpcagg.protocol.errors import InputError, ProtocolError, RoundStateError
+from mpcagg.protocol.spec import RoundSpec
+from mpcagg.protocol.state import RoundState, RoundStatus
 
 
 class SecureAggregator:
@@ -76,10 +61,11 @@ class SecureAggregator:
         self._transport = Transport(cluster, cert=cert, key=key, retry=retry)
         self.client_id = self._transport.client_id(client_id)
         self.progress = progress
-        self._sharings: OrderedDict[str, _Sharing] = OrderedDict()
+        self._sharings = Sharings()
 
     @property
     def cluster(self) -> ClusterConfig:
+        """The cluster this trainer uploads to (as loaded, never re-read)."""
         return self._transport.cluster
 
     def __repr__(self) -> str:
@@ -152,12 +138,10 @@ class SecureAggregator:
         spec = self.join(round_) if isinstance(round_, str) else round_
         t = time.perf_counter()
         encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
-        sharing = self._sharing_for(spec, encoded)
+        sharing = self._sharings.for_update(spec, encoded)
         encode_s = time.perf_counter() - t
         failed = self._verify_round(spec) if verify else {}
-        return self._upload(
-            spec, sharing, encoded, range(spec.n_parties), failed, {"encode_s": encode_s}
-        )
+        return self._upload(sharing, encoded, range(spec.n_parties), failed, encode_s=encode_s)
 
     def resume(
         self,
@@ -179,16 +163,11 @@ class SecureAggregator:
         (sharings live in the process that made them) or ``tensors`` differ from the
         shared update.
         """
-        sharing = self._sharings.get(receipt.round_id)
-        if sharing is None or sharing.sharing_id.hex() != receipt.sharing_id:
-            raise InputError(
-                f"this trainer holds no sharing {receipt.sharing_id[:8]}… for round "
-                f"{receipt.round_id!r}: a sharing lives only in the trainer that made it"
-            )
+        sharing = self._sharings.made(receipt.round_id, receipt.sharing_id)
         spec = sharing.spec
         if tensors is not None:
             encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
-            self._sharing_for(spec, encoded)  # refuses a different update
+            self._sharings.for_update(spec, encoded)  # refuses a different update
         elif sharing.encoded is not None:
             encoded = sharing.encoded
         else:
@@ -196,9 +175,8 @@ class SecureAggregator:
                 f"round {receipt.round_id!r}: the update is no longer held (its upload was "
                 "complete); pass the same tensors to resume"
             )
-        done = {p: "acknowledged" for p in receipt.acknowledged}
-        pending = [p for p in range(spec.n_parties) if p not in done]
-        merged = self._upload(spec, sharing, encoded, pending, {})
+        pending = [p for p in range(spec.n_parties) if p not in receipt.acknowledged]
+        merged = self._upload(sharing, encoded, pending, {})
         return replace(
             merged,
             acknowledged=tuple(sorted({*receipt.acknowledged, *merged.acknowledged})),
@@ -209,157 +187,26 @@ class SecureAggregator:
             },
         )
 
-    def _sharing_for(self, spec: RoundSpec, encoded: RingVector) -> _Sharing:
-        """The sharing of ``encoded`` for ``spec``'s round: the one made before, or new.
-
-        Raises :class:`UpdateConflict` if this trainer shared a different update (or
-        under another spec) for that round.
-        """
-        digest = payload_digest(to_bytes(encoded))
-        held = self._sharings.get(spec.round_id)
-        if held is not None:
-            if held.spec.digest != spec.digest or not hmac.compare_digest(
-                held.update_digest, digest
-            ):
-                raise UpdateConflict(
-                    f"round {spec.round_id!r}: this trainer already shared a different update "
-                    f"(sharing {held.sharing_id.hex()[:8]}…); an update is shared once per "
-                    "round and nothing was sent"
-                )
-            self._sharings.move_to_end(spec.round_id)
-            return held
-        sharing = _Sharing(
-            spec=spec,
-            sharing_id=secrets.token_bytes(SHARING_ID_BYTES),
-            seeds=tuple(Seed.generate() for _ in range(spec.n_parties - 1)),
-            update_digest=digest,
-        )
-        self._sharings[spec.round_id] = sharing
-        while len(self._sharings) > KEPT_SHARINGS:
-            self._sharings.popitem(last=False)
-        return sharing
-
     def _upload(
         self,
-        spec: RoundSpec,
-        sharing: _Sharing,
+        sharing: Sharing,
         encoded: RingVector,
         parties: Iterable[int],
         failed: dict[int, str],
-        phases: dict[str, float] | None = None,
+        *,
+        encode_s: float | None = None,
     ) -> Receipt:
-        """Upload ``sharing`` to ``parties`` (those not in ``failed``): **seeds first, the
-        full share last**. The full share is sent only once every seed party has
-        acknowledged its seed (in this call, or before it: parties not in ``parties``),
-        marked ``seeds_acknowledged``: the full party can then fold it into its
-        accumulator for good, since every party holds the sharing and it will be in the
-        cohort. Until then the full party is reported failed ("not sent"), and
-        :meth:`resume` finishes the seeds and then sends it."""
-        started = time.monotonic()
-        phases = dict(phases or {})
-        targets = [p for p in parties if p not in failed]
-        if not targets:
-            raise UploadFailed(self._failure_message(spec, failed), failed)
-        n = spec.n_parties
-        full = full_party_for(self.client_id, n)
-        t = time.perf_counter()
-        uploads = self._share(spec, sharing, encoded)
-        phases["share_s"] = time.perf_counter() - t
-        sent = dict.fromkeys(range(n), 0)
-        delivered: set[int] = set()  # parties that were handed the whole payload
-        outcomes: dict[int, UploadAck | MpcaggError] = {}
-        total = sum(uploads[p].payload_bytes for p in targets)
-        enabled = wants_progress(self.progress)
-        with UploadProgress(total, enabled=enabled, desc=f"upload {spec.round_id}") as bar:
-
-            def send(party: int) -> UploadAck:
-                upload = uploads[party]
-
-                def attempt() -> UploadAck:
-                    messages = wire.upload_messages(
-                        upload,
-                        round_id=spec.round_id,
-                        client_id=self.client_id,
-                        sharing_id=sharing.sharing_id,
-                        chunk_bytes=self.cluster.limits.chunk_bytes,
-                        spec_digest=spec.digest,
-                        seeds_acknowledged=party == full,
-                        on_progress=lambda k: bar.advance(party, k),
-                        on_sent=lambda k: _add(sent, party, k),
-                    )
-                    return self._transport.upload(party, _counted(messages, party, delivered))
-
-                ack = self._transport.retrying(attempt, what=f"upload to party {party}")
-                if ack.payload_digest != upload.digest or (
-                    ack.sharing_id and ack.sharing_id != sharing.sharing_id
-                ):
-                    raise ProtocolError(
-                        f"party {party} acknowledged another payload or sharing than the one sent"
-                    )
-                return ack
-
-            t = time.perf_counter()
-            seeds = [p for p in targets if p != full]
-            outcomes.update(self._transport.each_party(send, seeds) if seeds else {})
-            phases["seeds_s"] = time.perf_counter() - t
-            waiting = [
-                p
-                for p in range(n)
-                if p != full and p in targets and not isinstance(outcomes.get(p), UploadAck)
-            ]
-            if full in targets and not waiting:
-                t = time.perf_counter()
-                outcomes.update(self._transport.each_party(send, [full]))
-                phases["full_s"] = time.perf_counter() - t
-            elif full in targets:
-                failed[full] = f"not sent: the seeds at parties {waiting} are not acknowledged"
-
-        acked: list[int] = []
-        duplicates: list[int] = []
-        unknown: dict[int, str] = {}
-        fatal: list[MpcaggError] = []
-        for party, outcome in sorted(outcomes.items()):
-            if isinstance(outcome, UploadAck):
-                acked.append(party)
-                if outcome.duplicate:
-                    duplicates.append(party)
-            elif getattr(outcome, "transient", False):
-                # Whole payload handed over, then no answer: the party may hold it.
-                (unknown if party in delivered else failed)[party] = str(outcome)
-            else:
-                fatal.append(outcome)
-                failed[party] = str(outcome)
-        summary = (
-            f"acknowledged by parties {sorted(acked)}; failed at {sorted(failed)}; "
-            f"unknown at {sorted(unknown)}"
-        )
-        if fatal:
-            fatal[0].add_note(f"round {spec.round_id!r}, client {self.client_id!r}: {summary}")
-            raise fatal[0]
-        if not acked and not unknown:
-            raise UploadFailed(self._failure_message(spec, failed), failed)
-        receipt = Receipt(
-            round_id=spec.round_id,
-            client_id=self.client_id,
-            acknowledged=tuple(sorted(acked)),
-            failed=dict(sorted(failed.items())),
-            bytes_sent={p: sent[p] for p in range(n)},
-            duration_s=time.monotonic() - started,
-            duplicates=tuple(sorted(duplicates)),
-            sharing_id=sharing.sharing_id.hex(),
-            unknown=dict(sorted(unknown.items())),
-            phases=phases,
-        )
-        # The update is kept only while some party may still need its share.
-        sharing.encoded = None if not receipt.pending else encoded
-        log.info(
-            "client %s round %s: %s in %.2fs",
+        """:func:`clients.upload.upload_sharing` as this trainer (seeds first)."""
+        return upload_sharing(
+            self._transport,
             self.client_id,
-            spec.round_id,
-            summary,
-            receipt.duration_s,
+            sharing,
+            encoded,
+            parties,
+            failed,
+            progress=self.progress,
+            phases=None if encode_s is None else {"encode_s": encode_s},
         )
-        return receipt
 
     def status(self, round_id: str) -> list[RoundStatus]:
         """Every server's view of the round (trainers may ask), as
@@ -422,63 +269,6 @@ class SecureAggregator:
                 f"round {spec.round_id!r} is not open ({', '.join(not_open)}); nothing was uploaded"
             )
         return outcomes.reasons()
-
-    def _share(
-        self, spec: RoundSpec, sharing: _Sharing, encoded: RingVector
-    ) -> list[wire.PartyUpload]:
-        """The n uploads of ``encoded`` under ``sharing``'s seeds, byte-identical every time:
-        the seeds, and the full share computed chunk by chunk as it is sent
-        (:func:`mpc.sharing.full_share_chunks`), so it never exists whole unless it is
-        small enough to keep (:data:`wire.framing.KEEP_BYTES`)."""
-        n = spec.n_parties
-        full = full_party_for(self.client_id, n)
-        context = SharingContext(spec.round_id, self.client_id)
-        seeds = list(sharing.seeds)
-
-        def pieces(chunk_elements: int) -> Iterator[RingVector]:
-            return full_share_chunks(encoded, n, full, seeds, context, chunk_elements)
-
-        seeded = dict(zip(seed_parties(n, full), seeds, strict=True))
-        return [
-            wire.PartyUpload.streamed(
-                p, len(encoded), pieces, chunk_bytes=self.cluster.limits.chunk_bytes
-            )
-            if p == full
-            else wire.PartyUpload.of_seed(p, len(encoded), seeded[p])
-            for p in range(n)
-        ]
-
-    def _failure_message(self, spec: RoundSpec, failed: dict[int, str]) -> str:
-        reasons = "; ".join(f"party {p}: {r}" for p, r in sorted(failed.items()))
-        return (
-            f"round {spec.round_id!r}: no party acknowledged client {self.client_id!r}'s "
-            f"upload ({reasons})"
-        )
-
-
-KEPT_SHARINGS = 16
-"""Rounds whose sharing (seeds and sharing id, a few hundred bytes) a trainer keeps."""
-
-
-@dataclass(eq=False)
-class _Sharing:
-    """How this trainer shared its update for one round: reused by every retry."""
-
-    spec: RoundSpec
-    sharing_id: bytes
-    seeds: tuple[Seed, ...] = field(repr=False)
-    update_digest: bytes = field(repr=False)
-    encoded: RingVector | None = field(default=None, repr=False)  # kept while incomplete
-
-
-def _counted(messages: Any, party: int, delivered: set[int]) -> Any:
-    """Yield ``messages``; once the last one has been taken, add ``party`` to ``delivered``."""
-    yield from messages
-    delivered.add(party)
-
-
-def _add(sent: dict[int, int], party: int, nbytes: int) -> None:
-    sent[party] += nbytes
 
 
 def _locate_encoding_error(spec: RoundSpec, layout: TensorLayout, vector: FloatArray) -> InputError:

@@ -157,10 +157,12 @@ class Transport:
 
     @property
     def n_parties(self) -> int:
+        """Parties in the cluster."""
         return self.cluster.n_parties
 
     @property
     def timeout(self) -> float:
+        """Each call's deadline in seconds (the cluster's ``rpc_timeout_s``)."""
         return self.cluster.limits.rpc_timeout_s
 
     def __repr__(self) -> str:
@@ -186,6 +188,8 @@ class Transport:
     # -- calls (one attempt each; wrap in :meth:`retrying`) -----------------------------
 
     def create_round(self, party: int, spec: RoundSpec) -> RoundStatus:
+        """Create ``spec``'s round at ``party``; its status. Raises the translated
+        :class:`ServiceError` (:class:`AlreadyExists` if it holds the round already)."""
         with _rpc(party, "CreateRound"):
             msg = self._stub(party).CreateRound(
                 convert.create_round_request(spec), **self._call_options()
@@ -193,6 +197,9 @@ class Transport:
         return convert.status_from_proto(msg)
 
     def get_round(self, party: int, round_id: str) -> RoundStatus:
+        """``party``'s status of ``round_id``, with its spec. Raises the translated
+        :class:`ServiceError` (:class:`NotFound` for an unknown round), or
+        :class:`ProtocolError` for an invalid spec."""
         with _rpc(party, "GetRound"):
             msg = self._stub(party).GetRound(
                 convert.get_round_request(round_id), **self._call_options()
@@ -200,6 +207,8 @@ class Transport:
         return convert.status_from_proto(msg)
 
     def close_round(self, party: int, round_id: str, timeout: float | None = None) -> RoundStatus:
+        """Ask ``party`` (the leader) to close ``round_id``, within ``timeout`` seconds
+        (default :attr:`timeout`); its status. Raises the translated :class:`ServiceError`."""
         with _rpc(party, "CloseRound"):
             msg = self._stub(party).CloseRound(
                 convert.close_round_request(round_id), **self._call_options(timeout)
@@ -207,11 +216,17 @@ class Transport:
         return convert.status_from_proto(msg)
 
     def upload(self, party: int, messages: Iterator[Any]) -> UploadAck:
+        """Stream ``messages`` (a header, then chunks: :func:`wire.framing.upload_messages`)
+        to ``party``; its acknowledgement. Raises the translated :class:`ServiceError`
+        (:class:`LimitExceeded` for a message beyond ``max_message_bytes``)."""
         with _rpc(party, "Upload"):
             msg = self._stub(party).Upload(messages, **self._call_options())
         return convert.ack_from_proto(msg)
 
     def aggregate_share(self, party: int, round_id: str) -> AggregateShare:
+        """``party``'s aggregate share of committed ``round_id``. Raises the translated
+        :class:`ServiceError` (:class:`RoundNotOpen` if not committed), or
+        :class:`ProtocolError` for a malformed stream."""
         with _rpc(party, "GetAggregateShare"):
             stream = self._stub(party).GetAggregateShare(
                 convert.aggregate_share_request(round_id), **self._call_options()

@@ -37,8 +37,10 @@ from mpcagg.mpc.engines import Engine
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.protocol.errors import Unavailable
 from mpcagg.protocol.spec import Holding, RoundSpec
+from mpcagg.protocol.state import ShareKind
+from mpcagg.servers.records import CheckpointRow, UploadRecord
 from mpcagg.servers.spool import aligned_zeros, read_vector, write_vector
-from mpcagg.servers.storage import CheckpointRow, Storage, UploadRow
+from mpcagg.servers.storage import Storage
 
 log = logging.getLogger("mpcagg.accumulator")
 
@@ -48,7 +50,7 @@ Fold = Callable[[RingVector], None]
 
 @dataclass(eq=False)
 class _Entry:
-    row: UploadRow
+    row: UploadRecord
     done: bool = False
     error: BaseException | None = field(default=None)
 
@@ -75,12 +77,15 @@ class RoundAccumulator:
 
     @property
     def round_id(self) -> str:
+        """The round this accumulator belongs to."""
         return self._spec.round_id
 
     # --- recovery ------------------------------------------------------------------------
 
     @classmethod
-    def recover(cls, storage: Storage, spec: RoundSpec) -> tuple[RoundAccumulator, list[UploadRow]]:
+    def recover(
+        cls, storage: Storage, spec: RoundSpec
+    ) -> tuple[RoundAccumulator, list[UploadRecord]]:
         """The round's accumulator as last checkpointed, and its acknowledged uploads.
 
         Raises :class:`ValueError` if the current checkpoint is missing, has the wrong
@@ -109,7 +114,7 @@ class RoundAccumulator:
 
     # --- group commit ----------------------------------------------------------------------
 
-    def submit(self, row: UploadRow, fold: Fold | None = None) -> None:
+    def submit(self, row: UploadRecord, fold: Fold | None = None) -> None:
         """Fold (with ``fold``, for a folded full share) and make ``row`` durable together
         with every other upload queued meanwhile; returns once it is.
 
@@ -186,7 +191,7 @@ class RoundAccumulator:
         engine: Engine,
         party: int,
         cohort: Iterable[Holding],
-        uploads: Iterable[UploadRow],
+        uploads: Iterable[UploadRecord],
     ) -> RingVector:
         """This party's aggregate share over ``cohort``: the folded shares plus the
         cohort's seeds (expanded now) and its full shares kept apart.
@@ -220,8 +225,8 @@ class RoundAccumulator:
         with self._cond:
             self._roll_back([], RuntimeError("restored"))
 
-    def _stored_share(self, party: int, row: UploadRow) -> Share:
-        if row.kind == "seed":
+    def _stored_share(self, party: int, row: UploadRecord) -> Share:
+        if row.kind is ShareKind.SEED:
             return SeedShare(
                 party=party,
                 length=self._spec.length,

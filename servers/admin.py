@@ -57,12 +57,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return replace(s, reason=rnd.reason or s.reason)
 
     def ListRounds(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Stream one summary per round in this party's store (live state where loaded)."""
         with self._inventory() as inventory:
             rounds = inventory.rounds()
         for s in rounds:
             yield wire.summary_to_proto(self._live(s))
 
     def ShowRound(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """One round's summary and its audit record, if any; NOT_FOUND for an unknown round."""
         with self._inventory() as inventory:
             summary = self._live(inventory.round(request.round_id))
         return wire.show_round_reply(summary, self._record_of(request.round_id))
@@ -77,6 +79,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return None
 
     def AbortRound(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Leader only (FAILED_PRECONDITION elsewhere): fail a round on every party with the
+        operator's printable reason; refused once COMMITTED or once its cohort is decided.
+        """
         if self._leader is None:
             raise RoundNotOpen(
                 f"party {self._agg.party} is not the leader; send AbortRound to party {LEADER}, "
@@ -107,8 +112,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return status_to_proto(self._leader.close(rid))
 
     def PruneRounds(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Run the ``[retention]`` policy once (``dry_run``: only report what it would remove)."""
         decisions = self._janitor.run_once(dry_run=request.dry_run)
         return wire.prune_reply(self._agg.party, decisions, request.dry_run)
 
     def GetAuditLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Stream ``audit.jsonl`` and the certificates that signed it, unchanged."""
         yield from wire.audit_chunks(self._audit.lines(), self._audit.certificates().values())

@@ -1,4 +1,6 @@
-"""One party's aggregation logic: rounds, uploads (see :mod:`servers.upload`), manifests, commits.
+"""One party's aggregation logic: the round registry, recovery, round creation and upload
+admission; uploads are ingested by :mod:`servers.upload`, rounds closed by
+:mod:`servers.closing` (manifests, commits, fails, the aggregate share).
 
 This is the domain layer: it knows :mod:`mpc` (engines, shares) and
 :mod:`servers.storage`, and nothing of gRPC. The servicers in
@@ -21,7 +23,6 @@ from mpcagg.protocol.errors import (
     InvalidArgument,
     LimitExceeded,
     NotFound,
-    PermissionDenied,
     RoundNotOpen,
     Unavailable,
 )
@@ -29,16 +30,22 @@ from mpcagg.protocol.identity import Identity
 from mpcagg.protocol.spec import (
     SHARING_ID_BYTES,
     Holding,
-    RevealMode,
     RoundSpec,
     check_id,
-    cohort_digest,
     spec_from_canonical,
 )
-from mpcagg.protocol.state import Manifest, RoundState, RoundStatus, UploadAck, UploadHeader
+from mpcagg.protocol.state import (
+    Manifest,
+    RoundState,
+    RoundStatus,
+    ShareKind,
+    UploadAck,
+    UploadHeader,
+)
+from mpcagg.servers import closing
 from mpcagg.servers.accumulator import RoundAccumulator
 from mpcagg.servers.events import Observers, RoundEvents
-from mpcagg.servers.round import Round, UploadRecord
+from mpcagg.servers.round import Round
 from mpcagg.servers.storage import Storage
 from mpcagg.servers.upload import DIGEST_BYTES, StagingBudget, UploadSession
 
@@ -48,7 +55,9 @@ Clock = Callable[[], float]
 
 
 class Aggregator:
-    """All rounds of one party."""
+    """All rounds of one party: the one entry point of the domain for servicers, the
+    leader, the revealer and operations. Thread-safe; each round changes only under its
+    own lock."""
 
     def __init__(
         self,
@@ -102,13 +111,13 @@ class Aggregator:
                 # The last checkpoint holds exactly the folded shares the rows name.
                 rnd.ingest, uploads = RoundAccumulator.recover(self.storage, spec)
                 for up in uploads:
-                    rnd.uploads[up.client_id] = UploadRecord(
-                        up.client_id, up.sharing_id, up.kind, up.digest, up.nbytes, up.folded
-                    )
+                    rnd.uploads[up.client_id] = up.metadata()
                     rnd.bytes_received += up.nbytes
                     replayed += 1
                 keep = {
-                    f"{u.client_id}.{u.kind}" for u in uploads if u.kind == "full" and not u.folded
+                    f"{u.client_id}.{u.kind}"
+                    for u in uploads
+                    if u.kind is ShareKind.FULL and not u.folded
                 }
                 self.storage.sweep(spec.round_id, keep=keep | rnd.ingest.files())
             self._rounds[spec.round_id] = rnd
@@ -117,7 +126,13 @@ class Aggregator:
     # --- rounds -------------------------------------------------------------------------
 
     def create_round(self, spec: RoundSpec) -> RoundStatus:
-        """Create a round; repeating it with the same spec is acknowledged again."""
+        """Create a round (durably, OPEN); the same spec again is acknowledged again.
+
+        Raises :class:`InvalidArgument` if the spec names another number of parties or a
+        ``min_clients`` below ``[limits] min_cohort``, :class:`LimitExceeded` past this
+        server's vector length or client limits, :class:`AlreadyExists` if the round
+        exists with another spec.
+        """
         if spec.n_parties != self.n_parties:
             raise InvalidArgument(
                 f"round spec names {spec.n_parties} parties; this cluster has {self.n_parties}"
@@ -144,7 +159,7 @@ class Aggregator:
                     raise AlreadyExists(
                         f"round {spec.round_id!r} already exists with a different spec"
                     )
-                return self._status(existing)
+                return existing.status(self.party)
             self.storage.insert_round(spec.round_id, spec.canonical(), spec.digest, self.clock())
             rnd = Round(
                 spec=spec,
@@ -159,9 +174,10 @@ class Aggregator:
             spec.length,
             spec.min_clients,
         )
-        return self._status(rnd)
+        return rnd.status(self.party)
 
     def get(self, round_id: str) -> Round:
+        """The round ``round_id``; raises :class:`NotFound` if this party does not know it."""
         with self._lock:
             rnd = self._rounds.get(round_id)
         if rnd is None:
@@ -169,31 +185,31 @@ class Aggregator:
         return rnd
 
     def rounds(self) -> list[Round]:
+        """Every round this party knows, in no particular order (a snapshot)."""
         with self._lock:
             return list(self._rounds.values())
 
     def status(self, round_id: str) -> RoundStatus:
+        """This party's :class:`RoundStatus` of ``round_id``; :class:`NotFound` if unknown."""
         rnd = self.get(round_id)
         with rnd.lock:
-            return self._status(rnd)
-
-    def _status(self, rnd: Round) -> RoundStatus:
-        return RoundStatus(
-            round_id=rnd.spec.round_id,
-            party=self.party,
-            state=rnd.state,
-            spec_digest=rnd.spec.digest,
-            received=len(rnd.uploads),
-            cohort_size=len(rnd.cohort) if rnd.cohort is not None else 0,
-            cohort_digest=rnd.cohort_digest,
-            reason=rnd.reason,
-        )
+            return rnd.status(self.party)
 
     # --- uploads ------------------------------------------------------------------------
 
     def begin_upload(self, h: UploadHeader) -> UploadAck | UploadSession:
-        """Validate a header. Returns a receipt for an identical retry, else a session."""
-        kind = h.kind if h.kind in ("seed", "full") else "unknown"
+        """Validate an upload header against the round; returns a duplicate receipt for
+        an identical retry (same sharing, same digest), else an :class:`UploadSession`
+        that has reserved the upload's place and bytes.
+
+        Raises :class:`NotFound` (unknown round), :class:`InvalidArgument` (wrong party,
+        kind, spec digest, length, sharing id, digest or seed size),
+        :class:`AlreadyExists` (another sharing or payload of this client is held),
+        :class:`RoundNotOpen`, :class:`Unavailable` (an upload of this client is in
+        progress) or :class:`LimitExceeded` (``max_clients``, upload bytes). Every
+        outcome is reported to the observers.
+        """
+        kind = h.kind if h.kind in ShareKind else "unknown"
         try:
             started = self._begin_upload(h)
         except Exception:
@@ -209,7 +225,7 @@ class Aggregator:
         spec = rnd.spec
         if h.party != self.party:
             raise InvalidArgument(f"upload for party {h.party} was sent to party {self.party}")
-        if h.kind not in ("seed", "full"):
+        if h.kind not in ShareKind:
             raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind!r}")
         # The digest protects the trainer (it shared under the spec it names), so it is
         # checked whenever it is sent; the trainer client always sends it.
@@ -231,13 +247,13 @@ class Aggregator:
                 f"payload digest must be {DIGEST_BYTES} bytes (SHA-256), "
                 f"got {len(h.payload_digest)}"
             )
-        if h.kind == "seed" and len(h.seed) != 32:
+        if h.kind == ShareKind.SEED and len(h.seed) != 32:
             raise InvalidArgument(
                 f"a seed share carries exactly 32 bytes of seed, got {len(h.seed)}"
             )
-        if h.kind == "full" and h.seed:
+        if h.kind == ShareKind.FULL and h.seed:
             raise InvalidArgument("a full share carries no seed; got seed bytes in the header")
-        nbytes = spec.length * 8 if h.kind == "full" else 32
+        nbytes = spec.length * 8 if h.kind == ShareKind.FULL else 32
         with rnd.lock:
             held = rnd.uploads.get(h.client_id)
             if held is not None:
@@ -292,30 +308,12 @@ class Aggregator:
                 rnd.bytes_received -= nbytes
             raise
 
-    # --- closing ------------------------------------------------------------------------
+    # --- closing (servers.closing) -------------------------------------------------------
 
     def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
-        """Stop accepting uploads and report which clients this party holds."""
-        rnd = self.get(round_id)
-        with rnd.lock:
-            if spec_digest != rnd.spec.digest:
-                raise InvalidArgument(
-                    f"spec digest {spec_digest.hex()[:16]}… does not match this party's "
-                    f"{rnd.spec.digest.hex()[:16]}… for round {round_id!r}"
-                )
-            if rnd.state is RoundState.OPEN:
-                self._stop_accepting(rnd)
-                log.info("round %s closing: %d uploads held", round_id, len(rnd.uploads))
-            self._quiesce(rnd)
-            closing = rnd.state is RoundState.CLOSING
-            return Manifest(
-                round_id=round_id,
-                party=self.party,
-                held=rnd.holdings() if closing else (rnd.cohort or ()),
-                state=rnd.state,
-                cohort_digest=rnd.cohort_digest,
-                folded=rnd.folded() if closing else (),
-            )
+        """Stop accepting uploads and report what this party holds
+        (:func:`servers.closing.manifest`); raises :class:`NotFound` for an unknown round."""
+        return closing.manifest(self, self.get(round_id), spec_digest)
 
     def commit(
         self,
@@ -324,144 +322,28 @@ class Aggregator:
         digest: bytes,
         spec_digest: bytes | None = None,
     ) -> RoundStatus:
-        """Fix the cohort and compute this party's aggregate share over exactly it.
-
-        Every holding of ``cohort`` must be held here with that very sharing id, and
-        ``spec_digest`` (when given: the leader always sends it) must be this party's;
-        anything else is refused (INVALID_ARGUMENT) before the round changes state.
-        """
-        rnd = self.get(round_id)
-        if spec_digest is not None and not hmac.compare_digest(spec_digest, rnd.spec.digest):
-            raise InvalidArgument("commit names a different round spec than this party holds")
-        cohort = tuple(sorted(cohort))
-        if cohort_digest(cohort) != digest:
-            raise InvalidArgument("cohort digest does not match the cohort's holdings")
-        # Checked before anything changes: a refused commit leaves the round as it was.
-        if len({m.client_id for m in cohort}) != len(cohort):
-            raise InvalidArgument("cohort names a client more than once")
-        if len(cohort) < rnd.spec.min_clients:
-            raise RoundNotOpen(
-                f"cohort of {len(cohort)} clients is below min_clients "
-                f"({rnd.spec.min_clients}); refusing to commit round {round_id!r}"
-            )
-        with rnd.lock:
-            if rnd.state is RoundState.COMMITTED:
-                if rnd.cohort_digest == digest:
-                    return self._status(rnd)
-                raise AlreadyExists(
-                    f"round {round_id!r} is already committed to another cohort; "
-                    "an aggregate is never recomputed over a different subset"
-                )
-            rnd.require(RoundState.OPEN, RoundState.CLOSING)
-            self._quiesce(rnd)
-            self._check_holds(rnd, cohort)  # before the round stops accepting uploads
-            if rnd.state is RoundState.OPEN:
-                self._stop_accepting(rnd)  # may release the lock: check again after it
-                self._check_holds(rnd, cohort)
-            rnd.require(RoundState.CLOSING)
-            started = time.monotonic()
-            assert rnd.ingest is not None  # a CLOSING round has one
-            # Folded shares plus the cohort's seeds and kept-apart shares: nothing is
-            # subtracted, and what is outside the cohort is never expanded.
-            try:
-                aggregate = rnd.ingest.aggregate(
-                    self.engine, self.party, cohort, self.storage.uploads(round_id)
-                )
-                self.storage.write_aggregate(round_id, aggregate)
-                self.storage.set_round_state(
-                    round_id, RoundState.COMMITTED.value, "", cohort, digest
-                )
-            except BaseException:
-                rnd.ingest.restore()  # the sum was computed in place: undo it
-                raise
-            rnd.accumulator = None  # from now on served from its file (aggregate_share)
-            rnd.ingest = None
-            rnd.cohort, rnd.cohort_digest = cohort, digest
-            rnd.move(RoundState.COMMITTED)
-            self.storage.keep_only_aggregate(round_id)
-            log.info("round %s committed: cohort of %d", round_id, len(cohort))
-            self.events.committed(rnd, aggregate, time.monotonic() - started)
-            return self._status(rnd)
-
-    def _check_holds(self, rnd: Round, cohort: tuple[Holding, ...]) -> None:
-        """Raise :class:`InvalidArgument` unless this party holds every sharing of ``cohort``
-        and ``cohort`` includes every full share this party folded (which cannot be taken
-        out of its accumulator)."""
-        held, members = set(rnd.holdings()), set(cohort)
-        missing = [m for m in cohort if m not in held]
-        if missing:
-            raise InvalidArgument(
-                f"cohort names {len(missing)} sharings party {self.party} does not hold "
-                f"(first: client {missing[0].client_id!r}, sharing "
-                f"{missing[0].sharing_id.hex()[:8]}…)"
-            )
-        stranded = [h for h in rnd.folded() if h not in members]
-        if stranded:
-            raise InvalidArgument(
-                f"cohort leaves out {len(stranded)} full shares party {self.party} has folded "
-                f"into its accumulator (first: client {stranded[0].client_id!r}); they "
-                "cannot be taken out"
-            )
-
-    def _stop_accepting(self, rnd: Round) -> None:
-        """OPEN → CLOSING (durably), then wait for uploads already being made durable.
-
-        Called with ``rnd.lock`` held; the wait releases it. Uploads that had not
-        reached that point are refused (FAILED_PRECONDITION) and leave nothing behind.
-        """
-        self.storage.set_round_state(rnd.spec.round_id, RoundState.CLOSING.value)
-        rnd.move(RoundState.CLOSING)
-        self.events.closing(rnd)
-        self._quiesce(rnd)
-
-    def _quiesce(self, rnd: Round) -> None:
-        """Wait (lock held, released while waiting) until no upload is half-recorded."""
-        deadline = time.monotonic() + self.limits.drain_timeout_s
-        while rnd.committing:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Unavailable(
-                    f"round {rnd.spec.round_id!r}: {len(rnd.committing)} uploads are still "
-                    "being made durable; retry the close"
-                )
-            rnd.changed.wait(left)
+        """Fix the cohort and compute this party's aggregate share over exactly it
+        (:func:`servers.closing.commit`: what is refused, and that a refusal changes
+        nothing); raises :class:`NotFound` for an unknown round."""
+        return closing.commit(self, self.get(round_id), cohort, digest, spec_digest)
 
     def note(self, round_id: str, reason: str) -> None:
-        """Say what a CLOSING round waits for (shown in its status; not persisted)."""
+        """Say what a CLOSING round waits for (shown in its status; not persisted).
+        No effect on a round in another state; :class:`NotFound` for an unknown one."""
         rnd = self.get(round_id)
         with rnd.lock:
             if rnd.state is RoundState.CLOSING:
                 rnd.reason = reason
 
     def decide(self, round_id: str, cohort: tuple[Holding, ...], digest: bytes) -> None:
-        """Leader: durably record the chosen cohort before any party commits to it."""
-        rnd = self.get(round_id)
-        with rnd.lock:
-            rnd.require(RoundState.CLOSING)
-            self.storage.set_round_state(
-                round_id, RoundState.CLOSING.value, "committing", cohort, digest
-            )
-            rnd.decided = cohort
-            rnd.reason = "committing"
+        """Leader: durably record the chosen cohort before any party commits to it
+        (:func:`servers.closing.decide`)."""
+        closing.decide(self, self.get(round_id), cohort, digest)
 
     def fail(self, round_id: str, reason: str) -> RoundStatus:
-        """Mark the round FAILED (nothing will be revealed) and drop its shares."""
-        rnd = self.get(round_id)
-        with rnd.lock:
-            self._quiesce(rnd)
-            if rnd.state is RoundState.FAILED:
-                return self._status(rnd)
-            if rnd.state is RoundState.COMMITTED:
-                raise RoundNotOpen(f"round {round_id!r} is already COMMITTED; it cannot fail")
-            self.storage.set_round_state(round_id, RoundState.FAILED.value, reason)
-            rnd.move(RoundState.FAILED, reason)
-            rnd.accumulator = None
-            rnd.ingest = None
-            self.storage.sweep(round_id, keep=set())
-            self.storage.forget_seeds(round_id)
-            log.warning("round %s failed: %s", round_id, reason)
-            self.events.failed(rnd)
-            return self._status(rnd)
+        """Mark the round FAILED and drop its shares (:func:`servers.closing.fail`);
+        idempotent, :class:`RoundNotOpen` for a COMMITTED round."""
+        return closing.fail(self, self.get(round_id), reason)
 
     def forget(self, round_id: str) -> None:
         """Prune a finished round: its rows and files go, and this party no longer knows
@@ -480,32 +362,6 @@ class Aggregator:
     def aggregate_share(
         self, round_id: str, caller: Identity | None = None
     ) -> tuple[RoundStatus, RingVector]:
-        """This party's aggregate share over the committed cohort.
-
-        The collector may fetch it; a trainer only if the round's spec allows it and the
-        trainer is in the cohort (PERMISSION_DENIED otherwise, decided before the round's
-        state is looked at, so a trainer learns nothing about a round it may not fetch).
-        ``caller`` None: no identity checks (``--insecure``). A round in reveal mode
-        ``servers`` serves its aggregate share to nobody (the parties open it among
-        themselves, servers/reveal.py).
-        """
-        rnd = self.get(round_id)
-        if rnd.spec.reveal is RevealMode.SERVERS:
-            raise PermissionDenied(
-                f"round {round_id!r} is revealed among the servers (reveal mode servers): "
-                "no party serves its aggregate share"
-            )
-        if (
-            caller is not None
-            and caller.role != "collector"
-            and not (rnd.spec.trainers_may_fetch and rnd.in_cohort(caller.client_id))
-        ):
-            raise PermissionDenied(
-                "only the collector, or a cohort trainer when the round allows it, "
-                "may fetch aggregate shares"
-            )
-        with rnd.lock:
-            rnd.require(RoundState.COMMITTED)
-            if rnd.cohort is None or len(rnd.cohort) < rnd.spec.min_clients:
-                raise RoundNotOpen(f"round {round_id!r} has no cohort of at least min_clients")
-            return self._status(rnd), self.storage.read_aggregate(round_id)
+        """This party's aggregate share over the committed cohort, for ``caller``
+        (:func:`servers.closing.aggregate_share`: who may fetch it, and when)."""
+        return closing.aggregate_share(self, self.get(round_id), caller)

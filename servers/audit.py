@@ -60,14 +60,21 @@ GENESIS: Final = "0" * 64
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
+    """The canonical JSON bytes of ``record`` (sorted keys, no spaces, ASCII): what is
+    signed and chained.
+    """
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def line_digest(line: bytes) -> str:
+    """SHA-256 (hex) of one audit line's bytes: the next record's ``prev``."""
     return hashlib.sha256(line).hexdigest()
 
 
 def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 (hex) over the DER encoding of a PEM certificate: a record's ``signer``.
+    Raises ``ValueError`` for bytes that are not a PEM certificate.
+    """
     cert = x509.load_pem_x509_certificate(cert_pem)
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -101,6 +108,9 @@ class Signer:
         return key
 
     def sign(self, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 signature (DER) over ``message`` (FIPS 186-5 §6.4).
+        Raises :class:`ConfigError` if the key is not an EC key.
+        """
         return self._key().sign(message, ec.ECDSA(hashes.SHA256()))
 
 
@@ -152,18 +162,20 @@ class AuditLog:
     # --- events ---------------------------------------------------------------------------
 
     def upload(self, outcome: str, kind: str, nbytes: int) -> None:
-        pass
+        """Ignored: uploads are not audited (:class:`RoundEvents`)."""
 
     def closing(self, rnd: Round) -> None:
-        pass
+        """Ignored: only finished rounds are audited (:class:`RoundEvents`)."""
 
     def forgotten(self, round_id: str) -> None:
-        pass
+        """Ignored: records outlive pruned rounds, so the chain stays whole."""
 
     def committed(self, rnd: Round, aggregate: RingVector, seconds: float) -> None:
+        """Append the round's COMMITTED record, with the digest of ``aggregate``."""
         self._write_for(rnd.spec.round_id, aggregate_digest(aggregate))
 
     def failed(self, rnd: Round) -> None:
+        """Append the round's FAILED record (no aggregate digest)."""
         self._write_for(rnd.spec.round_id, "")
 
     def _write_for(self, round_id: str, agg_digest: str) -> None:
@@ -232,10 +244,12 @@ class AuditLog:
     # --- reading --------------------------------------------------------------------------
 
     def lines(self) -> list[bytes]:
+        """Every line of ``audit.jsonl`` as written (bytes, no newline), oldest first."""
         with self._lock:
             return read_lines(self.data_dir)
 
     def certificates(self) -> dict[str, bytes]:
+        """The certificates that signed records, PEM by fingerprint (``audit-certs/``)."""
         return read_certificates(self.data_dir)
 
 
@@ -270,9 +284,11 @@ class ChainCheck:
 
     @property
     def ok(self) -> bool:
+        """Whether the chain verified with no problem."""
         return not self.problems
 
     def describe(self) -> str:
+        """One line for the operator: the counts if the chain holds, else the first problems."""
         if self.ok:
             unsigned = self.records - self.signed
             extra = f", {unsigned} unsigned (--insecure)" if unsigned else ""

@@ -96,6 +96,11 @@ class PeerAuthenticator:
         self.enforcing = enforcing
 
     def require_party(self, context: grpc.ServicerContext) -> int | None:
+        """The party index the caller's certificate names (``mpcagg://party/<i>``, i < n).
+
+        None when not enforcing (``--insecure``). Raises :class:`PermissionDenied` for any
+        other caller, trainers and collectors included.
+        """
         if not self.enforcing:
             return None
         party = party_from_auth_context(_auth_context(context))

@@ -56,29 +56,35 @@ class Observers:
         self._observers = list(observers)
 
     def add(self, observer: RoundEvents) -> None:
+        """Also notify ``observer`` of every later event."""
         self._observers.append(observer)
 
     def upload(self, outcome: UploadOutcome, kind: str, nbytes: int) -> None:
+        """Pass :meth:`RoundEvents.upload` to every observer; their errors are logged."""
         for o in self._observers:
             with _guard(o, "upload"):
                 o.upload(outcome, kind, nbytes)
 
     def closing(self, rnd: Round) -> None:
+        """Pass :meth:`RoundEvents.closing` to every observer; their errors are logged."""
         for o in self._observers:
             with _guard(o, "closing"):
                 o.closing(rnd)
 
     def committed(self, rnd: Round, aggregate: RingVector, seconds: float) -> None:
+        """Pass :meth:`RoundEvents.committed` to every observer; their errors are logged."""
         for o in self._observers:
             with _guard(o, "committed"):
                 o.committed(rnd, aggregate, seconds)
 
     def failed(self, rnd: Round) -> None:
+        """Pass :meth:`RoundEvents.failed` to every observer; their errors are logged."""
         for o in self._observers:
             with _guard(o, "failed"):
                 o.failed(rnd)
 
     def forgotten(self, round_id: str) -> None:
+        """Pass :meth:`RoundEvents.forgotten` to every observer; their errors are logged."""
         for o in self._observers:
             with _guard(o, "forgotten"):
                 o.forgotten(round_id)

@@ -15,7 +15,7 @@ Forming a group for a round (``session``)::
     view = every member's incarnation; group id = H(session, binding, view)
 
 Messages are numbered per pair (:class:`mpc.group.GroupChannel`) and carry the group id;
-a recipient keeps them in its :class:`Mailbox` until its own computation takes them.
+a recipient keeps them in its :class:`servers.mailbox.Mailbox` until its own computation takes them.
 While a group is open each member re-sends its hello every :data:`KEEPALIVE_S`: an
 acknowledgement (or a hello) naming a new incarnation means that member restarted, and
 every wait of the broken group raises :class:`GroupChanged` (the revealer forms the
@@ -46,6 +46,7 @@ from mpcagg.protocol.group import (
     group_id,
 )
 from mpcagg.servers.auth import PeerAuthenticator
+from mpcagg.servers.mailbox import KEEPALIVE_S, Mailbox
 from mpcagg.servers.peers import PeerClient
 from mpcagg.v1 import group_pb2_grpc
 from mpcagg.wire import group as wire
@@ -53,109 +54,12 @@ from mpcagg.wire.status import translate
 
 log = logging.getLogger("mpcagg.group")
 
-KEEPALIVE_S = 1.0
-"""While a group is open, each member re-sends its hello this often (restart detection)."""
-
 Admit = Callable[[str, bytes], int]
 """``admit(session, binding)``: the round's vector length if this party takes part in
 opening it now; else raises the :class:`ServiceError` to answer (:class:`Unavailable`:
 not yet, retry; any other: never)."""
 
 Frames = Callable[[], Iterator[Any]]
-
-
-class Mailbox:
-    """What other parties delivered to this one: hellos, messages, their incarnations."""
-
-    def __init__(self, party: int, incarnation: bytes) -> None:
-        if len(incarnation) != INCARNATION_BYTES:
-            raise ValueError(f"an incarnation is {INCARNATION_BYTES} bytes")
-        self.party = party
-        self.incarnation = incarnation
-        self._changed = threading.Condition()
-        self._known: dict[int, bytes] = {party: incarnation}
-        self._hellos: dict[tuple[str, int], bytes] = {}
-        self._messages: dict[tuple[str, int, int], tuple[bytes, RingVector]] = {}
-
-    def observe(self, party: int, incarnation: bytes) -> None:
-        """``party`` answered, or sent something, as ``incarnation``."""
-        with self._changed:
-            if self._known.get(party) != incarnation:
-                self._known[party] = incarnation
-                self._changed.notify_all()
-
-    def known(self, party: int) -> bytes | None:
-        with self._changed:
-            return self._known.get(party)
-
-    def changed(self, view: Mapping[int, bytes]) -> int | None:
-        """A member of ``view`` now known under another incarnation (it restarted), if any."""
-        with self._changed:
-            return self._changed_locked(view)
-
-    def _changed_locked(self, view: Mapping[int, bytes]) -> int | None:
-        return next((p for p, inc in view.items() if self._known.get(p, inc) != inc), None)
-
-    def hello(self, h: Hello) -> None:
-        self.observe(h.src, h.incarnation)
-        with self._changed:
-            self._hellos[h.session, h.src] = h.incarnation
-            self._changed.notify_all()
-
-    def hellos(self, session: str) -> dict[int, bytes]:
-        """The incarnation of each party's latest hello for ``session``."""
-        with self._changed:
-            return {src: inc for (s, src), inc in self._hellos.items() if s == session}
-
-    def put(self, m: GroupMessage, vector: RingVector) -> None:
-        """Hold message ``m`` (a later one under the same number replaces it: at most one
-        per session, sender and number is ever held)."""
-        self.observe(m.src, m.incarnation)
-        with self._changed:
-            self._messages[m.session, m.src, m.seq] = (m.group, vector)
-            self._changed.notify_all()
-
-    def take(
-        self,
-        session: str,
-        src: int,
-        seq: int,
-        group: bytes,
-        view: Mapping[int, bytes],
-        deadline: float,
-    ) -> RingVector:
-        """Message ``seq`` from ``src`` in ``group`` (waits; ``deadline`` is monotonic).
-
-        Raises:
-            GroupChanged: a member of ``view`` restarted meanwhile.
-            GroupUnavailable: the deadline passed.
-        """
-        key = (session, src, seq)
-        with self._changed:
-            while True:
-                held = self._messages.get(key)
-                if held is not None and held[0] == group:
-                    del self._messages[key]
-                    return held[1]
-                restarted = self._changed_locked(view)
-                if restarted is not None:
-                    raise GroupChanged(f"party {restarted} restarted while the group was open")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise GroupUnavailable(
-                        f"party {src}'s message {seq} did not arrive before the deadline"
-                    )
-                self._changed.wait(min(left, KEEPALIVE_S))
-
-    def drop(self, session: str, group: bytes | None = None) -> None:
-        """Forget ``session``'s messages (only those of ``group``, if given) and hellos."""
-        with self._changed:
-            for key in [k for k, v in self._messages.items() if k[0] == session]:
-                if group is None or self._messages[key][0] == group:
-                    del self._messages[key]
-            if group is None:
-                for hello in [k for k in self._hellos if k[0] == session]:
-                    del self._hellos[hello]
 
 
 class GroupTransport:
@@ -181,6 +85,7 @@ class GroupTransport:
 
     @property
     def incarnation(self) -> bytes:
+        """This process's 16-byte incarnation (drawn at start; names it in every hello)."""
         return self.mailbox.incarnation
 
     def deliver(self, dst: int, frames: Frames, timeout: float) -> bytes:
@@ -238,6 +143,7 @@ class GroupTransport:
             backoff = min(2 * backoff, KEEPALIVE_S)
 
     def hello(self, session: str, bound: bytes, dst: int) -> Frames:
+        """The frames of this party's hello to ``dst`` for ``session`` under binding ``bound``."""
         h = Hello(session, bound, self.party, dst, self.incarnation)
         return lambda: wire.hello_frames(h)
 
@@ -305,6 +211,9 @@ class FormedGroup:
         return None if restarted is None else f"party {restarted} restarted"
 
     def post(self, dst: int, seq: int, vector: RingVector) -> None:
+        """Send ``vector`` as message ``seq`` to ``dst`` in the background (retried until
+        the deadline); :meth:`flush` reports how it went.
+        """
         header = GroupMessage(
             self.session,
             self.binding,
@@ -328,6 +237,11 @@ class FormedGroup:
         )
 
     def flush(self) -> None:
+        """Wait for every posted message to be acknowledged.
+
+        Raises :class:`GroupChanged` if a member restarted meanwhile (first), else the first
+        other error (:class:`GroupUnavailable`: refused or unreachable by the deadline).
+        """
         posted, self._posted = self._posted, []
         errors: list[BaseException] = []
         for future in posted:
@@ -345,6 +259,12 @@ class FormedGroup:
             raise GroupChanged(f"party {restarted} restarted while the group was open")
 
     def recv(self, src: int, seq: int, length: int) -> RingVector:
+        """Message ``seq`` from ``src`` (waits until the group's deadline).
+
+        Raises :class:`GroupUnavailable` (naming unreachable parties) if it does not
+        arrive, :class:`GroupChanged` if a member restarted, :class:`LengthError` if it does
+        not hold exactly ``length`` elements.
+        """
         try:
             got = self._t.mailbox.take(self.session, src, seq, self.group, self.view, self.deadline)
         except GroupUnavailable as exc:
@@ -383,6 +303,14 @@ class GroupService(group_pb2_grpc.GroupServicer):
         self._peer_auth = peer_auth
 
     def Send(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """Admit one hello or message from another party and acknowledge it with this
+        party's incarnation.
+
+        Refused (PERMISSION_DENIED) unless the caller's party certificate names the frame's
+        sender; INVALID_ARGUMENT if it is addressed to another party; whatever the
+        :data:`Admit` callback raises for the round; a message longer than the round's length
+        is refused before it is held.
+        """
         header = wire.read_frame_header(request_iterator)
         sender = self._peer_auth.require_party(context)  # None only with --insecure
         if sender is not None and sender != header.src:

@@ -80,6 +80,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._on_refusal = on_refusal
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
+        """Wrap the handler of every method in :data:`POLICY`: authenticate the caller by
+        the method's policy, map a :class:`ServiceError` to its status code (the one table,
+        :mod:`wire.status`) and log one line per refusal. Methods without a policy pass
+        through unchanged (grpc ``ServerInterceptor``).
+        """
         handler = continuation(details)
         method: str = details.method
         policy = POLICY.get(method)

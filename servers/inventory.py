@@ -53,6 +53,7 @@ class Inventory:
         self.close()
 
     def close(self) -> None:
+        """Close the read-only connection to the store."""
         self._db.close()
 
     def rounds(self) -> list[RoundSummary]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mpcagg.protocol.errors import NotFound, ServiceError
 from mpcagg.protocol.spec import Holding, cohort_digest
@@ -32,12 +32,26 @@ from mpcagg.servers.peers import LocalPeer, Peer
 log = logging.getLogger("mpcagg.leader")
 _CLOSING = RoundState.CLOSING
 
+RETRY_S = 1.0
+"""After a close or a Fail that did not reach every party, the tick waits this long
+before trying the round again."""
+
 
 class Leader:
-    """Runs on party 0: closes rounds on request and at their deadline."""
+    """Runs on party 0: closes rounds on request and at their deadline.
 
-    def __init__(self, aggregator: Aggregator, peers: Sequence[Peer]) -> None:
+    ``monotonic`` is the clock of the tick's back-off (:data:`RETRY_S`); tests pass a
+    fake one. Deadlines are read on the aggregator's clock.
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        peers: Sequence[Peer],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._agg = aggregator
+        self._monotonic = monotonic
         self._peers = list(peers)
         self._local = LocalPeer(aggregator)
         self._locks: dict[str, threading.Lock] = {}
@@ -154,12 +168,16 @@ class Leader:
     # --- deadlines and resumption --------------------------------------------------------
 
     def start(self, interval: float = 0.2) -> None:
+        """Start the background :meth:`tick` (every ``interval`` s): rounds past their
+        deadline, interrupted closes, FAILED rounds peers have not recorded.
+        """
         self._thread = threading.Thread(
             target=self._run, args=(interval,), name="leader", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the tick and wait up to 5 s for its thread."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -180,17 +198,17 @@ class Leader:
                 or (rnd.state is RoundState.OPEN and 0 < rnd.spec.deadline_unix <= now)
                 or (rnd.state is RoundState.FAILED and rid in unfailed)
             )
-            if not due or self._retry_at.get(rid, 0.0) > time.monotonic():
+            if not due or self._retry_at.get(rid, 0.0) > self._monotonic():
                 continue
             try:
                 self.close(rid)
                 if rid in self.pending_failures():  # a peer missed the Fail: back off
-                    self._retry_at[rid] = time.monotonic() + 1.0
+                    self._retry_at[rid] = self._monotonic() + RETRY_S
                 else:
                     self._retry_at.pop(rid, None)
             except ServiceError as exc:
                 log.warning("closing round %s at its deadline failed, will retry: %s", rid, exc)
-                self._retry_at[rid] = time.monotonic() + 1.0
+                self._retry_at[rid] = self._monotonic() + RETRY_S
 
 
 def _intersection(manifests: list[Manifest]) -> tuple[tuple[Holding, ...], int]:

@@ -17,6 +17,7 @@ class RedactFilter(logging.Filter):
     """Rewrites a record's message, replacing secrets by ``<redacted>``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Replace secrets in the record's message with ``<redacted>``; never drops a record."""
         message = record.getMessage()
         redacted = redact(message)
         if redacted != message:
@@ -25,6 +26,7 @@ class RedactFilter(logging.Filter):
 
 
 def redact(text: str) -> str:
+    """``text`` with every PEM private key replaced by ``<redacted>``."""
     for pattern in _PATTERNS:
         text = pattern.sub("<redacted>", text)
     return text
@@ -43,6 +45,9 @@ class JsonFormatter(logging.Formatter):
     The message is redacted (:class:`RedactFilter`) before it gets here."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON object (time, level, logger, message, extras, exception),
+        every string redacted.
+        """
         out: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

@@ -110,25 +110,30 @@ class MetricsEvents:
         self._lock = threading.Lock()
 
     def upload(self, outcome: str, kind: str, nbytes: int) -> None:
+        """Count one upload by outcome and share kind; stored bytes count as ingested."""
         kind = kind if kind in ("full", "seed") else "unknown"
         UPLOADS.labels(outcome=outcome, share_kind=kind).inc()
         if outcome == "stored":
             INGESTED.inc(nbytes)
 
     def closing(self, rnd: Round) -> None:
+        """Note when the round began closing (for ``mpcagg_close_seconds``)."""
         with self._lock:
             self._closing[rnd.spec.round_id] = self._clock()
 
     def committed(self, rnd: Round, aggregate: RingVector, seconds: float) -> None:
+        """Observe the commit's duration and the close's; count the audit record."""
         COMMIT_SECONDS.observe(seconds)
         self._finished(rnd)
         AUDITED.labels(state="COMMITTED").inc()
 
     def failed(self, rnd: Round) -> None:
+        """Observe the close's duration; count the audit record."""
         self._finished(rnd)
         AUDITED.labels(state="FAILED").inc()
 
     def forgotten(self, round_id: str) -> None:
+        """Forget the round's closing time, if still held."""
         with self._lock:
             self._closing.pop(round_id, None)
 
@@ -159,10 +164,12 @@ class PeerProbe:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start probing every peer's health service in a background thread."""
         self._thread = threading.Thread(target=self._run, name="peer-probe", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop probing and wait for the thread (at most the probe timeout + 1 s)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self._timeout + 1)
@@ -173,6 +180,7 @@ class PeerProbe:
             self._stop.wait(self._interval)
 
     def probe_once(self) -> None:
+        """Probe every peer once and set :attr:`up` per party (True: SERVING)."""
         for party, target in self._targets.items():
             self.up[party] = self._serving(target())
 
@@ -213,6 +221,9 @@ class PartyCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
+        """Yield this party's gauges (build info, rounds by state, uploads in flight, oldest
+        open round's age, data directory size, peers up), read at scrape time
+        (prometheus_client ``Collector``)."""
         info = GaugeMetricFamily(
             "mpcagg_build_info",
             "The running mpcagg: package version, peer protocol, store schema",
@@ -298,6 +309,7 @@ class MetricsServer:
         self.address = f"{host}:{self.port}" if ":" not in host else f"[{host}]:{self.port}"
 
     def stop(self) -> None:
+        """Stop serving and close the listening socket."""
         self._server.shutdown()
         self._server.server_close()
 
@@ -310,6 +322,9 @@ def scrape_text(registry: CollectorRegistry) -> str:
 
 
 def start_metrics(address: str | None, party: PartyCollector) -> MetricsServer | None:
+    """Serve ``/metrics`` on ``address`` (``host:port``; port 0 picks one), or nothing if
+    ``address`` is None. Raises :class:`ConfigError` if the address cannot be bound.
+    """
     if address is None:
         return None
     server = MetricsServer(address, party)

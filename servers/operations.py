@@ -142,6 +142,7 @@ class Operations:
             self._probe.start()
 
     def stop(self) -> None:
+        """Stop the retention janitor, the peer probe and the metrics server, if running."""
         for task in (self.janitor, self._probe, self.metrics):
             if task is not None:
                 task.stop()

@@ -55,19 +55,26 @@ class LocalPeer:
         self.party = aggregator.party
 
     def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
+        """:meth:`Aggregator.manifest` on this party (no network)."""
         return self._agg.manifest(round_id, spec_digest)
 
     def commit(
         self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
     ) -> None:
+        """:meth:`Aggregator.commit` on this party (no network); raises what it raises."""
         self._agg.commit(round_id, cohort, digest, spec_digest)
 
     def fail(self, round_id: str, reason: str) -> None:
+        """:meth:`Aggregator.fail` on this party (no network); raises what it raises."""
         self._agg.fail(round_id, reason)
 
 
 @dataclass(frozen=True, slots=True)
 class PeerTls:
+    """The cluster CA and this party's certificate and key (PEM) for its peer links;
+    prints as ``PeerTls(..)``.
+    """
+
     ca: bytes
     cert: bytes
     key: bytes
@@ -138,6 +145,9 @@ class PeerClient:
             raise translate(exc, self.party, method) from None
 
     def manifest(self, round_id: str, spec_digest: bytes) -> Manifest:
+        """Ask the peer for its manifest; a gRPC error is raised as the
+        :class:`ServiceError` its status code maps to.
+        """
         request = convert.manifest_request(round_id, spec_digest)
         reply = self._call("Manifest", lambda s: s.Manifest(request, timeout=self._timeout))
         return convert.manifest_from_proto(reply)
@@ -145,14 +155,17 @@ class PeerClient:
     def commit(
         self, round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
     ) -> None:
+        """Commit ``cohort`` at the peer; a gRPC error is raised as its :class:`ServiceError`."""
         request = convert.commit_request(round_id, cohort, digest, spec_digest)
         self._call("Commit", lambda s: s.Commit(request, timeout=self._timeout))
 
     def fail(self, round_id: str, reason: str) -> None:
+        """Fail the round at the peer; a gRPC error is raised as its :class:`ServiceError`."""
         request = convert.fail_request(round_id, reason)
         self._call("Fail", lambda s: s.Fail(request, timeout=self._timeout))
 
     def close(self) -> None:
+        """Close the channel, if open; a later call opens a new one."""
         with self._lock:
             if self._channel is not None:
                 self._channel.close()

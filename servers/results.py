@@ -39,9 +39,11 @@ class RevealRecord:
 
     @property
     def round_spec(self) -> RoundSpec:
+        """The round's spec, parsed from its canonical form."""
         return spec_from_canonical(self.spec)
 
     def to_json(self) -> bytes:
+        """This record as the JSON document written beside the sum (version 1)."""
         doc = {
             "v": 1,
             "round_id": self.round_id,
@@ -58,6 +60,9 @@ class RevealRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> RevealRecord:
+        """Parse :meth:`to_json`'s output; raises :class:`InvalidArgument` for another
+        version, ``KeyError``/``ValueError`` for a malformed document.
+        """
         doc = json.loads(raw)
         if doc.get("v") != 1:
             raise InvalidArgument(f"unsupported reveal record version {doc.get('v')!r}")
@@ -99,10 +104,14 @@ class ResultStore:
         return self.directory / f"{round_id}.{suffix}"
 
     def read(self, round_id: str) -> RevealRecord | None:
+        """The reveal record of ``round_id``, or None if there is none."""
         path = self._path(round_id, "json")
         return RevealRecord.from_json(path.read_bytes()) if path.exists() else None
 
     def write(self, record: RevealRecord, total: RingVector | None = None) -> RevealRecord:
+        """Write ``record`` (and ``total``, the sum, first, with its SHA-256 in the record),
+        each atomically and 0600; returns the record as written.
+        """
         if total is not None:
             raw = to_bytes(np.ascontiguousarray(total, dtype=DTYPE)).tobytes()
             write_atomic(self._path(record.round_id, "sum"), raw, 0o600)
@@ -119,5 +128,6 @@ class ResultStore:
         return np.frombuffer(raw, dtype=DTYPE).copy()
 
     def delete(self, round_id: str) -> None:
+        """Delete the round's sum and record, if present."""
         for suffix in ("sum", "json"):
             self._path(round_id, suffix).unlink(missing_ok=True)

@@ -136,10 +136,12 @@ class Janitor:
     # --- the periodic task ------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start applying the policy in a background thread (every ``interval_s``)."""
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread and wait up to 10 s for it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -16,10 +16,10 @@ A member that restarts mid-reveal forms a new group (new incarnation) and every 
 starts over; a party that already revealed joins again while its window is open, so
 a restarted party can finish. Opening the same aggregate again reveals nothing new.
 
-Who gets what (:class:`RevealService`, the client port): the collector and trainers
-the reveal's state (never the sum); cohort trainers the sum if ``trainers_may_fetch``;
-the party's operator reads its data directory (``mpcagg result``). No aggregate share
-is served in this mode (``Aggregator.aggregate_share`` refuses it).
+Who gets what (:class:`servers.reveal_service.RevealService`, the client port): the
+collector and trainers the reveal's state (never the sum); cohort trainers the sum if
+``trainers_may_fetch``; the party's operator reads its data directory (``mpcagg result``).
+No aggregate share is served in this mode (``Aggregator.aggregate_share`` refuses it).
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
-import grpc
 import numpy as np
 
 from mpcagg.mpc.errors import GroupChanged, GroupUnavailable
@@ -51,15 +48,8 @@ from mpcagg.protocol.identity import Identity
 from mpcagg.protocol.spec import RevealMode
 from mpcagg.protocol.state import RoundState
 from mpcagg.servers.aggregator import Aggregator
-from mpcagg.servers.auth import PeerAuthenticator
-from mpcagg.servers.events import Observers, UploadOutcome
-from mpcagg.servers.group import GroupService, GroupTransport
-from mpcagg.servers.interceptor import caller
-from mpcagg.servers.peers import PeerClient
+from mpcagg.servers.group import GroupTransport
 from mpcagg.servers.results import ResultStore, RevealRecord
-from mpcagg.servers.round import Round
-from mpcagg.v1 import group_pb2_grpc, reveal_pb2_grpc
-from mpcagg.wire import group as wire
 
 log = logging.getLogger("mpcagg.reveal")
 
@@ -114,12 +104,14 @@ class Revealer:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self, interval: float = 0.1) -> None:
+        """Start the background tick (every ``interval`` s) that starts and resumes reveals."""
         self._thread = threading.Thread(
             target=self._run, args=(interval,), name="revealer", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the tick and wait up to 5 s for its thread (running reveals are daemons)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -380,70 +372,3 @@ class Revealer:
         record = self._store.read(round_id)
         assert record is not None
         return status, self._store.revealed_sum(record)
-
-
-class RevealService(reveal_pb2_grpc.RevealServicer):
-    """Thin: the reveal's state for the collector and trainers, the sum for cohort trainers."""
-
-    def __init__(self, revealer: Revealer, chunk_bytes: int) -> None:
-        self._rev = revealer
-        self._chunk = chunk_bytes
-
-    def GetRevealStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return wire.reveal_status_to_proto(self._rev.status(request.round_id))
-
-    def GetRevealedSum(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        status, total = self._rev.revealed_sum(request.round_id, caller())
-        yield from wire.revealed_sum_messages(status, total, self._chunk)
-
-
-class Pruned:
-    """A round observer (:class:`servers.events.RoundEvents`) that deletes a round's
-    reveal files when the round is pruned (``[retention]``)."""
-
-    def __init__(self, store: ResultStore) -> None:
-        self._store = store
-
-    def upload(self, outcome: UploadOutcome, kind: str, nbytes: int) -> None:
-        pass
-
-    def closing(self, rnd: Round) -> None:
-        pass
-
-    def committed(self, rnd: Round, aggregate: RingVector, seconds: float) -> None:
-        pass
-
-    def failed(self, rnd: Round) -> None:
-        pass
-
-    def forgotten(self, round_id: str) -> None:
-        self._store.delete(round_id)
-
-
-def attach_reveal(
-    aggregator: Aggregator,
-    peers: list[PeerClient],
-    limits: Limits,
-    data_dir: Path,
-    *,
-    enforcing: bool,
-    client_server: grpc.Server,
-    peer_server: grpc.Server,
-    events: Observers | None = None,
-) -> Revealer:
-    """Wire reveal mode ``servers`` into a party: the Group service on its peer port, the
-    Reveal service on its client port, and (``events``) the deletion of a pruned round's
-    reveal files; returns the (not yet started) revealer."""
-    transport = GroupTransport(aggregator.party, aggregator.n_parties, peers, limits)
-    store = ResultStore(data_dir)
-    revealer = Revealer(aggregator, transport, store, limits)
-    if events is not None:
-        events.add(Pruned(store))
-    peer_auth = PeerAuthenticator(aggregator.n_parties, enforcing=enforcing)
-    group_pb2_grpc.add_GroupServicer_to_server(
-        GroupService(transport, revealer.admit, peer_auth), peer_server
-    )
-    reveal_pb2_grpc.add_RevealServicer_to_server(
-        RevealService(revealer, limits.chunk_bytes), client_server
-    )
-    return revealer

@@ -14,15 +14,17 @@ aggregate share is computed over exactly that cohort and never over another one
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mpcagg.protocol.errors import RoundNotOpen
+from mpcagg.protocol.errors import RoundNotOpen, Unavailable
 from mpcagg.protocol.spec import Holding, RoundSpec
-from mpcagg.protocol.state import RoundState
+from mpcagg.protocol.state import RoundState, RoundStatus
 
 if TYPE_CHECKING:
     from mpcagg.servers.accumulator import RoundAccumulator
+    from mpcagg.servers.records import UploadRecord
 
 _ALLOWED = {
     RoundState.OPEN: {RoundState.CLOSING, RoundState.FAILED},
@@ -30,23 +32,6 @@ _ALLOWED = {
     RoundState.COMMITTED: set(),
     RoundState.FAILED: set(),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRecord:
-    """An acknowledged upload (no payload)."""
-
-    client_id: str
-    sharing_id: bytes
-    kind: str
-    digest: bytes
-    nbytes: int
-    folded: bool = False
-    """A full share folded into the accumulator: it cannot be taken out again."""
-
-    @property
-    def holding(self) -> Holding:
-        return Holding(self.client_id, self.sharing_id)
 
 
 @dataclass
@@ -94,7 +79,38 @@ class Round:
         self.reason = reason
         self.changed.notify_all()
 
+    def status(self, party: int) -> RoundStatus:
+        """This round as party ``party`` reports it (call with :attr:`lock` held)."""
+        return RoundStatus(
+            round_id=self.spec.round_id,
+            party=party,
+            state=self.state,
+            spec_digest=self.spec.digest,
+            received=len(self.uploads),
+            cohort_size=len(self.cohort) if self.cohort is not None else 0,
+            cohort_digest=self.cohort_digest,
+            reason=self.reason,
+        )
+
+    def quiesce(self, timeout_s: float) -> None:
+        """Wait until no upload is half-recorded (:attr:`committing` empty).
+
+        Call with :attr:`lock` held; it is released while waiting. Raises
+        :class:`Unavailable` if uploads are still being made durable after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.committing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(
+                    f"round {self.spec.round_id!r}: {len(self.committing)} uploads are still "
+                    "being made durable; retry the close"
+                )
+            self.changed.wait(left)
+
     def require(self, *states: RoundState) -> None:
+        """Raise :class:`RoundNotOpen` (naming the state and its reason) unless the round
+        is in one of ``states``."""
         if self.state not in states:
             wanted = " or ".join(s.value for s in states)
             detail = f" ({self.reason})" if self.reason else ""

@@ -32,7 +32,8 @@ from mpcagg.servers.leader import Leader
 from mpcagg.servers.metrics import record_refusal
 from mpcagg.servers.operations import Operations
 from mpcagg.servers.peers import PeerTls, peer_clients
-from mpcagg.servers.reveal import Revealer, attach_reveal
+from mpcagg.servers.reveal import Revealer
+from mpcagg.servers.reveal_service import attach_reveal
 from mpcagg.servers.service import AggregationService, PeerService
 from mpcagg.servers.startup import bind
 from mpcagg.servers.storage import Storage
@@ -65,7 +66,8 @@ class RunningServer:
     operations: Operations | None = None
     """Audit log, metrics, retention, the Admin service (servers/operations.py)."""
     revealer: Revealer | None = None
-    """Reveal mode ``servers``: the parties' group and the Reveal service (servers/reveal.py)."""
+    """Reveal mode ``servers``: the revealer (servers/reveal.py); its Group and Reveal
+    services are registered by servers/reveal_service.py."""
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones (uploads) finish within the drain timeout, stop."""

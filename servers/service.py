@@ -61,15 +61,28 @@ class AggregationService(pb_grpc.AggregationServicer):
             limits.max_aggregate_streams, "max_aggregate_streams", "aggregate-share streams"
         )
 
+    @property
+    def party(self) -> int:
+        """The index of the party whose rounds this servicer answers for."""
+        return self._agg.party
+
     def CreateRound(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Create the round from the request's spec (:meth:`Aggregator.create_round`)."""
         spec = convert.spec_from_proto(request.spec)
         return convert.status_to_proto(self._agg.create_round(spec), spec)
 
     def GetRound(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The round's status and whole spec; NOT_FOUND if unknown."""
         rnd = self._agg.get(request.round_id)
         return convert.status_to_proto(self._agg.status(request.round_id), rnd.spec)
 
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """Take one upload stream (header, then chunks) and acknowledge it once durable.
+
+        PERMISSION_DENIED if the caller's certificate names another client than the header;
+        RESOURCE_EXHAUSTED past the concurrent-upload limit; otherwise what
+        :meth:`Aggregator.begin_upload` and :meth:`UploadSession.finish` raise.
+        """
         with self._uploads:
             header, chunks = framing.read_upload(request_iterator)
             ident = caller()
@@ -84,6 +97,7 @@ class AggregationService(pb_grpc.AggregationServicer):
             return convert.ack_to_proto(_drive(started, chunks))
 
     def CloseRound(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Leader only (FAILED_PRECONDITION elsewhere): close the round on every party."""
         if self._leader is None:
             raise RoundNotOpen(
                 f"party {self._agg.party} is not the leader; send CloseRound to party 0"
@@ -91,6 +105,9 @@ class AggregationService(pb_grpc.AggregationServicer):
         return convert.status_to_proto(self._leader.close(request.round_id))
 
     def GetAggregateShare(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Stream this party's aggregate share to a caller allowed to fetch it
+        (:meth:`Aggregator.aggregate_share`).
+        """
         status, vector = self._agg.aggregate_share(request.round_id, caller())
         with self._downloads:
             yield from framing.aggregate_messages(status, vector, self._chunk)
@@ -113,11 +130,14 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         self._agg = aggregator
 
     def Manifest(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The leader's Manifest call: :meth:`Aggregator.manifest`."""
         return convert.manifest_to_proto(self._agg.manifest(request.round_id, request.spec_digest))
 
     def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The leader's Commit call: :meth:`Aggregator.commit`."""
         round_id, cohort, digest, spec_digest = convert.commit_from_proto(request)
         return convert.status_to_proto(self._agg.commit(round_id, cohort, digest, spec_digest))
 
     def Fail(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The leader's Fail call: :meth:`Aggregator.fail`."""
         return convert.status_to_proto(self._agg.fail(request.round_id, request.reason))

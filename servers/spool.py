@@ -43,12 +43,16 @@ def aligned_empty(
 
 
 def aligned_zeros(length: int, dtype: npt.DTypeLike = "<u8") -> npt.NDArray[Any]:
+    """A zeroed array of ``length`` elements of ``dtype``, aligned for ``O_DIRECT``
+    (:data:`DIRECT_ALIGN`).
+    """
     out = aligned_empty(length, dtype)
     out.fill(0)
     return out
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path`` (makes a rename or unlink in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -140,6 +144,7 @@ class SpoolWriter:
 
     @property
     def direct(self) -> bool:
+        """Whether writes bypass the page cache (``O_DIRECT`` was accepted)."""
         return self._direct_fd >= 0
 
     def write_at(self, data: bytes | memoryview, offset: int, *, direct: bool = False) -> None:
@@ -167,5 +172,6 @@ class SpoolWriter:
         fsync_dir(self.final.parent)
 
     def abort(self) -> None:
+        """Close and delete the temporary file; the final path is never touched."""
         self._close()
         self.tmp.unlink(missing_ok=True)

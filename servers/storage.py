@@ -28,7 +28,6 @@ import os
 import shutil
 import sqlite3
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,12 @@ import numpy as np
 from mpcagg.mpc.ring import DTYPE, RingVector
 from mpcagg.protocol.errors import ConfigError
 from mpcagg.protocol.spec import Holding, cohort_from_json, cohort_to_json
+from mpcagg.protocol.state import ShareKind
 from mpcagg.servers import schema
+from mpcagg.servers.records import CheckpointRow, RoundRow, UploadRecord
 from mpcagg.servers.spool import DIRECT_ALIGN, SpoolWriter, fsync_dir
 
-__all__ = ["DIRECT_ALIGN", "CheckpointRow", "RoundRow", "SpoolWriter", "Storage", "UploadRow"]
+__all__ = ["DIRECT_ALIGN", "SpoolWriter", "Storage"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -64,43 +65,6 @@ CREATE TABLE IF NOT EXISTS uploads (
     PRIMARY KEY (round_id, client_id)
 );
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RoundRow:
-    round_id: str
-    spec: bytes
-    spec_digest: bytes
-    state: str
-    reason: str
-    cohort: tuple[Holding, ...] | None
-    cohort_digest: bytes | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRow:
-    round_id: str
-    client_id: str
-    sharing_id: bytes
-    kind: str  # "full" | "seed"
-    digest: bytes
-    length: int
-    nbytes: int
-    seed: bytes = field(default=b"", repr=False)  # kind "seed": the 32-byte seed
-    folded: bool = False
-    """kind "full": in the round's accumulator (checkpoint), not in a file of its own."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointRow:
-    """The durable checkpoint of an open round's accumulator: which slot file holds it,
-    its generation (one per batch that folded shares) and its payload digest."""
-
-    round_id: str
-    slot: int
-    generation: int
-    digest: bytes
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -159,7 +123,24 @@ class Storage:
             self.close()
             raise
 
+    def durability(self) -> dict[str, str | bool]:
+        """The settings behind §3's guarantees, as this connection's SQLite reports them:
+        ``journal_mode`` (``"wal"``), ``synchronous`` (``"FULL"``: every commit fsync'ed)
+        and ``secure_delete`` (True: deleted bytes are zeroed). SQLite's own names
+        (https://sqlite.org/pragma.html); read-only."""
+        with self._lock:
+            journal = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+            level = self._db.execute("PRAGMA synchronous").fetchone()[0]
+            secure = self._db.execute("PRAGMA secure_delete").fetchone()[0]
+        levels = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return {
+            "journal_mode": str(journal).lower(),
+            "synchronous": levels.get(int(level), str(level)),
+            "secure_delete": bool(secure),
+        }
+
     def close(self) -> None:
+        """Close the database and release the data directory's lock."""
         with self._lock:
             self._db.close()
             if self._lock_fd >= 0:
@@ -169,6 +150,7 @@ class Storage:
     # --- rounds -------------------------------------------------------------------------
 
     def insert_round(self, round_id: str, spec: bytes, spec_digest: bytes, now: float) -> None:
+        """Record a new OPEN round; raises ``sqlite3.IntegrityError`` if it exists."""
         with self._lock:
             self._db.execute(
                 "INSERT INTO rounds (round_id, spec, spec_digest, state, created_at) "
@@ -184,6 +166,9 @@ class Storage:
         cohort: tuple[Holding, ...] | None = None,
         cohort_digest: bytes | None = None,
     ) -> None:
+        """Durably set a round's state and reason, and its cohort and cohort digest if given
+        (None keeps what is recorded).
+        """
         with self._lock:
             self._db.execute(
                 "UPDATE rounds SET state = ?, reason = ?, cohort = COALESCE(?, cohort), "
@@ -198,6 +183,7 @@ class Storage:
             )
 
     def rounds(self) -> list[RoundRow]:
+        """Every recorded round, oldest first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT round_id, spec, spec_digest, state, reason, cohort, cohort_digest, "
@@ -220,9 +206,11 @@ class Storage:
     # --- uploads ------------------------------------------------------------------------
 
     def spool_dir(self, round_id: str) -> Path:
+        """The round's spool directory (not created)."""
         return self.data_dir / "spool" / round_id
 
-    def share_path(self, round_id: str, client_id: str, kind: str) -> Path:
+    def share_path(self, round_id: str, client_id: str, kind: ShareKind) -> Path:
+        """Where a kept-apart share of ``client_id`` lives (not created)."""
         return self.spool_dir(round_id) / f"{client_id}.{kind}"
 
     def checkpoint_path(self, round_id: str, slot: int) -> Path:
@@ -247,8 +235,9 @@ class Storage:
         return None if row is None else CheckpointRow(*row)
 
     def open_spool(
-        self, round_id: str, client_id: str, kind: str, sharing_id: bytes
+        self, round_id: str, client_id: str, kind: ShareKind, sharing_id: bytes
     ) -> SpoolWriter:
+        """A writer that publishes to :meth:`share_path` through a per-thread ``*.tmp`` file."""
         directory = self.spool_dir(round_id)
         directory.mkdir(parents=True, exist_ok=True)
         final = self.share_path(round_id, client_id, kind)
@@ -281,7 +270,7 @@ class Storage:
         self.sweep(round_id, keep={AGGREGATE_FILE})
         self.forget_seeds(round_id)
 
-    def record_uploads(self, rows: list[UploadRow], checkpoint: CheckpointRow | None) -> None:
+    def record_uploads(self, rows: list[UploadRecord], checkpoint: CheckpointRow | None) -> None:
         """Record a batch of acknowledged uploads (and the checkpoint that folded the
         batch's full shares, if any) in one transaction: one fsync of the WAL."""
         with self._lock:
@@ -295,7 +284,7 @@ class Storage:
                             r.round_id,
                             r.client_id,
                             r.sharing_id,
-                            r.kind,
+                            r.kind.value,
                             r.digest,
                             r.length,
                             r.nbytes,
@@ -323,11 +312,12 @@ class Storage:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def record_upload(self, row: UploadRow) -> None:
+    def record_upload(self, row: UploadRecord) -> None:
         """One row on its own (a batch of one, no checkpoint)."""
         self.record_uploads([row], None)
 
-    def uploads(self, round_id: str) -> list[UploadRow]:
+    def uploads(self, round_id: str) -> list[UploadRecord]:
+        """The round's acknowledged uploads (seeds included until forgotten), by client id."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT round_id, client_id, sharing_id, kind, digest, length, nbytes, seed, "
@@ -335,13 +325,15 @@ class Storage:
                 (round_id,),
             ).fetchall()
         return [
-            UploadRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], seed=r[7], folded=bool(r[8]))
+            UploadRecord(
+                r[0], r[1], r[2], ShareKind(r[3]), r[4], r[5], r[6], seed=r[7], folded=bool(r[8])
+            )
             for r in rows
         ]
 
-    def read_payload(self, row: UploadRow) -> bytes:
+    def read_payload(self, row: UploadRecord) -> bytes:
         """The share as uploaded: a seed from the database, a full share from its file."""
-        if row.kind == "seed":
+        if row.kind is ShareKind.SEED:
             return row.seed
         return self.share_path(row.round_id, row.client_id, row.kind).read_bytes()
 

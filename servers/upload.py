@@ -36,9 +36,9 @@ from mpcagg.mpc.digest import DIGEST_BYTES, PayloadDigest
 from mpcagg.mpc.ring import DTYPE, ELEMENT_BYTES, RingVector
 from mpcagg.protocol.errors import Busy, InvalidArgument
 from mpcagg.protocol.state import RoundState, ShareKind, UploadAck, UploadHeader
-from mpcagg.servers.round import Round, UploadRecord
+from mpcagg.servers.records import UploadRecord
+from mpcagg.servers.round import Round
 from mpcagg.servers.spool import fsync_dir
-from mpcagg.servers.storage import UploadRow
 
 if TYPE_CHECKING:
     from mpcagg.servers.aggregator import Aggregator
@@ -112,12 +112,14 @@ class StagingBudget:
         return want
 
     def release(self, n: int) -> None:
+        """Give back ``n`` bytes and wake uploads waiting for them."""
         with self._cond:
             self._free += n
             self._cond.notify_all()
 
     @property
     def in_use(self) -> int:
+        """Bytes currently reserved by uploads in progress."""
         with self._cond:
             return self.total - self._free
 
@@ -226,9 +228,15 @@ class UploadSession:
 
     @property
     def expects_chunks(self) -> bool:
+        """Whether the header announced a full share (chunks follow), not a seed."""
         return self.header.kind == ShareKind.FULL
 
     def add_chunk(self, data: bytes) -> None:
+        """Digest and stage the next chunk.
+
+        Raises :class:`InvalidArgument` for a chunk after a seed header, an empty chunk,
+        or one that runs past the declared length.
+        """
         if self._staged is None:
             raise InvalidArgument("a seed upload carries no chunks; got a chunk after the header")
         if not data:
@@ -257,9 +265,9 @@ class UploadSession:
         with rnd.lock:
             rnd.require(RoundState.OPEN)
             rnd.committing.add(cid)  # from here a manifest waits for this upload
-        row = UploadRow(
-            h.round_id, cid, h.sharing_id, h.kind, h.payload_digest, h.length, self._total,
-            seed=h.seed, folded=self._fold,
+        row = UploadRecord(
+            h.round_id, cid, h.sharing_id, ShareKind(h.kind), h.payload_digest, h.length,
+            self._total, seed=h.seed, folded=self._fold,
         )  # fmt: skip
         kept = self._agg.storage.share_path(h.round_id, cid, h.kind) if staged else None
         try:
@@ -280,9 +288,7 @@ class UploadSession:
             raise
         with rnd.lock:
             self._done = True
-            rnd.uploads[cid] = UploadRecord(
-                cid, h.sharing_id, h.kind, h.payload_digest, self._total, folded=self._fold
-            )
+            rnd.uploads[cid] = row.metadata()
             rnd.inflight.discard(cid)
             rnd.committing.discard(cid)
             rnd.changed.notify_all()

@@ -36,6 +36,10 @@ class VersionInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Checks the caller's protocol on peer calls; announces this party's versions."""
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
+        """Refuse a peer call whose announced protocol version this party cannot serve (a
+        line in the log, FAILED_PRECONDITION saying why); other calls pass
+        through (grpc ``ServerInterceptor``).
+        """
         method: str = details.method
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mpcagg.ops import demo
+from mpcagg import Collector
 from mpcagg.ops.cli import app
 
 
@@ -28,12 +28,15 @@ def test_demo_rounds_are_exact_including_a_dropout(tmp_path: Path) -> None:
 def test_demo_fails_when_a_round_is_not_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    honest = demo._plaintext_ring_sum
+    """The secure aggregate the collector reveals is off by one ring unit in every
+    coordinate (through the public ``Collector``): the demo's check must say so."""
+    honest = Collector.aggregate_ring
 
-    def off_by_one(*args: object) -> np.ndarray:
-        return honest(*args) + np.uint64(1)  # type: ignore[arg-type]
+    def off_by_one(self: Collector, round_id: str) -> tuple[np.ndarray, int]:
+        secure, cohort = honest(self, round_id)
+        return secure + np.uint64(1), cohort
 
-    monkeypatch.setattr(demo, "_plaintext_ring_sum", off_by_one)
+    monkeypatch.setattr(Collector, "aggregate_ring", off_by_one)
     result = CliRunner().invoke(
         app, ["demo", "--trainers", "3", "--rounds", "1", "--dir", str(tmp_path)]
     )

@@ -444,12 +444,19 @@ def test_share_material_on_disk_is_owner_only(observed: Observed) -> None:
 
 def test_metrics_have_no_labels_that_could_carry_secrets() -> None:
     # Every label takes values from a closed set (servers/metrics.py): no id, no payload.
+    # A refusal names a round and a caller; neither may become a label value.
+    metrics_module.record_refusal("NOT_FOUND", "GetRound", "canary-round", "canary-trainer")
     metrics = [m for m in vars(metrics_module).values() if isinstance(m, MetricWrapperBase)]
     assert metrics
+    allowed = {"party", "method", "code", "state", "outcome", "share_kind", "why"}
     for metric in metrics:
-        assert set(metric._labelnames) <= {
-            "party", "method", "code", "state", "outcome", "share_kind", "why"
-        }  # fmt: skip
+        samples = [s for family in metric.collect() for s in family.samples]
+        # A labelled metric shows its labels only through its children (the module
+        # creates its known label values at 0): one without samples would go unchecked.
+        assert samples, f"{metric!r} exports nothing, so its labels go unseen"
+        for sample in samples:
+            assert set(sample.labels) - {"le"} <= allowed, sample  # "le": histogram buckets
+            assert not any("canary" in str(v) for v in sample.labels.values()), sample
 
 
 def test_the_log_redaction_filter_catches_private_keys() -> None:

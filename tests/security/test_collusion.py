@@ -99,7 +99,7 @@ class Loot:
         auth = context.auth_context()
         pems = auth.get("x509_pem_cert") or [None]
         seen = Seen(
-            party=servicer._agg.party,
+            party=servicer.party,
             method=method,
             client_pem=pems[0],
             identity=client_from_auth_context(auth),
@@ -233,6 +233,12 @@ class World:
         )
         return reply
 
+    def close(self) -> None:
+        """Close every channel :meth:`party0` opened."""
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+
     _channels: list[grpc.Channel] = field(default_factory=list)
     _honest: Any = None
 
@@ -273,8 +279,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             world.spec = collector.open_round(TARGET, {"w": np.zeros(LENGTH)}, min_clients=3)
             yield world
             collector.disconnect()
-            for channel in world._channels:
-                channel.close()
+            world.close()
         finally:
             cluster.stop(timeout=20.0)
 

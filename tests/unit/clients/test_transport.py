@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -256,45 +257,84 @@ def test_a_tls_cluster_needs_a_client_certificate(tmp_path: Path, alice: ClientC
     assert tr.Transport(tls, cert=alice).credentials is alice
 
 
-def test_channel_options_and_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    seen: dict[str, Any] = {}
+class _Sized(pb_grpc.AggregationServicer):  # type: ignore[misc]
+    """Answers GetRound with a ``reason`` of ``reason_bytes``; takes a whole Upload and
+    answers NOT_FOUND. Records each call that reached it."""
 
-    def fake_secure(address: str, creds: Any, options: Any) -> Any:
-        seen.update(address=address, options=dict(options), kind="secure")
-        return grpc.insecure_channel(address)
+    def __init__(self) -> None:
+        self.reason_bytes = 0
+        self.calls: list[str] = []
 
-    def fake_creds(**kw: Any) -> str:
-        seen["creds"] = kw
-        return "creds"
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> Any:
+        self.calls.append(f"GetRound {request.round_id}")
+        return pb.RoundStatus(
+            round_id=request.round_id, party=1, state=pb.OPEN, reason="x" * self.reason_bytes
+        )
 
-    monkeypatch.setattr(grpc, "secure_channel", fake_secure)
-    monkeypatch.setattr(grpc, "ssl_channel_credentials", fake_creds)
-    ca = tmp_path / "ca.pem"
-    ca.write_bytes(b"CA")
-    c = cluster(tls=TlsConfig(ca=ca), limits=Limits(max_message_bytes=3 << 20))
-    pair = issue_client_cert(create_ca(), "alice", "trainer")
-    with tr.Transport(c, cert=ClientCredentials(pair.cert_pem, pair.key_pem)) as t:
-        t._stub(1)
-    assert seen["address"] == "127.0.0.1:50052"
-    assert seen["options"]["grpc.max_send_message_length"] == 3 << 20
-    assert seen["options"]["grpc.max_receive_message_length"] == 3 << 20
-    assert seen["creds"] == {
-        "root_certificates": b"CA",
-        "private_key": pair.key_pem,
-        "certificate_chain": pair.cert_pem,
-    }
+    def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        self.calls.append(f"Upload of {len(list(request_iterator))} messages")
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such round")
+
+
+@pytest.fixture
+def sized() -> Iterator[tuple[_Sized, int]]:
+    """A plaintext Aggregation server on 127.0.0.1, port 0: (servicer, port)."""
+    servicer = _Sized()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_AggregationServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(grace=None).wait(5)
+
+
+def test_calls_go_to_the_partys_address_within_the_message_limit(
+    sized: tuple[_Sized, int],
+) -> None:
+    """Party 1's calls reach party 1's address; a message beyond ``max_message_bytes``
+    (far below gRPC's default of 4 MiB) is refused in either direction."""
+    servicer, port = sized
+    limit = 64 << 10
+    limits = Limits(chunk_bytes=1024, max_message_bytes=limit)
+    c = make_cluster(["127.0.0.1:1", f"127.0.0.1:{port}"], limits=limits)
+    with tr.Transport(c) as t:
+        servicer.reason_bytes = limit // 2
+        assert t.get_round(1, "r1").reason == "x" * (limit // 2)
+        servicer.reason_bytes = 2 * limit
+        with pytest.raises(LimitExceeded) as received:
+            t.get_round(1, "r2")
+        small = iter([pb.UploadMessage(chunk=b"x" * (limit // 2))])
+        with pytest.raises(NotFound):
+            t.upload(1, small)
+        big = iter([pb.UploadMessage(chunk=b"x" * (2 * limit))])
+        with pytest.raises(LimitExceeded) as sent:
+            t.upload(1, big)
+    assert (received.value.party, received.value.method) == (1, "GetRound")
+    assert (sent.value.party, sent.value.method) == (1, "Upload")
+    # The oversized upload never reached the server; the oversized answer was sent.
+    assert servicer.calls == ["GetRound r1", "GetRound r2", "Upload of 1 messages"]
+
+
+def test_a_missing_cluster_ca_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read cluster CA"):
         tr.Transport(cluster(tls=TlsConfig(ca=tmp_path / "missing.pem")))
 
 
-def test_port_zero_is_looked_up_again_in_the_cluster_file(tmp_path: Path) -> None:
+def test_port_zero_is_looked_up_again_in_the_cluster_file(
+    tmp_path: Path, sized: tuple[_Sized, int]
+) -> None:
+    """A party whose address still ends in ``:0`` (not started) is unavailable without
+    dialling; once the file names its port, the same transport's calls reach it."""
+    servicer, port = sized
     path = tmp_path / "cluster.toml"
     path.write_text(party_toml(0, "127.0.0.1:0") + party_toml(1, "127.0.0.1:1"))
-    t = tr.Transport(path)
-    with pytest.raises(Unavailable, match="port 0"):
-        t._address(0)
-    path.write_text(party_toml(0, "127.0.0.1:43210") + party_toml(1, "127.0.0.1:1"))
-    assert t._address(0) == "127.0.0.1:43210"
+    with tr.Transport(path) as t:
+        with pytest.raises(Unavailable, match="port 0") as err:
+            t.get_round(0, "r1")
+        assert err.value.party == 0 and err.value.transient
+        path.write_text(party_toml(0, f"127.0.0.1:{port}") + party_toml(1, "127.0.0.1:1"))
+        assert t.get_round(0, "r1").round_id == "r1"
+    assert servicer.calls == ["GetRound r1"]
 
 
 def test_missing_cluster_file_is_a_client_config_error(tmp_path: Path) -> None:

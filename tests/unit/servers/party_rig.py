@@ -18,7 +18,7 @@ from mpcagg.ops.credentials import DevCredentials, provision_dev
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import Unavailable
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec
-from mpcagg.protocol.state import Manifest, UploadHeader
+from mpcagg.protocol.state import Manifest, ShareKind, UploadHeader
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.audit import AuditLog, Signer
 from mpcagg.servers.events import Observers
@@ -132,15 +132,16 @@ class Parties:
             if isinstance(s, mpc.SeedShare):
                 seed = s.seed.expose()
                 header = UploadHeader(
-                    spec.round_id, client, sharing, s.party, "seed", LENGTH,
+                    spec.round_id, client, sharing, s.party, ShareKind.SEED, LENGTH,
                     payload_digest(seed), seed,
                 )  # fmt: skip
                 session = self.aggs[s.party].begin_upload(header)
             else:
                 raw = s.vector.tobytes()
                 header = UploadHeader(
-                    spec.round_id, client, sharing, s.party, "full", LENGTH, payload_digest(raw)
-                )
+                    spec.round_id, client, sharing, s.party, ShareKind.FULL, LENGTH,
+                    payload_digest(raw),
+                )  # fmt: skip
                 session = self.aggs[s.party].begin_upload(header)
                 if isinstance(session, UploadSession):
                     session.add_chunk(raw)

@@ -19,7 +19,7 @@ from mpcagg.mpc.engines import NumpyEngine
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import InvalidArgument, NotFound, Unavailable
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, cohort_digest
-from mpcagg.protocol.state import Manifest, RoundState, UploadHeader
+from mpcagg.protocol.state import Manifest, RoundState, ShareKind, UploadHeader
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.leader import Leader
 from mpcagg.servers.storage import Storage
@@ -92,14 +92,14 @@ def _upload(
         if isinstance(s, mpc.SeedShare):
             seed = s.seed.expose()
             header = UploadHeader(
-                spec.round_id, client, sharing, s.party, "seed", LENGTH,
+                spec.round_id, client, sharing, s.party, ShareKind.SEED, LENGTH,
                 payload_digest(seed), seed,
             )  # fmt: skip
             session = aggs[s.party].begin_upload(header)
         else:
             raw = s.vector.tobytes()
             header = UploadHeader(
-                spec.round_id, client, sharing, s.party, "full", LENGTH,
+                spec.round_id, client, sharing, s.party, ShareKind.FULL, LENGTH,
                 payload_digest(raw),
             )  # fmt: skip
             session = aggs[s.party].begin_upload(header)

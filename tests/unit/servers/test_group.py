@@ -1,4 +1,4 @@
-"""The group's pieces without a network: the mailbox (servers/group.py), its wire frames
+"""The group's pieces without a network: the mailbox (servers/mailbox.py), its wire frames
 (wire/group.py), the names that tie a group to a round (protocol/group.py), and the
 reveal mode in the round spec (protocol/spec.py, wire/convert.py)."""
 
@@ -23,7 +23,7 @@ from mpcagg.protocol.group import (
     group_id,
 )
 from mpcagg.protocol.spec import RevealMode, RoundSpec, TensorSpec, spec_from_canonical
-from mpcagg.servers.group import Mailbox
+from mpcagg.servers.mailbox import Mailbox
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import group_pb2
 from mpcagg.wire import convert

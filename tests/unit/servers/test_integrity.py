@@ -7,6 +7,8 @@ import os
 import sqlite3
 import stat
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,9 @@ from mpcagg.mpc.digest import payload_digest
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import ConfigError, InvalidArgument, RoundNotOpen
 from mpcagg.protocol.spec import Holding, RoundSpec, TensorSpec, check_id, cohort_digest
-from mpcagg.protocol.state import RoundState, UploadHeader
+from mpcagg.protocol.state import RoundState, ShareKind, UploadHeader
 from mpcagg.servers.aggregator import Aggregator
-from mpcagg.servers.leader import Leader
+from mpcagg.servers.leader import RETRY_S, Leader
 from mpcagg.servers.storage import Storage
 from mpcagg.servers.upload import UploadSession
 from tests.unit.servers.test_cohort import (
@@ -40,12 +42,14 @@ def spec() -> RoundSpec:
     return RoundSpec("r", (TensorSpec("w", (LENGTH,)),), N, min_clients=2, max_clients=10)
 
 
-def _cluster(tmp_path: Path, spec: RoundSpec) -> tuple[list[Aggregator], list[FakePeer], Leader]:
+def _cluster(
+    tmp_path: Path, spec: RoundSpec, monotonic: Callable[[], float] = time.monotonic
+) -> tuple[list[Aggregator], list[FakePeer], Leader]:
     aggs = [_aggregator(tmp_path, p) for p in range(N)]
     for a in aggs:
         a.create_round(spec)
     peers = [FakePeer(a) for a in aggs[1:]]
-    return aggs, peers, Leader(aggs[0], peers)  # type: ignore[arg-type]
+    return aggs, peers, Leader(aggs[0], peers, monotonic=monotonic)  # type: ignore[arg-type]
 
 
 def test_a_client_held_under_two_sharings_is_left_out(tmp_path: Path, spec: RoundSpec) -> None:
@@ -80,7 +84,8 @@ def test_commit_refuses_a_sharing_the_party_does_not_hold_and_changes_nothing(
 def test_the_leader_retries_fail_until_every_peer_records_it(
     tmp_path: Path, spec: RoundSpec
 ) -> None:
-    aggs, peers, leader = _cluster(tmp_path, spec)
+    now = [0.0]
+    aggs, peers, leader = _cluster(tmp_path, spec, monotonic=lambda: now[0])
     _upload(aggs, spec, "a", 1, {0, 1, 2})  # one client: below min_clients, the round fails
     original = peers[1].manifest
 
@@ -96,8 +101,12 @@ def test_the_leader_retries_fail_until_every_peer_records_it(
     assert any(_files_containing(tmp_path / "p2", s) for s in held), "party 2 keeps its share"
     assert leader.pending_failures() == {"r": {2}}
 
+    leader.tick()  # party 2 still down: the Fail is retried, and missed again
+    assert leader.pending_failures() == {"r": {2}}
     peers[1].down = False
-    leader._retry_at.clear()  # skip the back-off
+    leader.tick()  # within the back-off: not retried yet
+    assert aggs[2].status("r").state is RoundState.CLOSING
+    now[0] += RETRY_S
     leader.tick()
     assert aggs[2].status("r").state is RoundState.FAILED
     assert not any(_files_containing(tmp_path / "p2", s) for s in held)
@@ -122,7 +131,7 @@ def _seed_session(agg: Aggregator, spec: RoundSpec, client: str) -> UploadSessio
 
     seed = _seed(SHARING, client, 0)
     header = UploadHeader(
-        spec.round_id, client, SHARING, agg.party, "seed", LENGTH,
+        spec.round_id, client, SHARING, agg.party, ShareKind.SEED, LENGTH,
         payload_digest(seed), seed,
     )  # fmt: skip
     session = agg.begin_upload(header)
@@ -215,9 +224,13 @@ def test_every_commit_is_synchronous_full(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr("mpcagg.servers.storage.sqlite3.connect", traced)
     storage = Storage(tmp_path / "d")
     try:
-        assert "PRAGMA synchronous=FULL" in statements
-        assert storage._db.execute("PRAGMA synchronous").fetchone()[0] == 2
-        assert storage._db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        # Asked for, not inherited: this build's defaults may already be FULL and ON.
+        assert {"PRAGMA synchronous=FULL", "PRAGMA secure_delete=ON"} <= set(statements)
+        assert storage.durability() == {
+            "journal_mode": "wal",
+            "synchronous": "FULL",
+            "secure_delete": True,
+        }
     finally:
         storage.close()
 

@@ -282,7 +282,11 @@ def test_a_store_from_before_versions_is_migrated(tmp_path: Path) -> None:
     db.close()
     storage = Storage(tmp_path / "d")
     try:
-        assert schema.stored_version(storage._db) == schema.SCHEMA_VERSION
         assert [r.round_id for r in storage.rounds()] == ["old"]
     finally:
         storage.close()
+    db = sqlite3.connect(tmp_path / "d" / "meta.sqlite3")  # what the file now says
+    try:
+        assert schema.stored_version(db) == schema.SCHEMA_VERSION
+    finally:
+        db.close()

@@ -58,7 +58,7 @@ def _files(agg: Aggregator) -> list[str]:
 def test_a_share_kept_apart_is_on_disk_byte_for_byte(agg: Aggregator, chunk: int) -> None:
     raw = RAW.tobytes()
     _send(agg, "c", raw, chunk, fold=False)
-    assert agg.storage.share_path("r", "c", "full").read_bytes() == raw
+    assert agg.storage.share_path("r", "c", ShareKind.FULL).read_bytes() == raw
     assert _files(agg) == ["c.full"]  # no staging file left, no checkpoint
     assert agg.staging.in_use == 0
 
