@@ -1,11 +1,11 @@
 """The round-latency benchmark: secure rounds on a real local cluster against the plaintext
 baseline on the same gRPC stack, over a grid of (trainers N, parameters d, parties n).
 
-For each cell: a fresh :class:`servers.local.LocalCluster` (n server processes on
-127.0.0.1, mutual TLS with client certificates, numpy engine) and the baseline server (started once
-per run, :mod:`bench.baseline`); one warm-up round of each mode, in which trainer 0
-dials through counting relays (:mod:`bench.wireprobe`: bytes on the wire), then the
-measured rounds, secure and plaintext alternating so that a noisy neighbour hurts
+For each cell (:mod:`bench.cell`): a fresh :class:`servers.local.LocalCluster` (n server
+processes on 127.0.0.1, mutual TLS with client certificates, numpy engine) and the baseline
+server (started once per run, :mod:`bench.baseline`); one warm-up round of each mode, in
+which trainer 0 dials through counting relays (:mod:`bench.wireprobe`: bytes on the wire),
+then the measured rounds, secure and plaintext alternating so that a noisy neighbour hurts
 both alike. Server CPU and peak RSS are read per round (:mod:`bench.procstats`).
 The last measured round's secure sum must equal the plaintext server's sum and the
 locally computed one exactly; a mismatch is recorded (``check.exact``), not hidden.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,21 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from bench import engines as engine_bench
 from bench import grid, report
 from bench.baseline import BaselineCredentials, BaselineServer
+from bench.cell import run_cell, skipped
 from bench.grid import Cell, Plan
-from bench.procstats import ProcessMeter
-from bench.rounds import PlainRounds, RoundTiming, SecureRounds, TrainerInputs
-from bench.wireprobe import CountingRelay
-from mpcagg import ClientCredentials
-from mpcagg.ops.credentials import issue_client_cert, load_key_pair
-from mpcagg.ops.local import LocalCluster
-from mpcagg.protocol.cluster import ClusterConfig, Limits
-from mpcagg.protocol.identity import Role
+from mpcagg.protocol.cluster import Limits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -56,8 +48,11 @@ SCALE_EST_S = 300.0
 
 Log = Callable[[str], None]
 
+__all__ = ["default_out", "describe", "run", "run_cell", "run_micro"]
+
 
 def default_out() -> Path:
+    """A fresh results directory: ``bench/results/YYYYmmdd-HHMMSS``."""
     return RESULTS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
@@ -100,7 +95,7 @@ def run(
     if runnable:
         _run_cells(plan, decisions, results, out, work_root, bar)
     else:
-        results["cells"] = [_skipped(cell, str(reason)) for cell, reason in decisions]
+        results["cells"] = [skipped(cell, str(reason)) for cell, reason in decisions]
     if plan.engines:
         bar.set_description("engines")
         results["engines"] = engine_bench.run(list(plan.engine_dims), ENGINE_REPEATS)
@@ -176,193 +171,17 @@ def _run_cells(
         with BaselineServer(Path(tmp) / "baseline", creds, plan.baseline_durable) as plain:
             for cell, reason in decisions:
                 if reason is not None:
-                    results["cells"].append(_skipped(cell, reason))
+                    results["cells"].append(skipped(cell, reason))
                     continue
                 try:
                     result = run_cell(cell, plan, Path(tmp), plain, creds, pool, chunk_bytes)
                 except Exception as exc:
-                    result = _skipped(cell, f"{type(exc).__name__}: {exc}", status="error")
+                    result = skipped(cell, f"{type(exc).__name__}: {exc}", status="error")
                     result["traceback"] = traceback.format_exc()
                 results["cells"].append(result)
                 bar.update(round(grid.cell_seconds(cell, plan)))
                 tqdm.write(_cell_line(result), file=sys.stdout)
                 report.write(out, results)  # a long run leaves its progress behind
-
-
-def run_cell(
-    cell: Cell,
-    plan: Plan,
-    tmp: Path,
-    plain_server: BaselineServer,
-    creds: BaselineCredentials,
-    pool: ThreadPoolExecutor,
-    chunk_bytes: int,
-) -> dict[str, Any]:
-    """Warm-up and measured rounds of one cell, both modes; the cell's result entry."""
-    inputs = TrainerInputs.generate(cell.trainers, cell.dim)
-    ids = [f"trainer-{i:04d}" for i in range(cell.trainers)]
-    directory = tmp / f"cell-n{cell.parties}-N{cell.trainers}-d{cell.dim}"
-    rounds: list[RoundTiming] = []
-    wire: dict[str, Any] = {}
-    client = {"client": os.getpid()}
-    try:
-        with LocalCluster(
-            directory, cell.parties, tls=True, engine="numpy", log_level="WARNING"
-        ) as cluster:
-            config = cluster.config
-            issue = _issuer(cluster)
-            pids = {f"party-{p}": cluster.pid(p) for p in range(cell.parties)}
-            secure = SecureRounds(
-                cell,
-                config,
-                [issue(i, "trainer") for i in ids],
-                issue("collector", "collector"),
-                inputs,
-                pool,
-                ProcessMeter({**pids, **client}),
-                keep_connections=plan.keep_connections,
-            )
-            plain = PlainRounds(
-                cell,
-                plain_server,
-                [creds.client(i) for i in ids],
-                creds.client("collector", "collector"),
-                inputs,
-                pool,
-                ProcessMeter({"baseline": plain_server.pid, **client}),
-                chunk_bytes,
-                keep_connections=plan.keep_connections,
-            )
-            plain_f32 = PlainRounds(
-                cell,
-                plain_server,
-                [creds.client(i) for i in ids],
-                creds.client("collector", "collector"),
-                inputs,
-                pool,
-                ProcessMeter({"baseline": plain_server.pid, **client}),
-                chunk_bytes,
-                keep_connections=plan.keep_connections,
-                float32=True,
-            )
-            relays = [CountingRelay(p.address) for p in config.ordered_parties()]
-            plain_relay = CountingRelay(plain_server.address)
-            try:
-                for w in range(plan.warmup):
-                    probe = w == 0
-                    rounds.append(
-                        secure.run(
-                            w, warmup=True, probe=_relayed(config, relays) if probe else None
-                        )
-                    )
-                    rounds.append(
-                        plain.run(w, warmup=True, probe=plain_relay.address if probe else None)
-                    )
-                    rounds.append(plain_f32.run(w, warmup=True))
-                time.sleep(0.1)  # let the relays count the last TLS close records
-                wire = _wire(cell, relays, plain_relay)
-                for r in range(plan.rounds_for(cell)):
-                    rounds.append(secure.run(plan.warmup + r, warmup=False))
-                    rounds.append(plain.run(plan.warmup + r, warmup=False))
-                    rounds.append(plain_f32.run(plan.warmup + r, warmup=False))
-            finally:
-                secure.close()
-                plain.close()
-                plain_f32.close()
-                for relay in [*relays, plain_relay]:
-                    relay.close()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-    return _cell_result(cell, rounds, inputs, wire)
-
-
-def _issuer(cluster: LocalCluster) -> Callable[[str, Role], ClientCredentials]:
-    """Client certificates from the cluster's CA, issued in memory: the same credentials a
-    trainer loads from ``mpcagg certs client`` files, without writing N key files."""
-    ca = load_key_pair(cluster.certs_dir / "ca.pem", cluster.certs_dir / "ca-key.pem")
-
-    def issue(client_id: str, role: Role) -> ClientCredentials:
-        pair = issue_client_cert(ca, client_id, role)
-        return ClientCredentials(pair.cert_pem, pair.key_pem)
-
-    return issue
-
-
-def _relayed(config: ClusterConfig, relays: Sequence[CountingRelay]) -> ClusterConfig:
-    parties = [
-        p.model_copy(update={"address": relay.address})
-        for p, relay in zip(config.ordered_parties(), relays, strict=True)
-    ]
-    return config.model_copy(update={"parties": parties})
-
-
-def _wire(cell: Cell, relays: Sequence[CountingRelay], plain: CountingRelay) -> dict[str, Any]:
-    int64 = 8 * cell.dim
-    up = sum(r.up_bytes for r in relays)
-    return {
-        "int64_bytes": int64,
-        "target_bytes": int64 + 1024,
-        "secure_wire_up_bytes": up,
-        "secure_wire_down_bytes": sum(r.down_bytes for r in relays),
-        "secure_connections": sum(r.connections for r in relays),
-        "plaintext_wire_up_bytes": plain.up_bytes,
-        "plaintext_wire_down_bytes": plain.down_bytes,
-        "plaintext_connections": plain.connections,
-        "secure_over_int64": up / int64,
-        "secure_over_plaintext": up / plain.up_bytes if plain.up_bytes else None,
-    }
-
-
-def _cell_result(
-    cell: Cell, rounds: list[RoundTiming], inputs: TrainerInputs, wire: dict[str, Any]
-) -> dict[str, Any]:
-    secure_rounds = [r for r in rounds if r.mode == "secure"]
-    plain_rounds = [r for r in rounds if r.mode == "plaintext"]
-    f32_rounds = [r for r in rounds if r.mode == "plaintext_f32"]
-    for r in rounds:
-        if r.cohort != cell.trainers:
-            raise RuntimeError(f"{r.mode} round {r.index} summed {r.cohort} of {cell.trainers}")
-    secure = report.summarize(secure_rounds, cell.trainers)
-    plain = report.summarize(plain_rounds, cell.trainers)
-    f32 = report.summarize(f32_rounds, cell.trainers)
-    wire["secure_payload_bytes"] = secure["payload_bytes"]
-    wire["plaintext_payload_bytes"] = plain["payload_bytes"]
-    wire["secure_payload_within_target"] = secure["payload_bytes"] <= wire["target_bytes"]
-    wire["secure_wire_within_target"] = wire["secure_wire_up_bytes"] <= wire["target_bytes"]
-    check = report.check(secure_rounds[-1].result, plain_rounds[-1].result, inputs.expected_sum())
-    check["float32_max_abs_error"] = float(
-        np.max(np.abs(f32_rounds[-1].result - inputs.expected_sum()), initial=0.0)
-    )
-    return {
-        "trainers": cell.trainers,
-        "dim": cell.dim,
-        "parties": cell.parties,
-        "label": cell.label,
-        "status": "ok",
-        "reason": None,
-        "rounds": len([r for r in secure_rounds if not r.warmup]),
-        "secure": secure,
-        "plaintext": plain,
-        "plaintext_f32": f32,
-        "ratio": secure["median_s"] / plain["median_s"],
-        "ratio_p95": secure["p95_s"] / plain["p95_s"],
-        "ratio_f32": secure["median_s"] / f32["median_s"],
-        "cpu_ratio": secure["cpu_total_s"] / plain["cpu_total_s"],
-        "wire": wire,
-        "check": check,
-        "round_list": [r.as_dict() for r in rounds],
-    }
-
-
-def _skipped(cell: Cell, reason: str, status: str = "skipped") -> dict[str, Any]:
-    return {
-        "trainers": cell.trainers,
-        "dim": cell.dim,
-        "parties": cell.parties,
-        "label": cell.label,
-        "status": status,
-        "reason": reason,
-    }
 
 
 def run_micro(out: Path) -> dict[str, Any]:

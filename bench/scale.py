@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import _issuer
+from bench.certs import cluster_issuer
 from bench.procstats import DiskMeter, ProcessMeter, ProcessRound
 from bench.rounds import BOUND, PRECISION_BITS, TENSOR, TrainerInputs
 from mpcagg import Collector, SecureAggregator
@@ -107,7 +107,7 @@ def run_scenario(sc: Scenario, tmp: Path, threads: int) -> dict[str, Any]:
         ) as cluster,
         ThreadPoolExecutor(threads, thread_name_prefix="trainer") as pool,
     ):
-        issue = _issuer(cluster)
+        issue = cluster_issuer(cluster)
         collector = Collector(cluster.config, cert=issue("collector", "collector"))
         creds = [issue(cid, "trainer") for cid in ids]
         # Up to KEEP trainers keep their channels (a training loop); beyond, each dials

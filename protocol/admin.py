@@ -34,6 +34,8 @@ class RoundSummary:
     spec: RoundSpec | None = None
 
     def age(self, now: float) -> float:
+        """Seconds since the round was created, at ``now`` (Unix seconds); never negative,
+        so a clock stepped back reads 0, not a negative age."""
         return max(now - self.created_at, 0.0)
 
 

@@ -60,6 +60,14 @@ class TlsConfig(_Strict):
 
 
 class Limits(_Strict):
+    """``[limits]``: the bounds every server enforces (and clients size their messages by).
+
+    Each field is range-checked on construction; ``chunk_bytes`` must be a multiple of 8
+    (whole ring elements) and leave at least 1024 bytes of ``max_message_bytes`` for the
+    message's other fields, else :class:`pydantic.ValidationError` (:class:`ConfigError`
+    when loaded from a file).
+    """
+
     min_cohort: int = Field(default=2, ge=1)  # floor on every round's min_clients
     max_vector_length: int = Field(default=100_000_000, ge=1)
     max_clients_per_round: int = Field(default=100_000, ge=1)
@@ -119,6 +127,10 @@ class Retention(_Strict):
 
 
 class PartyConfig(_Strict):
+    """One ``[[parties]]`` entry: a party's id (0..63), its advertised and bound addresses
+    (each ``host:port``, port 0..65535, else a validation error), and, on the server side
+    only, its data directory and TLS key pair."""
+
     id: int = Field(ge=0, lt=64)
     address: str
     """Advertised: trainers and the collector dial it; the party certificate names its host."""
@@ -147,14 +159,22 @@ class PartyConfig(_Strict):
 
     @property
     def port(self) -> int:
+        """The port of the advertised ``address`` (0: an ephemeral port, not yet bound)."""
         return int(self.address.rpartition(":")[2])
 
     @property
     def host(self) -> str:
+        """The host of the advertised ``address``, as written (an IPv6 host keeps its
+        brackets): what the party certificate must name."""
         return self.address.rpartition(":")[0]
 
 
 class ClusterConfig(_Strict):
+    """The whole cluster file, validated: unknown keys are refused and the party ids must be
+    0..n-1, each once, with n >= 2 (else a validation error; :func:`load_cluster` and
+    :func:`parse_cluster` raise :class:`ConfigError` naming the key). ``source`` is the
+    file it was loaded from (not serialized): :meth:`address_of` reads it again."""
+
     name: str = "mpcagg"
     engine: Literal["numpy", "crypten"] = "numpy"
     tls: TlsConfig | None = None
@@ -177,9 +197,11 @@ class ClusterConfig(_Strict):
 
     @property
     def n_parties(self) -> int:
+        """How many parties hold shares (n of the n-out-of-n additive sharing)."""
         return len(self.parties)
 
     def party(self, index: int) -> PartyConfig:
+        """The entry of party ``index``; raises :class:`ConfigError` if there is none."""
         for p in self.parties:
             if p.id == index:
                 return p
@@ -200,6 +222,7 @@ class ClusterConfig(_Strict):
         return address
 
     def ordered_parties(self) -> list[PartyConfig]:
+        """The parties by id, 0 first (the file may list them in any order)."""
         return sorted(self.parties, key=lambda p: p.id)
 
 

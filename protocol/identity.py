@@ -70,10 +70,14 @@ class Identity:
 
 
 def party_uri(party: int) -> str:
+    """The URI SAN a party certificate carries: ``mpcagg://party/<party>`` (what
+    :func:`party_from_auth_context` accepts back; it checks nothing itself)."""
     return f"{PARTY_URI_PREFIX}{party}"
 
 
 def client_uri(role: Role, client_id: str) -> str:
+    """The one URI SAN a client certificate carries: ``mpcagg://<role>/<client_id>`` (what
+    :func:`client_from_auth_context` reads back; the caller validates ``client_id``)."""
     return f"{CLIENT_URI_PREFIX}{role}/{client_id}"
 
 

@@ -47,6 +47,7 @@ class TensorSpec:
 
     @property
     def size(self) -> int:
+        """Elements of the tensor: the product of ``shape`` (1 for a scalar ``()``)."""
         return math.prod(self.shape)
 
 
@@ -160,10 +161,14 @@ class RoundSpec:
 
     @property
     def fixed_point(self) -> FixedPoint:
+        """The encoding of the round's reals into the ring, ``precision_bits`` fractional
+        bits (:class:`mpc.FixedPoint`)."""
         return FixedPoint(self.precision_bits)
 
     @property
     def digest(self) -> bytes:
+        """SHA-256 (FIPS 180-4) of :meth:`canonical`, computed once on construction: what
+        every server and the collector compare to agree on every field of the spec."""
         return self._digest
 
     def canonical(self) -> bytes:
@@ -222,10 +227,15 @@ def cohort_digest(cohort: Iterable[Holding]) -> bytes:
 
 
 def cohort_to_json(cohort: Iterable[Holding]) -> str:
+    """The cohort as a JSON list of ``[client_id, sharing_id hex]``, sorted as
+    :func:`cohort_digest` sorts it; :func:`cohort_from_json` reads it back."""
     return json.dumps([[m.client_id, m.sharing_id.hex()] for m in sorted(cohort)])
 
 
 def cohort_from_json(text: str) -> tuple[Holding, ...]:
+    """Inverse of :func:`cohort_to_json`. Raises ``ValueError`` on malformed JSON or hex,
+    and :class:`InvalidArgument` on a bad client id or a sharing id that is not
+    :data:`SHARING_ID_BYTES` long."""
     return tuple(Holding(cid, bytes.fromhex(sid)) for cid, sid in json.loads(text))
 
 

@@ -17,6 +17,9 @@ AUDIT_CHUNK_BYTES = 1 << 20
 
 
 def summary_to_proto(s: RoundSummary) -> apb.RoundSummary:
+    """The summary as ``admin.proto``'s ``RoundSummary``; a missing ``closed_at`` or
+    ``finished_at`` travels as 0.0 (:func:`summary_from_proto` reads 0 back as None).
+    The spec is not included (see :func:`show_round_reply`)."""
     return apb.RoundSummary(
         round_id=s.round_id,
         party=s.party,
@@ -37,6 +40,8 @@ def summary_to_proto(s: RoundSummary) -> apb.RoundSummary:
 
 
 def summary_from_proto(msg: apb.RoundSummary, spec: RoundSpec | None = None) -> RoundSummary:
+    """Inverse of :func:`summary_to_proto`, with ``spec`` attached as given. An unknown
+    state reads as ``RoundState.UNKNOWN``; nothing else is validated."""
     return RoundSummary(
         round_id=msg.round_id,
         party=msg.party,
@@ -58,14 +63,18 @@ def summary_from_proto(msg: apb.RoundSummary, spec: RoundSpec | None = None) -> 
 
 
 def list_rounds_request() -> apb.ListRoundsRequest:
+    """The (empty) ``ListRoundsRequest``: every round the party holds."""
     return apb.ListRoundsRequest()
 
 
 def show_round_request(round_id: str) -> apb.ShowRoundRequest:
+    """``ShowRoundRequest`` for ``round_id`` (not validated here; the party checks it)."""
     return apb.ShowRoundRequest(round_id=round_id)
 
 
 def show_round_reply(summary: RoundSummary, audit_record: bytes | None) -> apb.ShowRoundReply:
+    """``ShowRoundReply``: the summary, its spec if known, and the round's audit record
+    (empty bytes on the wire for None)."""
     return apb.ShowRoundReply(
         summary=summary_to_proto(summary),
         spec=spec_to_proto(summary.spec) if summary.spec is not None else None,
@@ -86,14 +95,21 @@ def show_round_from_proto(msg: apb.ShowRoundReply) -> tuple[RoundSummary, bytes 
 
 
 def abort_round_request(round_id: str, reason: str) -> apb.AbortRoundRequest:
+    """``AbortRoundRequest``, sent to the leader (party 0): fail ``round_id`` at every party,
+    recording ``reason``, so that nothing is ever revealed for it. The leader refuses once
+    it has decided the cohort."""
     return apb.AbortRoundRequest(round_id=round_id, reason=reason)
 
 
 def prune_rounds_request(dry_run: bool) -> apb.PruneRoundsRequest:
+    """``PruneRoundsRequest``: apply the retention policy now (fail abandoned OPEN rounds,
+    prune old ones); with ``dry_run`` the party only reports what it would do."""
     return apb.PruneRoundsRequest(dry_run=dry_run)
 
 
 def prune_reply(party: int, decisions: Sequence[Decision], dry_run: bool) -> apb.PruneRoundsReply:
+    """``PruneRoundsReply``: party ``party``'s retention ``decisions``, in order, and whether
+    they were only proposed (``dry_run``)."""
     return apb.PruneRoundsReply(
         party=party,
         dry_run=dry_run,
@@ -105,6 +121,8 @@ def prune_reply(party: int, decisions: Sequence[Decision], dry_run: bool) -> apb
 
 
 def prune_from_proto(msg: apb.PruneRoundsReply) -> list[Decision]:
+    """The decisions of a ``PruneRoundsReply``, in order. Raises :class:`ProtocolError` for
+    an action or rule outside :data:`protocol.admin.Action` / :data:`protocol.admin.Rule`."""
     out = []
     for d in msg.decisions:
         if d.action not in get_args(Action) or d.rule not in get_args(Rule):
@@ -114,6 +132,7 @@ def prune_from_proto(msg: apb.PruneRoundsReply) -> list[Decision]:
 
 
 def audit_log_request() -> apb.GetAuditLogRequest:
+    """The (empty) ``GetAuditLogRequest``: the party's whole audit log."""
     return apb.GetAuditLogRequest()
 
 

@@ -36,6 +36,8 @@ def spec_from_proto(msg: pb.RoundSpec) -> RoundSpec:
 
 
 def spec_to_proto(spec: RoundSpec) -> pb.RoundSpec:
+    """The spec as ``aggregation.proto``'s ``RoundSpec``, every field kept, so
+    :func:`spec_from_proto` gives back an equal spec (and the same digest)."""
     return pb.RoundSpec(
         round_id=spec.round_id,
         tensors=[pb.TensorSpec(name=t.name, shape=list(t.shape)) for t in spec.tensors],
@@ -75,6 +77,7 @@ _STATES = {
 
 
 def holdings_to_proto(held: tuple[Holding, ...]) -> list[pb.Holding]:
+    """The holdings as ``Holding`` messages, in the order given."""
     return [pb.Holding(client_id=h.client_id, sharing_id=h.sharing_id) for h in held]
 
 
@@ -85,6 +88,8 @@ def holdings_from_proto(held: object) -> tuple[Holding, ...]:
 
 
 def status_to_proto(s: RoundStatus, spec: RoundSpec | None = None) -> pb.RoundStatus:
+    """``RoundStatus`` of one party, with ``spec`` attached when given (a party attaches it
+    to its CreateRound and GetRound replies)."""
     return pb.RoundStatus(
         spec=spec_to_proto(spec) if spec is not None else None,
         round_id=s.round_id,
@@ -99,6 +104,8 @@ def status_to_proto(s: RoundStatus, spec: RoundSpec | None = None) -> pb.RoundSt
 
 
 def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
+    """The upload header as received. Raises :class:`InvalidArgument` for a share kind
+    other than SEED or FULL; ids, length and digests are checked by the party, not here."""
     kind = _KINDS.get(h.kind)
     if kind is None:
         raise InvalidArgument(f"share kind must be SEED or FULL, got {h.kind}")
@@ -117,6 +124,7 @@ def header_from_proto(h: pb.UploadHeader) -> UploadHeader:
 
 
 def ack_to_proto(r: UploadAck) -> pb.UploadReceipt:
+    """The acknowledgement as an ``UploadReceipt``, every field kept."""
     return pb.UploadReceipt(
         round_id=r.round_id,
         client_id=r.client_id,
@@ -128,6 +136,8 @@ def ack_to_proto(r: UploadAck) -> pb.UploadReceipt:
 
 
 def state_to_proto(state: RoundState) -> pb.RoundState.ValueType:
+    """The wire value of a party's state. Raises ``KeyError`` for ``RoundState.UNKNOWN``,
+    which is never a party's own state and is never sent."""
     return _STATES[state]
 
 
@@ -140,6 +150,7 @@ def state_from_proto(value: int) -> RoundState:
 
 
 def create_round_request(spec: RoundSpec) -> pb.CreateRoundRequest:
+    """``CreateRoundRequest`` carrying ``spec``."""
     return pb.CreateRoundRequest(spec=spec_to_proto(spec))
 
 
@@ -166,6 +177,8 @@ def status_from_proto(msg: pb.RoundStatus) -> RoundStatus:
 
 
 def ack_from_proto(msg: pb.UploadReceipt) -> UploadAck:
+    """The acknowledgement in an ``UploadReceipt``, as received: nothing is checked here
+    (the caller compares it with what it sent)."""
     return UploadAck(
         round_id=msg.round_id,
         client_id=msg.client_id,
@@ -177,6 +190,8 @@ def ack_from_proto(msg: pb.UploadReceipt) -> UploadAck:
 
 
 def manifest_to_proto(m: Manifest) -> peer_pb2.ManifestReply:
+    """The manifest as ``peer.proto``'s ``ManifestReply``: the holdings the party holds and
+    those it folded, its state and cohort digest."""
     return peer_pb2.ManifestReply(
         round_id=m.round_id,
         party=m.party,
@@ -202,6 +217,8 @@ def manifest_from_proto(reply: peer_pb2.ManifestReply) -> Manifest:
 def commit_request(
     round_id: str, cohort: tuple[Holding, ...], digest: bytes, spec_digest: bytes
 ) -> peer_pb2.CommitRequest:
+    """``CommitRequest``: the leader's cohort for ``round_id``, with its digest
+    (:func:`protocol.spec.cohort_digest`) and the spec digest it was agreed under."""
     return peer_pb2.CommitRequest(
         round_id=round_id,
         cohort=holdings_to_proto(cohort),
@@ -223,20 +240,25 @@ def commit_from_proto(
 
 
 def manifest_request(round_id: str, spec_digest: bytes) -> peer_pb2.ManifestRequest:
+    """``ManifestRequest`` for ``round_id`` under the spec digest the caller holds."""
     return peer_pb2.ManifestRequest(round_id=round_id, spec_digest=spec_digest)
 
 
 def fail_request(round_id: str, reason: str) -> peer_pb2.FailRequest:
+    """``FailRequest``: fail ``round_id`` at a peer, recording ``reason``."""
     return peer_pb2.FailRequest(round_id=round_id, reason=reason)
 
 
 def get_round_request(round_id: str) -> pb.GetRoundRequest:
+    """``GetRoundRequest`` for ``round_id``."""
     return pb.GetRoundRequest(round_id=round_id)
 
 
 def close_round_request(round_id: str) -> pb.CloseRoundRequest:
+    """``CloseRoundRequest`` for ``round_id``: stop accepting uploads."""
     return pb.CloseRoundRequest(round_id=round_id)
 
 
 def aggregate_share_request(round_id: str) -> pb.GetAggregateShareRequest:
+    """``GetAggregateShareRequest`` for ``round_id``'s aggregate share."""
     return pb.GetAggregateShareRequest(round_id=round_id)

@@ -80,6 +80,8 @@ class PartyUpload:
 
     @classmethod
     def of_seed(cls, party: int, length: int, seed: Seed) -> PartyUpload:
+        """The upload of a seed share: ``length`` ring elements the party expands from
+        ``seed`` itself; the digest covers the seed's 32 bytes (:mod:`mpc.digest`)."""
         return cls(party, ShareKind.SEED, length, payload_digest(seed.expose()), seed=seed)
 
     @classmethod

@@ -27,6 +27,8 @@ from mpcagg.v1 import group_pb2, reveal_pb2
 
 
 def hello_frames(hello: Hello) -> Iterator[group_pb2.GroupFrame]:
+    """A hello's frames: one ``GROUP_HELLO`` header and no chunks (what
+    :func:`read_frame_header` and :func:`read_frame_payload` accept back)."""
     yield group_pb2.GroupFrame(
         header=group_pb2.GroupHeader(
             kind=group_pb2.GROUP_HELLO,
@@ -104,10 +106,13 @@ def read_frame_payload(
 
 
 def ack_to_proto(party: int, incarnation: bytes) -> group_pb2.GroupAck:
+    """``GroupAck`` from the recipient of a frame: its party index and its incarnation
+    (:data:`protocol.group.INCARNATION_BYTES` bytes)."""
     return group_pb2.GroupAck(party=party, incarnation=incarnation)
 
 
 def ack_from_proto(msg: group_pb2.GroupAck) -> tuple[int, bytes]:
+    """``(party, incarnation)`` of a ``GroupAck``, as received: not checked here."""
     return msg.party, bytes(msg.incarnation)
 
 
@@ -121,10 +126,13 @@ _STATES = {
 
 
 def reveal_request(round_id: str) -> reveal_pb2.GetRevealRequest:
+    """``GetRevealRequest`` for ``round_id`` (GetRevealStatus and GetRevealedSum alike)."""
     return reveal_pb2.GetRevealRequest(round_id=round_id)
 
 
 def reveal_status_to_proto(s: RevealStatus) -> reveal_pb2.RevealStatus:
+    """The status as ``reveal.proto``'s ``RevealStatus``; a state with no wire value (UNKNOWN)
+    travels as ``REVEAL_STATE_UNSPECIFIED``."""
     return reveal_pb2.RevealStatus(
         round_id=s.round_id,
         party=s.party,
@@ -137,6 +145,8 @@ def reveal_status_to_proto(s: RevealStatus) -> reveal_pb2.RevealStatus:
 
 
 def reveal_status_from_proto(msg: reveal_pb2.RevealStatus) -> RevealStatus:
+    """Inverse of :func:`reveal_status_to_proto`; an unknown or unspecified wire state reads
+    as ``RevealState.UNKNOWN`` (never REVEALED)."""
     state = next((s for s, w in _STATES.items() if w == msg.state), RevealState.UNKNOWN)
     return RevealStatus(
         round_id=msg.round_id,
@@ -152,6 +162,8 @@ def reveal_status_from_proto(msg: reveal_pb2.RevealStatus) -> RevealStatus:
 def revealed_sum_messages(
     status: RevealStatus, vector: RingVector, chunk_bytes: int
 ) -> Iterator[reveal_pb2.RevealedSumMessage]:
+    """A revealed sum's stream: a header (``status``, ``len(vector)``), then ``vector``'s
+    little-endian bytes in chunks of ``chunk_bytes``; :func:`read_revealed_sum` reads it."""
     yield reveal_pb2.RevealedSumMessage(
         header=reveal_pb2.RevealedSumHeader(
             status=reveal_status_to_proto(status), length=len(vector)

@@ -45,6 +45,10 @@ def code_for(exc: BaseException) -> grpc.StatusCode:
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with ``exc`` as its status (:func:`code_for`) and its message cut by
+    :func:`bounded`; an unexpected exception is logged and sent as INTERNAL with a
+    generic message; :class:`errors.Busy` adds the :data:`RETRYABLE` trailer. Never
+    returns: ``context.abort`` raises."""
     code = code_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in handler", exc_info=exc)
