@@ -8,9 +8,10 @@ Construction (wire format version 1)::
     elements = stream read as little-endian uint64
 
 ``lp(s)`` is the UTF-8 bytes of ``s`` prefixed by their length as a big-endian u32,
-so distinct contexts never give the same ``info`` (domain separation, as the seed
-expansion of VDAF's XOF with its domain-separation tag and aggregator id,
-draft-irtf-cfrg-vdaf §6.2). AES-CTR is a PRG under the standard PRP assumption.
+so distinct contexts never give the same ``info`` (domain separation, as VDAF's XOFs
+take a domain separation tag and a binder string, draft-irtf-cfrg-vdaf-12 §6.2.3; HKDF
+is RFC 5869 §2). AES-CTR (NIST SP 800-38A §6.5) is a PRG under the standard PRP
+assumption.
 
 Expansion writes into a caller's buffer in chunks small enough to stay in cache,
 so that :func:`add_stream_into` can fuse the expansion with the ring addition.

@@ -6,8 +6,9 @@ For ``n`` parties a client sends one party (the *full party*) the vector
 all shares is ``x``. Any ``n − 1`` shares are (pseudo)uniform and independent of
 ``x``: the full party's vector is masked by at least one PRG stream it does not
 know, and the seeds are independent of ``x`` by construction. This is the
-helper-seed compression of Prio3 (draft-irtf-cfrg-vdaf §7.2, "helper shares are
-seeds").
+helper-seed compression of Prio3: draft-irtf-cfrg-vdaf-12 §7.2.1 "Sharding" (§7.2.1.1:
+the helpers' shares "are represented instead by an XOF seed") and §7.2.7.2 "Input
+share".
 """
 
 from __future__ import annotations
