@@ -28,6 +28,7 @@ from mpcagg.protocol.spec import Holding, cohort_digest
 from mpcagg.protocol.state import Manifest, RoundState, RoundStatus
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.peers import LocalPeer, Peer
+from mpcagg.servers.periodic import Periodic
 
 log = logging.getLogger("mpcagg.leader")
 _CLOSING = RoundState.CLOSING
@@ -56,8 +57,7 @@ class Leader:
         self._local = LocalPeer(aggregator)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker: Periodic | None = None
         self._retry_at: dict[str, float] = {}
         # FAILED rounds whose failure some peers have not recorded yet (Fail is
         # idempotent, so after a restart every FAILED round is told again once).
@@ -171,20 +171,13 @@ class Leader:
         """Start the background :meth:`tick` (every ``interval`` s): rounds past their
         deadline, interrupted closes, FAILED rounds peers have not recorded.
         """
-        self._thread = threading.Thread(
-            target=self._run, args=(interval,), name="leader", daemon=True
-        )
-        self._thread.start()
+        self._ticker = Periodic("leader", interval, self.tick)
+        self._ticker.start()
 
     def stop(self) -> None:
         """Stop the tick and wait up to 5 s for its thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.tick()
+        if self._ticker is not None:
+            self._ticker.stop()
 
     def tick(self) -> None:
         """Close every round past its deadline, resume interrupted closes, and tell

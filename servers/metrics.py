@@ -44,6 +44,7 @@ from mpcagg.mpc.ring import RingVector
 from mpcagg.protocol.errors import ConfigError
 from mpcagg.protocol.state import RoundState
 from mpcagg.protocol.version import PROTOCOL_VERSION, package_version
+from mpcagg.servers.periodic import Periodic
 from mpcagg.servers.round import Round
 from mpcagg.servers.schema import SCHEMA_VERSION
 
@@ -160,24 +161,17 @@ class PeerProbe:
         self._interval = interval
         self._timeout = timeout
         self.up: dict[int, bool] = dict.fromkeys(targets, False)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "peer-probe", interval, self.probe_once, first_wait=0.0, join_s=timeout + 1
+        )
 
     def start(self) -> None:
         """Start probing every peer's health service in a background thread."""
-        self._thread = threading.Thread(target=self._run, name="peer-probe", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
         """Stop probing and wait for the thread (at most the probe timeout + 1 s)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._timeout + 1)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.probe_once()
-            self._stop.wait(self._interval)
+        self._periodic.stop()
 
     def probe_once(self) -> None:
         """Probe every peer once and set :attr:`up` per party (True: SERVING)."""

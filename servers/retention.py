@@ -30,6 +30,7 @@ from mpcagg.protocol.errors import MpcaggError
 from mpcagg.protocol.state import RoundState
 from mpcagg.servers.inventory import Inventory
 from mpcagg.servers.metrics import PRUNED
+from mpcagg.servers.periodic import Periodic
 
 if TYPE_CHECKING:
     from mpcagg.servers.aggregator import Aggregator
@@ -95,8 +96,14 @@ class Janitor:
         self._policy = policy
         self._leader = leader
         self._clock = clock or aggregator.clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A first pass soon after start, then every interval_s.
+        self._periodic = Periodic(
+            "retention",
+            policy.interval_s,
+            self.run_once,
+            first_wait=min(policy.interval_s, 30.0),
+            join_s=10.0,
+        )
         self._pass = threading.Lock()
 
     def run_once(self, *, dry_run: bool = False) -> list[Decision]:
@@ -137,20 +144,8 @@ class Janitor:
 
     def start(self) -> None:
         """Start applying the policy in a background thread (every ``interval_s``)."""
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
         """Stop the thread and wait up to 10 s for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        wait = min(self._policy.interval_s, 30.0)  # a first pass soon after start
-        while not self._stop.wait(wait):
-            wait = self._policy.interval_s
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("retention pass failed (will run again)")
+        self._periodic.stop()

@@ -49,6 +49,7 @@ from mpcagg.protocol.spec import RevealMode
 from mpcagg.protocol.state import RoundState
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.group import GroupTransport
+from mpcagg.servers.periodic import Periodic
 from mpcagg.servers.results import ResultStore, RevealRecord
 
 log = logging.getLogger("mpcagg.reveal")
@@ -98,30 +99,19 @@ class Revealer:
         self._running: set[str] = set()
         self._last_view: dict[str, dict[int, bytes]] = {}
         self.stats: dict[str, RevealStats] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker: Periodic | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self, interval: float = 0.1) -> None:
         """Start the background tick (every ``interval`` s) that starts and resumes reveals."""
-        self._thread = threading.Thread(
-            target=self._run, args=(interval,), name="revealer", daemon=True
-        )
-        self._thread.start()
+        self._ticker = Periodic("revealer", interval, self.tick)
+        self._ticker.start()
 
     def stop(self) -> None:
         """Stop the tick and wait up to 5 s for its thread (running reveals are daemons)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self.tick()
-            except Exception:  # pragma: no cover - keep revealing other rounds
-                log.exception("revealer tick failed")
+        if self._ticker is not None:
+            self._ticker.stop()
 
     def tick(self) -> None:
         """Start (or resume, or rejoin) the reveal of every committed servers-mode round."""
