@@ -11,8 +11,8 @@ Modules: :mod:`bench.harness` (the run), :mod:`bench.grid` (presets, skips, dura
 :mod:`bench.wireprobe` (bytes on the wire), :mod:`bench.procstats` (server CPU, RSS and
 data-directory size), :mod:`bench.scale` (the scale runs: many trainers, one huge
 vector), :mod:`bench.engines` (numpy vs CrypTen accumulate), :mod:`bench.report`,
-:mod:`bench.plots`. :mod:`bench.studies` holds one-off profiling studies the harness
-never imports.
+:mod:`bench.plots`. :mod:`bench.studies` holds studies run by hand (the reveal
+modes); the harness never imports them.
 """
 
 from bench.grid import PRESETS, Cell, Plan

@@ -1,11 +1,9 @@
-"""One-off profiling studies, kept as the record of a measurement; not part of the
-benchmark harness (``python -m bench`` never imports them).
+"""Studies run by hand and kept as the record of a measurement; the harness
+(``python -m bench``) never imports them.
 
-:mod:`bench.studies.ingest` and :mod:`bench.studies.pipelines` measured where a server's
-ingest time went when every full share was spooled to a file of its own (SHA-256,
-buffer copy, page-cache vs ``O_DIRECT`` writes, fsync, rename), the design before the
-durable accumulator (:mod:`mpcagg.servers.accumulator`). They wrap the servicer from the
-outside and match profiler rows by function name, so they describe that code and may
-need adapting before they say anything about the current one. Run as
-``python -m bench.studies.ingest``.
+:mod:`bench.studies.reveal` measures reveal mode ``servers`` against mode ``collector``
+through the public API only (``python -m bench.studies.reveal``). The ingest profiling
+studies of the per-share spool design (SHA-256, buffer copies, page cache against
+``O_DIRECT``, fsync) were removed with that design: they described code that no longer
+exists; they stand in the history before the durable accumulator.
 """
