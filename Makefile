@@ -35,10 +35,10 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python -m bench --micro
+	$(BIN)/python -m bench --micro --keep-connections
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench --quick --keep-connections
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
