@@ -222,7 +222,7 @@ def ratio_heatmap(cells: list[dict[str, Any]]) -> Figure | None:
     _title(
         fig,
         "Cost of security: secure / plaintext round latency (median)\n"
-        "targets: ≤ 1.5× at N=100, d=1e6, n=3; ≤ 2× everywhere",
+        "targets: ≤ 1.3× at N=100, d=1e6, n=3; ≤ 2× everywhere",
     )
     return fig
 
