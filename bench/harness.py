@@ -104,10 +104,15 @@ def run(
         from bench import scale
 
         bar.set_description("scale")
-        results["scale"] = scale.run(
-            work_root, plan.trainer_threads, scale.chosen(plan.scale), log=tqdm.write
-        )
-        report.write(out, results)
+
+        def save(entries: list[dict[str, Any]]) -> None:
+            results["scale"] = entries
+            report.write(out, results)
+
+        scale.run(
+            work_root, plan.trainer_threads, scale.chosen(plan.scale), log=tqdm.write,
+            on_entry=save,
+        )  # fmt: skip
         bar.update(round(SCALE_EST_S))
     if plan.micro:
         bar.set_description("micro")

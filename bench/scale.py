@@ -80,8 +80,11 @@ def run(
     threads: int = 8,
     scenarios: tuple[Scenario, ...] = SCENARIOS,
     log: Any = print,
+    on_entry: Any = None,
 ) -> list[dict[str, Any]]:
-    """Every scenario in turn; one result entry each (errors are recorded, not raised)."""
+    """Every scenario in turn; one result entry each (errors are recorded, not raised).
+    ``on_entry(entries so far)`` is called after each, so a caller can save them as they
+    come (a run stopped half-way keeps what it measured)."""
     root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
     out = []
     for sc in scenarios:
@@ -93,6 +96,8 @@ def run(
                 entry = {"scenario": sc.name, "status": "error", "reason": repr(exc)}
         log(line(entry))
         out.append(entry)
+        if on_entry is not None:
+            on_entry(out)
     return out
 
 
