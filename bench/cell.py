@@ -64,29 +64,23 @@ def run_cell(
                 ProcessMeter({**pids, **client}),
                 keep_connections=plan.keep_connections,
             )
-            plain = PlainRounds(
-                cell,
-                plain_server,
-                [creds.client(i) for i in ids],
-                creds.client("collector", "collector"),
-                inputs,
-                pool,
-                ProcessMeter({"baseline": plain_server.pid, **client}),
-                chunk_bytes,
-                keep_connections=plan.keep_connections,
-            )
-            plain_f32 = PlainRounds(
-                cell,
-                plain_server,
-                [creds.client(i) for i in ids],
-                creds.client("collector", "collector"),
-                inputs,
-                pool,
-                ProcessMeter({"baseline": plain_server.pid, **client}),
-                chunk_bytes,
-                keep_connections=plan.keep_connections,
-                float32=True,
-            )
+
+            def baseline(float32: bool) -> PlainRounds:
+                """Plaintext rounds on the baseline server, int64 or float32 uploads."""
+                return PlainRounds(
+                    cell,
+                    plain_server,
+                    [creds.client(i) for i in ids],
+                    creds.client("collector", "collector"),
+                    inputs,
+                    pool,
+                    ProcessMeter({"baseline": plain_server.pid, **client}),
+                    chunk_bytes,
+                    keep_connections=plan.keep_connections,
+                    float32=float32,
+                )
+
+            plain, plain_f32 = baseline(float32=False), baseline(float32=True)
             relays = [CountingRelay(p.address) for p in config.ordered_parties()]
             plain_relay = CountingRelay(plain_server.address)
             try:
