@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.units import si, size
+
 GiB = 1 << 30
 
 # Duration model constants (2-core AMD EPYC VM, TLS on, numpy engine; both modes).
@@ -52,7 +54,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"N={self.trainers} d={_si(self.dim)} n={self.parties}"
+        return f"N={self.trainers} d={si(self.dim)} n={self.parties}"
 
     @property
     def share_bytes(self) -> int:
@@ -156,19 +158,19 @@ def skip_reason(cell: Cell, plan: Plan, workdir: Path) -> str | None:
     disk = disk_bytes(cell, plan)
     if disk > free // 2:
         return (
-            f"disk: the servers hold up to {_bytes(disk)} at once; "
-            f"{_bytes(free)} free in {workdir} (needs at most half)"
+            f"disk: the servers hold up to {size(disk, 1)} at once; "
+            f"{size(free, 1)} free in {workdir} (needs at most half)"
         )
     available = psutil.virtual_memory().available
     need = memory_bytes(cell, plan)
     if need > 0.6 * available:
-        return f"memory: needs about {_bytes(need)}, {_bytes(available)} available"
+        return f"memory: needs about {size(need, 1)}, {size(available, 1)} available"
     if plan.max_cell_s is not None:
         est = cell_seconds(cell, plan)
         if est > plan.max_cell_s:
             return (
                 f"duration: estimated {est / 60:.0f} min > {plan.max_cell_s / 60:.0f} min per "
-                f"cell ({_bytes(cell.share_bytes)} of shares per round at "
+                f"cell ({size(cell.share_bytes, 1)} of shares per round at "
                 f"~{THROUGHPUT_BPS / 1e6:.0f} MB/s); run with --full to include it"
             )
     return None
@@ -179,15 +181,3 @@ def _existing(path: Path) -> Path:
     while not p.exists():
         p = p.parent
     return p
-
-
-def _si(x: int) -> str:
-    exp = len(str(x)) - 1
-    return f"1e{exp}" if x == 10**exp else str(x)
-
-
-def _bytes(n: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"

@@ -26,6 +26,8 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 
+from bench.units import si
+
 PHASES = (
     ("share_s", "share (client)"),
     ("upload_s", "upload"),
@@ -70,11 +72,6 @@ def _parties(cells: Sequence[dict[str, Any]]) -> list[int]:
     return sorted({c["parties"] for c in cells})
 
 
-def _si(x: float) -> str:
-    exp = round(np.log10(x)) if x > 0 else 0
-    return f"1e{exp}" if x == 10**exp else f"{x:g}"
-
-
 def latency_vs(
     cells: list[dict[str, Any]], x_key: str, line_key: str, x_label: str
 ) -> Figure | None:
@@ -90,7 +87,7 @@ def latency_vs(
         for color, v in zip(colors, values, strict=True):
             line = sorted((c for c in mine if c[line_key] == v), key=lambda c: c[x_key])
             xs = [c[x_key] for c in line]
-            label = f"d={_si(v)}" if line_key == "dim" else f"N={v}"
+            label = f"d={si(v)}" if line_key == "dim" else f"N={v}"
             secure = [c["secure"]["median_s"] for c in line]
             p95 = [c["secure"]["p95_s"] for c in line]
             ax.plot(xs, secure, "o-", color=color, label=f"{label} secure")
@@ -210,7 +207,7 @@ def ratio_heatmap(cells: list[dict[str, Any]]) -> Figure | None:
         for (i, j), label in text.items():
             ax.text(j, i, label, ha="center", va="center", fontsize=9,
                     bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})  # fmt: skip
-        ax.set_xticks(range(len(dims)), [_si(d) for d in dims])
+        ax.set_xticks(range(len(dims)), [si(d) for d in dims])
         ax.set_yticks(range(len(trainers)), [str(t) for t in trainers])
         ax.set_xlabel("parameters d")
         ax.set_ylabel("trainers N")
@@ -284,7 +281,7 @@ def engines(rows: list[dict[str, Any]]) -> Figure | None:
         xs = np.arange(len(dims)) + (k - (len(series) - 1) / 2) * width
         bars = ax.bar(xs, vals, width, label=f"{engine} {kind} share")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(dims)), [f"d={_si(d)}" for d in dims])
+    ax.set_xticks(range(len(dims)), [f"d={si(d)}" for d in dims])
     ax.set_ylabel("GB/s of share data (median)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)

@@ -13,19 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.units import si, size
+
 MB = 1e6
-
-
-def _si(x: int) -> str:
-    exp = len(str(x)) - 1
-    return f"1e{exp}" if x == 10**exp else str(x)
-
-
-def _bytes(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 def machine(results: dict[str, Any]) -> str:
@@ -52,7 +42,7 @@ def grid(results: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in results["cells"]:
-        ident = [str(c["trainers"]), _si(c["dim"]), str(c["parties"])]
+        ident = [str(c["trainers"]), si(c["dim"]), str(c["parties"])]
         if c["status"] != "ok":
             rows.append("| " + " | ".join(ident) + f" | {c['status']}: {c.get('reason', '')} |")
             continue
@@ -67,7 +57,7 @@ def grid(results: dict[str, Any]) -> str:
             f"{s['cpu_total_s']:.2f} / {p['cpu_total_s']:.2f} ({c['cpu_ratio']:.2f}×)",
             " / ".join(f"{x['cpu_s']:.2f}" for x in s["servers"]),
             f"{s['client_cpu_s']:.2f}",
-            f"{_bytes(w['secure_wire_up_bytes'])} "
+            f"{size(w['secure_wire_up_bytes'])} "
             f"({w['secure_wire_up_bytes'] / w['int64_bytes']:.3f})",
         ]
         if (c["trainers"], c["dim"], c["parties"]) == (100, 10**6, 3):
@@ -94,7 +84,7 @@ def scale(results: dict[str, Any]) -> str:
         disk = max(e["party_peak_disk_bytes"].values())
         grew = e["trainer_process_peak_rss_bytes"] - e["trainer_process_start_rss_bytes"]
         rows.append(
-            f"| {e['scenario']} | {e['trainers']} × {_si(e['dim'])}, {e['parties']} "
+            f"| {e['scenario']} | {e['trainers']} × {si(e['dim'])}, {e['parties']} "
             f"| {e['complete']}/{e['trainers']}, {'yes' if e['exact'] else 'NO'} "
             f"| {e['upload_s']:.1f} s / {e['close_s']:.2f} s "
             f"| {rss / MB:.0f} MB ({e['rss_target_bytes'] / MB:.0f}) "

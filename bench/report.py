@@ -36,6 +36,7 @@ import numpy as np
 import psutil
 
 from bench.rounds import RoundTiming
+from bench.units import si, size
 
 SCHEMA = "mpcagg-bench/1"
 PHASES = ("share_s", "upload_s", "close_s", "reveal_s")
@@ -281,7 +282,7 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [head, sub, "-" * len(head)] if results["cells"] else []
     for c in results["cells"]:
-        ident = f"{c['trainers']:>5} {_si(c['dim']):>6} {c['parties']:>2}"
+        ident = f"{c['trainers']:>5} {si(c['dim']):>6} {c['parties']:>2}"
         if c["status"] != "ok":
             lines.append(f"{ident}  {c['status'].upper()}: {c.get('reason', '')}")
             continue
@@ -298,14 +299,14 @@ def table(results: dict[str, Any]) -> str:
             f"{f32['median_s']:>7.3f} {c['ratio_f32']:>5.2f}×  "
             f"{b['share_s']:>6.3f} {b['upload_s']:>7.3f} {b['close_s']:>7.3f} "
             f"{b['reveal_s']:>7.3f}  {cpu:>11} {c['cpu_ratio']:>5.2f}×  {parties:>17}  "
-            f"{_size(up):>11} {up / w['int64_bytes']:>6.3f}  "
+            f"{size(up):>11} {up / w['int64_bytes']:>6.3f}  "
             f"{rss:>7.0f}  {'yes' if c['check']['exact'] else 'NO'}"
         )
     engines = [e for e in results.get("engines") or [] if "median_s" in e]
     if engines:
         lines += ["", "accumulate path (GB/s of uint64 share data, median):"]
         dims = sorted({e["d"] for e in engines})
-        lines.append(f"{'engine':>8} {'share':>5}  " + " ".join(f"{_si(d):>8}" for d in dims))
+        lines.append(f"{'engine':>8} {'share':>5}  " + " ".join(f"{si(d):>8}" for d in dims))
         for name in ("numpy", "crypten"):
             for kind in ("full", "seed"):
                 rates = {
@@ -338,15 +339,3 @@ def table(results: dict[str, Any]) -> str:
                 f"engine {e['engine']}: {e['error'].splitlines()[-1] if e['error'] else ''}"
             )
     return "\n".join(lines)
-
-
-def _si(x: int) -> str:
-    exp = len(str(x)) - 1
-    return f"1e{exp}" if x == 10**exp else str(x)
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
