@@ -48,7 +48,7 @@ SCALE_EST_S = 300.0
 
 Log = Callable[[str], None]
 
-__all__ = ["default_out", "describe", "run", "run_cell", "run_micro"]
+__all__ = ["default_out", "describe", "run", "run_micro"]
 
 
 def default_out() -> Path:

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ def run(
     threads: int = 8,
     scenarios: tuple[Scenario, ...] = SCENARIOS,
     log: Any = print,
-    on_entry: Any = None,
+    on_entry: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every scenario in turn; one result entry each (errors are recorded, not raised).
     ``on_entry(entries so far)`` is called after each, so a caller can save them as they
