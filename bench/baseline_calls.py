@@ -42,8 +42,8 @@ def upload(
     chunk_bytes: int,
     timeout: float = 120.0,
 ) -> int:
-    """Upload one trainer's vector (uint64 fixed point, or float32 as it is); returns the
-    serialized bytes of the messages sent."""
+    """Upload one trainer's vector (uint64 fixed point, or float32 as it is) in one message
+    if it fits in one chunk, else streamed; returns the serialized bytes sent."""
     raw = vector.nbytes
     header = pb.UploadMessage(
         header=pb.UploadHeader(
@@ -55,9 +55,18 @@ def upload(
         chunk_message_bytes(min(chunk_bytes, raw - start)) for start in range(0, raw, chunk_bytes)
     )
 
-    method = "UploadFloat32" if vector.dtype == np.float32 else "Upload"
+    suffix = "Float32" if vector.dtype == np.float32 else ""
+    if raw <= chunk_bytes:  # one message, as the real client sends a share of one chunk
+        request = pb.UploadRequest(header=header.header, data=vector.data.cast("B").tobytes())
+        whole = channel.unary_unary(
+            f"/{SERVICE}/UploadWhole{suffix}",
+            request_serializer=pb.UploadRequest.SerializeToString,
+            response_deserializer=pb.UploadReceipt.FromString,
+        )
+        whole(request, timeout=timeout)
+        return request.ByteSize()
     call = channel.stream_unary(
-        f"/{SERVICE}/{method}",
+        f"/{SERVICE}/Upload{suffix}",
         request_serializer=pb.UploadMessage.SerializeToString,
         response_deserializer=pb.UploadReceipt.FromString,
     )

@@ -11,7 +11,7 @@ acknowledged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -52,8 +52,8 @@ class PlainAggregation:
         self._lock = threading.Lock()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler of :data:`SERVICE`: ``Upload``, ``UploadFloat32``, ``Close``,
-        ``GetSum``."""
+        """The generic handler of :data:`SERVICE`: ``Upload``, ``UploadFloat32``, their
+        one-message forms ``UploadWhole`` and ``UploadWholeFloat32``, ``Close``, ``GetSum``."""
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -65,6 +65,16 @@ class PlainAggregation:
                 "UploadFloat32": grpc.stream_unary_rpc_method_handler(
                     self.upload_float32,
                     request_deserializer=pb.UploadMessage.FromString,
+                    response_serializer=pb.UploadReceipt.SerializeToString,
+                ),
+                "UploadWhole": grpc.unary_unary_rpc_method_handler(
+                    self.upload_whole,
+                    request_deserializer=pb.UploadRequest.FromString,
+                    response_serializer=pb.UploadReceipt.SerializeToString,
+                ),
+                "UploadWholeFloat32": grpc.unary_unary_rpc_method_handler(
+                    self.upload_whole_float32,
+                    request_deserializer=pb.UploadRequest.FromString,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
                 "Close": grpc.unary_unary_rpc_method_handler(
@@ -96,22 +106,37 @@ class PlainAggregation:
         round's accumulator (created by the first upload). Aborts INVALID_ARGUMENT for a bad
         header, length or chunk, PERMISSION_DENIED when the certificate names another
         client, FAILED_PRECONDITION when the round is closed or has another length."""
-        return self._upload(requests, context, DTYPE)
+        return self._upload(_header(requests), (m.chunk for m in requests), context, DTYPE)
 
     def upload_float32(
         self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext
     ) -> pb.UploadReceipt:
         """``UploadFloat32``: as :meth:`upload`, with raw float32 chunks summed in float32."""
-        return self._upload(requests, context, np.dtype("<f4"))
+        dtype = np.dtype("<f4")
+        return self._upload(_header(requests), (m.chunk for m in requests), context, dtype)
+
+    def upload_whole(
+        self, request: pb.UploadRequest, context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
+        """``UploadWhole``: :meth:`upload` in one message (the real servers' ``UploadWhole``)."""
+        return self._upload(request.header, [request.data], context, DTYPE)
+
+    def upload_whole_float32(
+        self, request: pb.UploadRequest, context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
+        """``UploadWholeFloat32``: :meth:`upload_float32` in one message."""
+        return self._upload(request.header, [request.data], context, np.dtype("<f4"))
 
     def _upload(
-        self, requests: Iterator[pb.UploadMessage], context: grpc.ServicerContext, dtype: np.dtype
+        self,
+        h: pb.UploadHeader | None,
+        chunks: Iterable[bytes],
+        context: grpc.ServicerContext,
+        dtype: np.dtype,
     ) -> pb.UploadReceipt:
         caller = self._identify(context)
-        first = next(requests, None)
-        if first is None or first.WhichOneof("body") != "header" or first.header.kind != pb.FULL:
+        if h is None or h.kind != pb.FULL:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a FULL upload header")
-        h = first.header
         if caller is not None and caller != h.client_id:
             _abort(context, grpc.StatusCode.PERMISSION_DENIED, "certificate names another client")
         if not 0 < h.length <= self._limits.max_vector_length:
@@ -127,8 +152,7 @@ class PlainAggregation:
             _open_spool(self._durable_dir, h.round_id, h.client_id) if self._durable_dir else None
         )
         offset = 0
-        for msg in requests:
-            chunk = msg.chunk
+        for chunk in chunks:
             n = len(chunk) // size
             if len(chunk) % size or offset + n > h.length:
                 _abort(
@@ -189,6 +213,12 @@ class PlainAggregation:
         step = self._limits.chunk_bytes
         for start in range(0, len(raw), step):
             yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + step]))
+
+
+def _header(requests: Iterator[pb.UploadMessage]) -> pb.UploadHeader | None:
+    """The stream's first message's header (None if it starts with a chunk or is empty)."""
+    first = next(requests, None)
+    return first.header if first is not None and first.WhichOneof("body") == "header" else None
 
 
 def _open_spool(root: Path, round_id: str, client_id: str) -> SpoolWriter:

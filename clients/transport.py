@@ -223,6 +223,13 @@ class Transport:
             msg = self._stub(party).Upload(messages, **self._call_options())
         return convert.ack_from_proto(msg)
 
+    def upload_whole(self, party: int, request: Any) -> UploadAck:
+        """Send one upload as a single message (:func:`wire.framing.upload_request`) to
+        ``party``; its acknowledgement. Raises as :meth:`upload`."""
+        with _rpc(party, "UploadWhole"):
+            msg = self._stub(party).UploadWhole(request, **self._call_options())
+        return convert.ack_from_proto(msg)
+
     def aggregate_share(self, party: int, round_id: str) -> AggregateShare:
         """``party``'s aggregate share of committed ``round_id``. Raises the translated
         :class:`ServiceError` (:class:`RoundNotOpen` if not committed), or

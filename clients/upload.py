@@ -23,7 +23,7 @@ from mpcagg.clients.transport import Transport
 from mpcagg.mpc import SharingContext, full_party_for, seed_parties
 from mpcagg.mpc.ring import RingVector
 from mpcagg.mpc.sharing import full_share_chunks
-from mpcagg.protocol.errors import ProtocolError, UploadFailed
+from mpcagg.protocol.errors import ProtocolError, ServiceError, UploadFailed
 from mpcagg.protocol.spec import RoundSpec
 from mpcagg.protocol.state import UploadAck
 from mpcagg.wire import framing as wire
@@ -75,26 +75,47 @@ def upload_sharing(
     with UploadProgress(total, enabled=enabled, desc=f"upload {spec.round_id}") as bar:
 
         def send(party: int) -> UploadAck:
-            """One attempt at ``party`` (:func:`broadcast` retries it)."""
+            """One attempt at ``party`` (:func:`broadcast` retries it): one message if the
+            upload fits in one (a seed, or a full share of one chunk), else a stream."""
             upload = uploads[party]
-            messages = wire.upload_messages(
-                upload,
-                round_id=spec.round_id,
-                client_id=client_id,
-                sharing_id=sharing.sharing_id,
-                chunk_bytes=chunk_bytes,
-                spec_digest=spec.digest,
-                seeds_acknowledged=party == full,
-                on_progress=lambda k: bar.advance(party, k),
-                on_sent=lambda k: _add(sent, party, k),
-            )
-            ack = transport.upload(party, _counted(messages, party, delivered))
+            framing: dict[str, Any] = {
+                "round_id": spec.round_id,
+                "client_id": client_id,
+                "sharing_id": sharing.sharing_id,
+                "chunk_bytes": chunk_bytes,
+                "spec_digest": spec.digest,
+                "seeds_acknowledged": party == full,
+            }
+            request = wire.upload_request(upload, **framing)
+            ack = None if request is None else send_whole(party, request)
+            if ack is None:
+                messages = wire.upload_messages(
+                    upload,
+                    **framing,
+                    on_progress=lambda k: bar.advance(party, k),
+                    on_sent=lambda k: _add(sent, party, k),
+                )
+                ack = transport.upload(party, _counted(messages, party, delivered))
             if ack.payload_digest != upload.digest or (
                 ack.sharing_id and ack.sharing_id != sharing.sharing_id
             ):
                 raise ProtocolError(
                     f"party {party} acknowledged another payload or sharing than the one sent"
                 )
+            return ack
+
+        def send_whole(party: int, request: Any) -> UploadAck | None:
+            """One attempt as a single message; None if the party predates ``UploadWhole``."""
+            _add(sent, party, request.ByteSize())
+            try:
+                ack = transport.upload_whole(party, request)
+            except ServiceError as exc:
+                if exc.code == "UNIMPLEMENTED":
+                    return None
+                if _maybe_delivered(exc):
+                    delivered.add(party)
+                raise
+            bar.advance(party, uploads[party].payload_bytes)
             return ack
 
         def phase(which: list[int]) -> Outcomes[UploadAck]:
@@ -193,6 +214,13 @@ def _counted(messages: Iterator[Any], party: int, delivered: set[int]) -> Iterat
     """Yield ``messages``; once the last one has been taken, add ``party`` to ``delivered``."""
     yield from messages
     delivered.add(party)
+
+
+def _maybe_delivered(exc: ServiceError) -> bool:
+    """Whether a one-message upload that failed with ``exc`` may have reached its party:
+    gRPC does not say when a unary request has gone out, so any transient failure but a
+    failure to connect counts (the receipt then says "unknown", never a wrong "failed")."""
+    return exc.transient and "failed to connect" not in str(exc).lower()
 
 
 def _add(sent: dict[int, int], party: int, nbytes: int) -> None:

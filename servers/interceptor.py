@@ -32,6 +32,7 @@ POLICY: dict[str, Policy] = {
     "/mpcagg.v1.Aggregation/CreateRound": ("collector",),
     "/mpcagg.v1.Aggregation/GetRound": ("trainer", "collector"),
     "/mpcagg.v1.Aggregation/Upload": ("trainer",),
+    "/mpcagg.v1.Aggregation/UploadWhole": ("trainer",),
     "/mpcagg.v1.Aggregation/CloseRound": ("collector",),
     "/mpcagg.v1.Aggregation/GetAggregateShare": ("collector", "trainer"),
     "/mpcagg.v1.Peer/Manifest": "leader",

@@ -82,7 +82,7 @@ for _state in ("COMMITTED", "FAILED"):
 
 METHODS = frozenset(
     {
-        "CreateRound", "GetRound", "Upload", "CloseRound", "GetAggregateShare",
+        "CreateRound", "GetRound", "Upload", "UploadWhole", "CloseRound", "GetAggregateShare",
         "Manifest", "Commit", "Fail",
         "ListRounds", "ShowRound", "AbortRound", "PruneRounds", "GetAuditLog",
     }

@@ -14,7 +14,7 @@ import grpc
 
 from mpcagg.protocol.cluster import Limits
 from mpcagg.protocol.errors import Busy, PermissionDenied, RoundNotOpen
-from mpcagg.protocol.state import UploadAck
+from mpcagg.protocol.state import UploadAck, UploadHeader
 from mpcagg.servers.aggregator import Aggregator
 from mpcagg.servers.interceptor import caller
 from mpcagg.servers.upload import UploadSession
@@ -85,16 +85,26 @@ class AggregationService(pb_grpc.AggregationServicer):
         """
         with self._uploads:
             header, chunks = framing.read_upload(request_iterator)
-            ident = caller()
-            if ident is not None and ident.client_id != header.client_id:
-                raise PermissionDenied(
-                    f"authenticated as {ident.client_id!r} but the request names client "
-                    f"{header.client_id!r}"
-                )
-            started = self._agg.begin_upload(header)
-            if isinstance(started, UploadAck):
-                return convert.ack_to_proto(started)
-            return convert.ack_to_proto(_drive(started, chunks))
+            return convert.ack_to_proto(self._take(header, chunks))
+
+    def UploadWhole(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Take one upload sent as a single message (a seed, or a full share of at most
+        one chunk) exactly as :meth:`Upload` takes the same upload streamed."""
+        with self._uploads:
+            header, chunks = framing.read_whole_upload(request)
+            return convert.ack_to_proto(self._take(header, chunks))
+
+    def _take(self, header: UploadHeader, chunks: Iterator[bytes]) -> UploadAck:
+        ident = caller()
+        if ident is not None and ident.client_id != header.client_id:
+            raise PermissionDenied(
+                f"authenticated as {ident.client_id!r} but the request names client "
+                f"{header.client_id!r}"
+            )
+        started = self._agg.begin_upload(header)
+        if isinstance(started, UploadAck):
+            return started
+        return _drive(started, chunks)
 
     def CloseRound(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Leader only (FAILED_PRECONDITION elsewhere): close the round on every party."""

@@ -25,7 +25,9 @@ __all__ = [
     "chunk_message_bytes",
     "read_aggregate_share",
     "read_upload",
+    "read_whole_upload",
     "upload_messages",
+    "upload_request",
 ]
 
 
@@ -151,22 +153,9 @@ def upload_messages(
     byte-identical stream, so a retry resends exactly the same data.
     """
     _check_chunk_bytes(chunk_bytes)
-    if len(sharing_id) != SHARING_ID_BYTES:
-        raise ValueError(f"sharing_id must be {SHARING_ID_BYTES} bytes, got {len(sharing_id)}")
-    header = pb.UploadHeader(
-        round_id=round_id,
-        client_id=client_id,
-        sharing_id=sharing_id,
-        party=upload.party,
-        kind=pb.SEED if upload.kind == ShareKind.SEED else pb.FULL,
-        length=upload.length,
-        payload_digest=upload.digest,
-        spec_digest=spec_digest,
+    header = _upload_header(
+        upload, round_id, client_id, sharing_id, spec_digest, seeds_acknowledged
     )
-    if upload.seed is not None:
-        header.seed = upload.seed.expose()
-    else:
-        header.seeds_acknowledged = seeds_acknowledged
     first = pb.UploadMessage(header=header)
     if on_sent is not None:
         on_sent(first.ByteSize())
@@ -183,6 +172,54 @@ def upload_messages(
         sent += len(chunk)
         if on_progress is not None:
             on_progress(sent)
+
+
+def upload_request(
+    upload: PartyUpload,
+    *,
+    round_id: str,
+    client_id: str,
+    sharing_id: bytes,
+    chunk_bytes: int,
+    spec_digest: bytes = b"",
+    seeds_acknowledged: bool = False,
+) -> pb.UploadRequest | None:
+    """The same upload as :func:`upload_messages` in one message (``UploadWhole``), or
+    None if it needs a stream: a full share longer than ``chunk_bytes``."""
+    _check_chunk_bytes(chunk_bytes)
+    if upload.seed is None and upload.payload_bytes > chunk_bytes:
+        return None
+    header = _upload_header(
+        upload, round_id, client_id, sharing_id, spec_digest, seeds_acknowledged
+    )
+    return pb.UploadRequest(header=header, data=b"".join(upload.chunks(chunk_bytes)))
+
+
+def _upload_header(
+    upload: PartyUpload,
+    round_id: str,
+    client_id: str,
+    sharing_id: bytes,
+    spec_digest: bytes,
+    seeds_acknowledged: bool,
+) -> pb.UploadHeader:
+    if len(sharing_id) != SHARING_ID_BYTES:
+        raise ValueError(f"sharing_id must be {SHARING_ID_BYTES} bytes, got {len(sharing_id)}")
+    header = pb.UploadHeader(
+        round_id=round_id,
+        client_id=client_id,
+        sharing_id=sharing_id,
+        party=upload.party,
+        kind=pb.SEED if upload.kind == ShareKind.SEED else pb.FULL,
+        length=upload.length,
+        payload_digest=upload.digest,
+        spec_digest=spec_digest,
+    )
+    if upload.seed is not None:
+        header.seed = upload.seed.expose()
+    else:
+        header.seeds_acknowledged = seeds_acknowledged
+    return header
 
 
 def chunk_message_bytes(n: int) -> int:
@@ -263,6 +300,18 @@ def aggregate_messages(
     raw = to_bytes(vector)
     for start in range(0, len(raw), chunk_bytes):
         yield pb.AggregateShareMessage(chunk=bytes(raw[start : start + chunk_bytes]))
+
+
+def read_whole_upload(request: pb.UploadRequest) -> tuple[UploadHeader, Iterator[bytes]]:
+    """Split a one-message upload into its header and its chunks (its data, if any), as
+    :func:`read_upload` splits a stream.
+
+    Raises :class:`InvalidArgument` if the request carries no header.
+    """
+    if not request.HasField("header"):
+        raise InvalidArgument("an upload request carries a header; got none")
+    chunks = [request.data] if request.data else []
+    return header_from_proto(request.header), iter(chunks)
 
 
 def read_upload(messages: Iterator[pb.UploadMessage]) -> tuple[UploadHeader, Iterator[bytes]]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -226,20 +227,28 @@ def test_a_party_certificate_is_no_collector_credential(
     assert code_of(on_peer_port[method]) is grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_upload_naming_another_client_is_denied(env: SecureEnv) -> None:
-    create_round(env, spec_msg("impersonation", LENGTH))
-    msgs = seed_upload("impersonation", "victim", 1, LENGTH)
-    err = error_of(lambda: env.as_trainer(1, "mallory").Upload(iter(msgs), timeout=RPC_S))
+@pytest.mark.parametrize("whole", [False, True], ids=["Upload", "UploadWhole"])
+def test_upload_naming_another_client_is_denied(env: SecureEnv, whole: bool) -> None:
+    round_id = f"impersonation-{int(whole)}"
+    create_round(env, spec_msg(round_id, LENGTH))
+    msgs = seed_upload(round_id, "victim", 1, LENGTH)
+
+    def upload(stub: Any) -> Any:
+        if whole:
+            return stub.UploadWhole(pb.UploadRequest(header=msgs[0].header), timeout=RPC_S)
+        return stub.Upload(iter(msgs), timeout=RPC_S)
+
+    err = error_of(lambda: upload(env.as_trainer(1, "mallory")))
     assert err.code() is DENIED
     assert "authenticated as 'mallory' but the request names client 'victim'" in (
         err.details() or ""
     )
     # The collector is no trainer: it may not upload for anyone either.
-    err = error_of(lambda: env.as_collector(1).Upload(iter(msgs), timeout=RPC_S))
+    err = error_of(lambda: upload(env.as_collector(1)))
     assert err.code() is DENIED
-    assert _status(env, 1, "impersonation").received == 0
+    assert _status(env, 1, round_id).received == 0
     # The victim's own certificate is accepted for the very same messages.
-    assert env.as_trainer(1, "victim").Upload(iter(msgs), timeout=RPC_S).party == 1
+    assert upload(env.as_trainer(1, "victim")).party == 1
 
 
 def test_metadata_claims_change_nobody_s_identity(env: SecureEnv, committed: pb.RoundSpec) -> None:
@@ -266,6 +275,10 @@ def _all_client_calls(env: SecureEnv, **channel: object) -> dict[str, Callable[[
         "Upload": lambda: stub.Upload(
             iter(seed_upload("committed", "t1", 1, LENGTH)), timeout=RPC_S
         ),
+        "UploadWhole": lambda: stub.UploadWhole(
+            pb.UploadRequest(header=seed_upload("committed", "t1", 1, LENGTH)[0].header),
+            timeout=RPC_S,
+        ),
         "Upload-malformed": lambda: stub.Upload(
             iter([pb.UploadMessage(chunk=b"x")]), timeout=RPC_S
         ),
@@ -282,6 +295,7 @@ CLIENT_METHODS = [
     "CreateRound",
     "GetRound",
     "Upload",
+    "UploadWhole",
     "Upload-malformed",
     "CloseRound",
     "GetAggregateShare",

@@ -142,6 +142,17 @@ def _recording(loot: Loot, mp: pytest.MonkeyPatch) -> None:
         return upload(self, tee(), context)
 
     mp.setattr(AggregationService, "Upload", recorded_upload)
+    whole = AggregationService.UploadWhole
+
+    def recorded_whole(self: AggregationService, request: Any, context: Any) -> Any:
+        """The one-message upload, kept as the stream it stands for (header, chunk)."""
+        seen = loot.record(self, "UploadWhole", context)
+        seen.messages.append(pb.UploadMessage(header=request.header))
+        if request.data:
+            seen.messages.append(pb.UploadMessage(chunk=request.data))
+        return whole(self, request, context)
+
+    mp.setattr(AggregationService, "UploadWhole", recorded_whole)
     for name in ("CreateRound", "GetRound", "GetAggregateShare"):
         original = getattr(AggregationService, name)
 
@@ -396,7 +407,8 @@ def test_the_colluders_hold_every_certificate_and_no_key(world: World) -> None:
         assert {h.party for h in headers} <= set(COLLUDERS) and headers
     collector = world.loot.certificate_of("collector")
     assert collector == world.genuine("collector", "collector").cert_pem
-    assert {s.method for s in world.loot.calls} >= {"Upload", "CreateRound", "GetAggregateShare"}
+    methods = {s.method for s in world.loot.calls}
+    assert methods >= {"UploadWhole", "CreateRound", "GetAggregateShare"}
     assert {s.party for s in world.loot.calls} == set(COLLUDERS)
     everything = b"".join(
         (s.client_pem or b"")

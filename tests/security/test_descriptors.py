@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from mpcagg.servers.interceptor import POLICY
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import group_pb2, peer_pb2, reveal_pb2
 from tests.security.conftest import (
@@ -37,6 +38,7 @@ EXPECTED_RPCS = {
     ("Aggregation", "CreateRound"): ("CreateRoundRequest", "RoundStatus", False, False),
     ("Aggregation", "GetRound"): ("GetRoundRequest", "RoundStatus", False, False),
     ("Aggregation", "Upload"): ("UploadMessage", "UploadReceipt", True, False),
+    ("Aggregation", "UploadWhole"): ("UploadRequest", "UploadReceipt", False, False),
     ("Aggregation", "CloseRound"): ("CloseRoundRequest", "RoundStatus", False, False),
     ("Aggregation", "GetAggregateShare"): (
         "GetAggregateShareRequest",
@@ -71,7 +73,7 @@ RING_FIELDS = {"AggregateShareMessage.chunk", "RevealedSumMessage.chunk"}
 """The response fields that carry ring elements: an aggregate share's chunks, and (reveal
 mode servers) the sum a party revealed, which is served to cohort trainers only."""
 
-SHARE_CARRIERS = {P + "UploadMessage", P + "UploadHeader"}
+SHARE_CARRIERS = {P + "UploadMessage", P + "UploadHeader", P + "UploadRequest"}
 """Request types that carry one client's share (seed or full-share chunks)."""
 
 _NUMERIC = {
@@ -135,6 +137,17 @@ def test_the_rpc_surface_is_exactly_the_expected_one() -> None:
                 m.server_streaming,
             )
     assert found == EXPECTED_RPCS
+
+
+def test_every_rpc_has_an_access_policy() -> None:
+    """The interceptor passes a method without a :data:`POLICY` entry through unchecked:
+    every RPC of the surface must have one."""
+    missing = [
+        f"/{P}{service}/{method}"
+        for service, method in EXPECTED_RPCS
+        if f"/{P}{service}/{method}" not in POLICY
+    ]
+    assert not missing
 
 
 def test_no_response_can_carry_a_clients_share() -> None:

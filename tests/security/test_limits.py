@@ -221,18 +221,24 @@ def test_every_client_call_has_a_deadline(env: SecureEnv, monkeypatch: pytest.Mo
     monkeypatch.setattr(grpc, "secure_channel", recorded)
     cfg = env.cluster.config
     tensors = {"w": np.arange(4, dtype=np.float64)}
+    # d1 sends everything in one message each (UploadWhole); d2's chunks are shorter than
+    # its full share, which it streams (Upload).
+    small = cfg.limits.model_copy(update={"chunk_bytes": 16})
+    configs = {"d1": cfg, "d2": cfg.model_copy(update={"limits": small})}
     with Collector(cfg, **env.cluster.client_kwargs("collector", "collector")) as collector:
         spec = collector.open_round("deadlines", tensors, min_clients=2, max_clients=4)
         for cid in ("d1", "d2"):
             client = env.cluster.client_kwargs(cid)
-            with SecureAggregator(cfg, cid, **client, progress=False) as trainer:
+            with SecureAggregator(configs[cid], cid, **client, progress=False) as trainer:
                 trainer.submit(spec, tensors)
         collector.status("deadlines")
         assert collector.close("deadlines", wait_s=20).cohort_size == 2
         result = collector.result("deadlines", spec)
     assert np.array_equal(result.sum["w"], 2 * tensors["w"])
     methods = {m.rsplit("/", 1)[-1] for m, _ in recorder.calls}
-    assert {"CreateRound", "GetRound", "Upload", "CloseRound", "GetAggregateShare"} <= methods
+    assert {
+        "CreateRound", "GetRound", "Upload", "UploadWhole", "CloseRound", "GetAggregateShare",
+    } <= methods  # fmt: skip
     limit = cfg.limits.rpc_timeout_s
     undeadlined = [(m, t) for m, t in recorder.calls if t is None or not 0 < t <= limit]
     assert not undeadlined

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmpcagg/v1/aggregation.proto\x12\tmpcagg.v1\")\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"\xa9\x02\n\tRoundSpec\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.mpcagg.v1.TensorSpec\x12\x16\n\x0eprecision_bits\x18\x03 \x01(\r\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x13\n\x0bmin_clients\x18\x05 \x01(\r\x12\x13\n\x0bmax_clients\x18\x06 \x01(\r\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tn_parties\x18\x08 \x01(\r\x12\x1a\n\x12trainers_may_fetch\x18\t \x01(\x08\x12\x10\n\x08weighted\x18\n \x01(\x08\x12\x12\n\nmax_weight\x18\x0b \x01(\x01\x12%\n\x06reveal\x18\x0c \x01(\x0e\x32\x15.mpcagg.v1.RevealMode\"\xdb\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x13\n\x0bspec_digest\x18\x03 \x01(\x0c\x12\x10\n\x08received\x18\x04 \x01(\r\x12\x13\n\x0b\x63ohort_size\x18\x05 \x01(\r\x12\x15\n\rcohort_digest\x18\x06 \x01(\x0c\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05party\x18\x08 \x01(\r\x12\"\n\x04spec\x18\t \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"8\n\x12\x43reateRoundRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"#\n\x0fGetRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"%\n\x11\x43loseRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\xe1\x01\n\x0cUploadHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nsharing_id\x18\x03 \x01(\x0c\x12\r\n\x05party\x18\x04 \x01(\r\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.mpcagg.v1.ShareKind\x12\x0e\n\x06length\x18\x06 \x01(\x04\x12\x16\n\x0epayload_digest\x18\x07 \x01(\x0c\x12\x0c\n\x04seed\x18\x08 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\t \x01(\x0c\x12\x1a\n\x12seeds_acknowledged\x18\n \x01(\x08\"S\n\rUploadMessage\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.mpcagg.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"0\n\x07Holding\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nsharing_id\x18\x02 \x01(\x0c\"\x82\x01\n\rUploadReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\r\x12\x16\n\x0epayload_digest\x18\x04 \x01(\x0c\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x12\n\nsharing_id\x18\x06 \x01(\x0c\",\n\x18GetAggregateShareRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\x88\x01\n\x14\x41ggregateShareHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ohort_size\x18\x04 \x01(\r\x12\x15\n\rcohort_digest\x18\x05 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x06 \x01(\x0c\"c\n\x15\x41ggregateShareMessage\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.mpcagg.v1.AggregateShareHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody*@\n\nRevealMode\x12\x19\n\x15REVEAL_MODE_COLLECTOR\x10\x00\x12\x17\n\x13REVEAL_MODE_SERVERS\x10\x01*[\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0b\n\x07\x43LOSING\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04*;\n\tShareKind\x12\x1a\n\x16SHARE_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04SEED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x32\xf5\x02\n\x0b\x41ggregation\x12\x44\n\x0b\x43reateRound\x12\x1d.mpcagg.v1.CreateRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x08GetRound\x12\x1a.mpcagg.v1.GetRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x06Upload\x12\x18.mpcagg.v1.UploadMessage\x1a\x18.mpcagg.v1.UploadReceipt(\x01\x12\x42\n\nCloseRound\x12\x1c.mpcagg.v1.CloseRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\\\n\x11GetAggregateShare\x12#.mpcagg.v1.GetAggregateShareRequest\x1a .mpcagg.v1.AggregateShareMessage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmpcagg/v1/aggregation.proto\x12\tmpcagg.v1\")\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"\xa9\x02\n\tRoundSpec\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.mpcagg.v1.TensorSpec\x12\x16\n\x0eprecision_bits\x18\x03 \x01(\r\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x13\n\x0bmin_clients\x18\x05 \x01(\r\x12\x13\n\x0bmax_clients\x18\x06 \x01(\r\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tn_parties\x18\x08 \x01(\r\x12\x1a\n\x12trainers_may_fetch\x18\t \x01(\x08\x12\x10\n\x08weighted\x18\n \x01(\x08\x12\x12\n\nmax_weight\x18\x0b \x01(\x01\x12%\n\x06reveal\x18\x0c \x01(\x0e\x32\x15.mpcagg.v1.RevealMode\"\xdb\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mpcagg.v1.RoundState\x12\x13\n\x0bspec_digest\x18\x03 \x01(\x0c\x12\x10\n\x08received\x18\x04 \x01(\r\x12\x13\n\x0b\x63ohort_size\x18\x05 \x01(\r\x12\x15\n\rcohort_digest\x18\x06 \x01(\x0c\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05party\x18\x08 \x01(\r\x12\"\n\x04spec\x18\t \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"8\n\x12\x43reateRoundRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.mpcagg.v1.RoundSpec\"#\n\x0fGetRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"%\n\x11\x43loseRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\xe1\x01\n\x0cUploadHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nsharing_id\x18\x03 \x01(\x0c\x12\r\n\x05party\x18\x04 \x01(\r\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.mpcagg.v1.ShareKind\x12\x0e\n\x06length\x18\x06 \x01(\x04\x12\x16\n\x0epayload_digest\x18\x07 \x01(\x0c\x12\x0c\n\x04seed\x18\x08 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\t \x01(\x0c\x12\x1a\n\x12seeds_acknowledged\x18\n \x01(\x08\"S\n\rUploadMessage\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.mpcagg.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"F\n\rUploadRequest\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.mpcagg.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"0\n\x07Holding\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nsharing_id\x18\x02 \x01(\x0c\"\x82\x01\n\rUploadReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\r\x12\x16\n\x0epayload_digest\x18\x04 \x01(\x0c\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x12\n\nsharing_id\x18\x06 \x01(\x0c\",\n\x18GetAggregateShareRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\x88\x01\n\x14\x41ggregateShareHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ohort_size\x18\x04 \x01(\r\x12\x15\n\rcohort_digest\x18\x05 \x01(\x0c\x12\x13\n\x0bspec_digest\x18\x06 \x01(\x0c\"c\n\x15\x41ggregateShareMessage\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.mpcagg.v1.AggregateShareHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody*@\n\nRevealMode\x12\x19\n\x15REVEAL_MODE_COLLECTOR\x10\x00\x12\x17\n\x13REVEAL_MODE_SERVERS\x10\x01*[\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0b\n\x07\x43LOSING\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04*;\n\tShareKind\x12\x1a\n\x16SHARE_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04SEED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x32\xb8\x03\n\x0b\x41ggregation\x12\x44\n\x0b\x43reateRound\x12\x1d.mpcagg.v1.CreateRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x08GetRound\x12\x1a.mpcagg.v1.GetRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12>\n\x06Upload\x12\x18.mpcagg.v1.UploadMessage\x1a\x18.mpcagg.v1.UploadReceipt(\x01\x12\x41\n\x0bUploadWhole\x12\x18.mpcagg.v1.UploadRequest\x1a\x18.mpcagg.v1.UploadReceipt\x12\x42\n\nCloseRound\x12\x1c.mpcagg.v1.CloseRoundRequest\x1a\x16.mpcagg.v1.RoundStatus\x12\\\n\x11GetAggregateShare\x12#.mpcagg.v1.GetAggregateShareRequest\x1a .mpcagg.v1.AggregateShareMessage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mpcagg.v1.aggregation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REVEALMODE']._serialized_start=1523
-  _globals['_REVEALMODE']._serialized_end=1587
-  _globals['_ROUNDSTATE']._serialized_start=1589
-  _globals['_ROUNDSTATE']._serialized_end=1680
-  _globals['_SHAREKIND']._serialized_start=1682
-  _globals['_SHAREKIND']._serialized_end=1741
+  _globals['_REVEALMODE']._serialized_start=1595
+  _globals['_REVEALMODE']._serialized_end=1659
+  _globals['_ROUNDSTATE']._serialized_start=1661
+  _globals['_ROUNDSTATE']._serialized_end=1752
+  _globals['_SHAREKIND']._serialized_start=1754
+  _globals['_SHAREKIND']._serialized_end=1813
   _globals['_TENSORSPEC']._serialized_start=42
   _globals['_TENSORSPEC']._serialized_end=83
   _globals['_ROUNDSPEC']._serialized_start=86
@@ -53,16 +53,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADHEADER']._serialized_end=967
   _globals['_UPLOADMESSAGE']._serialized_start=969
   _globals['_UPLOADMESSAGE']._serialized_end=1052
-  _globals['_HOLDING']._serialized_start=1054
-  _globals['_HOLDING']._serialized_end=1102
-  _globals['_UPLOADRECEIPT']._serialized_start=1105
-  _globals['_UPLOADRECEIPT']._serialized_end=1235
-  _globals['_GETAGGREGATESHAREREQUEST']._serialized_start=1237
-  _globals['_GETAGGREGATESHAREREQUEST']._serialized_end=1281
-  _globals['_AGGREGATESHAREHEADER']._serialized_start=1284
-  _globals['_AGGREGATESHAREHEADER']._serialized_end=1420
-  _globals['_AGGREGATESHAREMESSAGE']._serialized_start=1422
-  _globals['_AGGREGATESHAREMESSAGE']._serialized_end=1521
-  _globals['_AGGREGATION']._serialized_start=1744
-  _globals['_AGGREGATION']._serialized_end=2117
+  _globals['_UPLOADREQUEST']._serialized_start=1054
+  _globals['_UPLOADREQUEST']._serialized_end=1124
+  _globals['_HOLDING']._serialized_start=1126
+  _globals['_HOLDING']._serialized_end=1174
+  _globals['_UPLOADRECEIPT']._serialized_start=1177
+  _globals['_UPLOADRECEIPT']._serialized_end=1307
+  _globals['_GETAGGREGATESHAREREQUEST']._serialized_start=1309
+  _globals['_GETAGGREGATESHAREREQUEST']._serialized_end=1353
+  _globals['_AGGREGATESHAREHEADER']._serialized_start=1356
+  _globals['_AGGREGATESHAREHEADER']._serialized_end=1492
+  _globals['_AGGREGATESHAREMESSAGE']._serialized_start=1494
+  _globals['_AGGREGATESHAREMESSAGE']._serialized_end=1593
+  _globals['_AGGREGATION']._serialized_start=1816
+  _globals['_AGGREGATION']._serialized_end=2256
 # @@protoc_insertion_point(module_scope)

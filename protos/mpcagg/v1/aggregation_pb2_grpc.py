@@ -49,6 +49,11 @@ class AggregationStub(object):
                 request_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadMessage.SerializeToString,
                 response_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
                 _registered_method=True)
+        self.UploadWhole = channel.unary_unary(
+                '/mpcagg.v1.Aggregation/UploadWhole',
+                request_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadRequest.SerializeToString,
+                response_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
+                _registered_method=True)
         self.CloseRound = channel.unary_unary(
                 '/mpcagg.v1.Aggregation/CloseRound',
                 request_serializer=mpcagg_dot_v1_dot_aggregation__pb2.CloseRoundRequest.SerializeToString,
@@ -85,6 +90,13 @@ class AggregationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadWhole(self, request, context):
+        """Trainer: the same upload in one message (a seed, or a full share of one chunk).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseRound(self, request, context):
         """Collector, at the leader (party 0): close the round and agree the cohort.
         """
@@ -115,6 +127,11 @@ def add_AggregationServicer_to_server(servicer, server):
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
                     request_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadMessage.FromString,
+                    response_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.SerializeToString,
+            ),
+            'UploadWhole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadWhole,
+                    request_deserializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadRequest.FromString,
                     response_serializer=mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.SerializeToString,
             ),
             'CloseRound': grpc.unary_unary_rpc_method_handler(
@@ -208,6 +225,33 @@ class Aggregation(object):
             target,
             '/mpcagg.v1.Aggregation/Upload',
             mpcagg_dot_v1_dot_aggregation__pb2.UploadMessage.SerializeToString,
+            mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadWhole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mpcagg.v1.Aggregation/UploadWhole',
+            mpcagg_dot_v1_dot_aggregation__pb2.UploadRequest.SerializeToString,
             mpcagg_dot_v1_dot_aggregation__pb2.UploadReceipt.FromString,
             options,
             channel_credentials,

@@ -52,7 +52,9 @@ class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
         self.drop_next_acks = 0
         self.ack_wrong_digest = False
         self.reject_uploads = ""
+        self.streams_only = False
         self.attempts: list[tuple[pb.UploadHeader, bytes]] = []
+        self.ways: list[str] = []  # "whole" (UploadWhole) or "stream" (Upload), by attempt
         self.metadata: list[dict[str, str]] = []
 
     # -- helpers -----------------------------------------------------------------------
@@ -104,8 +106,16 @@ class FakeParty(pb_grpc.AggregationServicer):  # type: ignore[misc]
 
     def Upload(self, request_iterator: Iterator[Any], context: Any) -> pb.UploadReceipt:
         msgs = list(request_iterator)
-        header = msgs[0].header
-        data = b"".join(m.chunk for m in msgs[1:])
+        self.ways.append("stream")
+        return self._take(msgs[0].header, b"".join(m.chunk for m in msgs[1:]), context)
+
+    def UploadWhole(self, request: Any, context: Any) -> pb.UploadReceipt:
+        if self.streams_only:  # a server that predates UploadWhole
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.ways.append("whole")
+        return self._take(request.header, request.data, context)
+
+    def _take(self, header: Any, data: bytes, context: Any) -> pb.UploadReceipt:
         with self.lock:
             self.attempts.append((header, data))
             if self.fail_next_uploads:

@@ -160,10 +160,33 @@ def test_retry_resends_identical_bytes_with_the_same_sharing_id(
     assert (len(d1) == spec.length * 8) == (failing == "full")
     ids = {h.sharing_id for p in fake.parties for h, _ in p.attempts}
     assert ids == {bytes.fromhex(receipt.sharing_id)}
-    one_attempt = pb.UploadMessage(header=h1).ByteSize() + sum(
-        pb.UploadMessage(chunk=d1[i : i + CHUNK]).ByteSize() for i in range(0, len(d1), CHUNK)
-    )
+    if failing == "seed":  # one message: UploadWhole
+        assert fake.parties[party].ways == ["whole", "whole"]
+        one_attempt = pb.UploadRequest(header=h1).ByteSize()
+    else:  # longer than one chunk: streamed
+        assert fake.parties[party].ways == ["stream", "stream"]
+        one_attempt = pb.UploadMessage(header=h1).ByteSize() + sum(
+            pb.UploadMessage(chunk=d1[i : i + CHUNK]).ByteSize() for i in range(0, len(d1), CHUNK)
+        )
     assert receipt.bytes_sent[party] == 2 * one_attempt
+
+
+def test_a_party_without_upload_whole_is_sent_a_stream(fake: FakeCluster) -> None:
+    """A server that predates ``UploadWhole`` answers UNIMPLEMENTED: the same upload is
+    streamed to it instead, and the round sums exactly."""
+    for party in fake.parties:
+        party.streams_only = True
+    with collector(fake) as col:
+        spec = col.open_round("r1", model(0).named_parameters(), min_clients=1)
+        with trainer(fake, "alice") as t:
+            receipt = t.submit(spec, model(1).named_parameters())
+        assert receipt.complete and receipt.acknowledged == (0, 1, 2)
+        assert all(p.ways == ["stream"] for p in fake.parties)
+        assert col.close("r1", wait_s=5).cohort_size == 1
+        want = expected_sum([model(1)], spec)
+        result = col.result("r1", spec)
+        for name in ("weight", "bias"):
+            np.testing.assert_array_equal(result.sum[name], want[name])
 
 
 def test_lost_acknowledgement_is_acknowledged_again_as_duplicate(fake: FakeCluster) -> None:
