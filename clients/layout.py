@@ -113,6 +113,19 @@ class TensorLayout:
 
         ``tensors`` takes any form :meth:`from_tensors` accepts. The result is float32
         if every tensor is float32 (CrypTen's float32 encoding path), else float64.
+        Raises :class:`LayoutError` as :meth:`arrays`.
+        """
+        arrays = [a for _, a in self.arrays(tensors, use_grad=use_grad)]
+        all32 = all(a.dtype == np.float32 for a in arrays)
+        out: FloatArray = np.empty(self.length, dtype=np.float32 if all32 else np.float64)
+        for arr, start, stop in zip(arrays, self._offsets, self._offsets[1:], strict=False):
+            out[start:stop] = arr.reshape(-1)
+        return out
+
+    def arrays(self, tensors: Any, *, use_grad: bool = False) -> list[tuple[str, FloatArray]]:
+        """``tensors`` as ``(name, array)`` in layout order, each checked against its
+        shape; the arrays are the caller's (views where the input allows, no copy).
+
         Raises :class:`LayoutError` listing missing and unexpected names, then every
         shape or dtype that does not match.
         """
@@ -125,7 +138,7 @@ class TensorLayout:
             parts += [f"unexpected {unexpected}"] if unexpected else []
             raise LayoutError(f"tensors do not match the layout: {'; '.join(parts)}")
         problems = []
-        arrays: list[FloatArray] = []
+        arrays: list[tuple[str, FloatArray]] = []
         for t in self.tensors:
             arr = given[t.name]
             if arr is None:
@@ -135,14 +148,10 @@ class TensorLayout:
                     f"tensor {t.name!r} has shape {list(arr.shape)}, expected {list(t.shape)}"
                 )
             else:
-                arrays.append(arr)
+                arrays.append((t.name, arr))
         if problems:
             raise LayoutError("; ".join(problems))
-        all32 = all(a.dtype == np.float32 for a in arrays)
-        out: FloatArray = np.empty(self.length, dtype=np.float32 if all32 else np.float64)
-        for arr, start, stop in zip(arrays, self._offsets, self._offsets[1:], strict=False):
-            out[start:stop] = arr.reshape(-1)
-        return out
+        return arrays
 
     def unflatten(self, vector: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         """Views of ``vector`` in each tensor's shape. Raises :class:`LayoutError` on length."""

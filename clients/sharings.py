@@ -9,9 +9,8 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from mpcagg.clients.update import Update
 from mpcagg.mpc import Seed
-from mpcagg.mpc.digest import payload_digest
-from mpcagg.mpc.ring import RingVector, to_bytes
 from mpcagg.protocol.errors import InputError, UpdateConflict
 from mpcagg.protocol.spec import SHARING_ID_BYTES, RoundSpec
 
@@ -24,15 +23,16 @@ class Sharing:
     """How this trainer shared its update for one round: reused by every retry.
 
     ``seeds`` are the n−1 seeds in :func:`mpc.seed_parties` order; ``update_digest`` is
-    the payload digest of the encoded update; ``encoded`` is the update itself, kept
-    only while some party may still need its share. Seeds and update never print.
+    the payload digest of the encoded update; ``update`` is the update itself, kept
+    only while some party may still need its share (and only one held whole, see
+    :mod:`.update`). Seeds and update never print.
     """
 
     spec: RoundSpec
     sharing_id: bytes
     seeds: tuple[Seed, ...] = field(repr=False)
     update_digest: bytes = field(repr=False)
-    encoded: RingVector | None = field(default=None, repr=False)
+    update: Update | None = field(default=None, repr=False)
 
 
 class Sharings:
@@ -49,14 +49,14 @@ class Sharings:
     def __len__(self) -> int:
         return len(self._by_round)
 
-    def for_update(self, spec: RoundSpec, encoded: RingVector) -> Sharing:
-        """The sharing of ``encoded`` for ``spec``'s round: the one made before, or a new
+    def for_update(self, spec: RoundSpec, update: Update) -> Sharing:
+        """The sharing of ``update`` for ``spec``'s round: the one made before, or a new
         one (fresh sharing id and n−1 fresh seeds, drawn here).
 
         Raises :class:`UpdateConflict` if a different update (or one under another
         spec) was shared for that round; nothing is changed then.
         """
-        digest = payload_digest(to_bytes(encoded))
+        digest = update.digest
         held = self._by_round.get(spec.round_id)
         if held is not None:
             if held.spec.digest != spec.digest or not hmac.compare_digest(

@@ -24,10 +24,11 @@ from mpcagg.clients.results import AggregateResult, Receipt
 from mpcagg.clients.rounds import fetch_spec
 from mpcagg.clients.sharings import Sharing, Sharings
 from mpcagg.clients.transport import RetryPolicy, Transport
+from mpcagg.clients.update import STREAM_BYTES, Update
 from mpcagg.clients.upload import upload_sharing
-from mpcagg.clients.weighting import weigh
+from mpcagg.clients.weighting import check_weight, weigh
 from mpcagg.mpc import EncodingError
-from mpcagg.mpc.ring import RingVector
+from mpcagg.mpc.ring import ELEMENT_BYTES
 from mpcagg.protocol.cluster import ClusterConfig
 from mpcagg.protocol.errors import InputError, ProtocolError, RoundStateError
 from mpcagg.protocol.spec import RoundSpec
@@ -46,7 +47,14 @@ class SecureAggregator:
     progress bar on stderr (default: when stderr is a terminal). On TLS clusters the
     server is verified against the cluster CA. Use as a context manager, or call
     :meth:`disconnect`.
+
+    An update longer than :attr:`stream_bytes` encoded (unweighted rounds) is never held
+    whole: it is encoded piece by piece as it is sent (:mod:`.update`), and resuming it
+    takes the same tensors again.
     """
+
+    stream_bytes: int = STREAM_BYTES
+    """Encoded updates longer than this are streamed from the caller's tensors."""
 
     def __init__(
         self,
@@ -137,11 +145,11 @@ class SecureAggregator:
         """
         spec = self.join(round_) if isinstance(round_, str) else round_
         t = time.perf_counter()
-        encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
-        sharing = self._sharings.for_update(spec, encoded)
+        update = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
+        sharing = self._sharings.for_update(spec, update)
         encode_s = time.perf_counter() - t
         failed = self._verify_round(spec) if verify else {}
-        return self._upload(sharing, encoded, range(spec.n_parties), failed, encode_s=encode_s)
+        return self._upload(sharing, update, range(spec.n_parties), failed, encode_s=encode_s)
 
     def resume(
         self,
@@ -166,17 +174,17 @@ class SecureAggregator:
         sharing = self._sharings.made(receipt.round_id, receipt.sharing_id)
         spec = sharing.spec
         if tensors is not None:
-            encoded = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
-            self._sharings.for_update(spec, encoded)  # refuses a different update
-        elif sharing.encoded is not None:
-            encoded = sharing.encoded
+            update = self._encode(spec, tensors, use_grad=use_grad, weight=weight)
+            self._sharings.for_update(spec, update)  # refuses a different update
+        elif sharing.update is not None:
+            update = sharing.update
         else:
             raise InputError(
-                f"round {receipt.round_id!r}: the update is no longer held (its upload was "
-                "complete); pass the same tensors to resume"
+                f"round {receipt.round_id!r}: the update is not held (its upload was "
+                "complete, or it was too large to keep); pass the same tensors to resume"
             )
         pending = [p for p in range(spec.n_parties) if p not in receipt.acknowledged]
-        merged = self._upload(sharing, encoded, pending, {})
+        merged = self._upload(sharing, update, pending, {})
         return replace(
             merged,
             acknowledged=tuple(sorted({*receipt.acknowledged, *merged.acknowledged})),
@@ -190,7 +198,7 @@ class SecureAggregator:
     def _upload(
         self,
         sharing: Sharing,
-        encoded: RingVector,
+        update: Update,
         parties: Iterable[int],
         failed: dict[int, str],
         *,
@@ -201,7 +209,7 @@ class SecureAggregator:
             self._transport,
             self.client_id,
             sharing,
-            encoded,
+            update,
             parties,
             failed,
             progress=self.progress,
@@ -230,19 +238,24 @@ class SecureAggregator:
 
     def _encode(
         self, spec: RoundSpec, tensors: Any, *, use_grad: bool, weight: float | None = None
-    ) -> RingVector:
+    ) -> Update:
+        """The encoded update: held whole, or (unweighted, longer than
+        :attr:`stream_bytes` encoded) encoded piece by piece as it is sent."""
         if spec.n_parties != self.cluster.n_parties:
             raise InputError(
                 f"round {spec.round_id!r} is for {spec.n_parties} parties, "
                 f"but the cluster has {self.cluster.n_parties}"
             )
         layout = TensorLayout.from_spec(spec)
+        if check_weight(spec, weight) is None and spec.length * ELEMENT_BYTES > self.stream_bytes:
+            arrays = layout.arrays(tensors, use_grad=use_grad)
+            return Update.streamed(arrays, spec.fixed_point, spec.bound)
         vector = layout.flatten(tensors, use_grad=use_grad)
         try:
             encoded = spec.fixed_point.encode(vector, bound=spec.bound)
         except EncodingError:
             raise _locate_encoding_error(spec, layout, vector) from None
-        return weigh(spec, vector, encoded, weight)
+        return Update.whole(weigh(spec, vector, encoded, weight))
 
     def _verify_round(self, spec: RoundSpec) -> dict[int, str]:
         """Check every reachable server holds ``spec`` and is open; return unreachable ones.

@@ -20,9 +20,10 @@ from mpcagg.clients.progress import UploadProgress, wants_progress
 from mpcagg.clients.results import Receipt
 from mpcagg.clients.sharings import Sharing
 from mpcagg.clients.transport import Transport
+from mpcagg.clients.update import Update
 from mpcagg.mpc import SharingContext, full_party_for, seed_parties
 from mpcagg.mpc.ring import RingVector
-from mpcagg.mpc.sharing import full_share_chunks
+from mpcagg.mpc.sharing import full_share_chunks_from
 from mpcagg.protocol.errors import ProtocolError, ServiceError, UploadFailed
 from mpcagg.protocol.spec import RoundSpec
 from mpcagg.protocol.state import UploadAck
@@ -35,14 +36,14 @@ def upload_sharing(
     transport: Transport,
     client_id: str,
     sharing: Sharing,
-    encoded: RingVector,
+    update: Update,
     parties: Iterable[int],
     failed: dict[int, str],
     *,
     progress: bool | None = None,
     phases: dict[str, float] | None = None,
 ) -> Receipt:
-    """Upload ``sharing`` of ``encoded`` to ``parties`` (those not in ``failed``, which
+    """Upload ``sharing`` of ``update`` to ``parties`` (those not in ``failed``, which
     maps parties already known not to hold it to the reason), seeds first.
 
     The full share is sent only once every seed party has acknowledged its seed (in
@@ -50,8 +51,8 @@ def upload_sharing(
     is reported failed ("not sent"). ``progress`` shows a byte bar (default: on a
     terminal); ``phases`` are earlier step timings to carry into the receipt.
 
-    Returns a :class:`Receipt` covering every party, and keeps ``encoded`` in
-    ``sharing`` while it is not complete. Raises the first non-transient refusal (lowest
+    Returns a :class:`Receipt` covering every party, and keeps ``update`` in ``sharing``
+    while it is not complete, if it is held whole. Raises the first non-transient refusal (lowest
     party, noted with the outcome so far), :class:`ProtocolError` inside it if a party
     acknowledges another payload or sharing, and :class:`UploadFailed` if no party
     acknowledged and none may hold it.
@@ -66,7 +67,7 @@ def upload_sharing(
     full = full_party_for(client_id, spec.n_parties)
     chunk_bytes = transport.cluster.limits.chunk_bytes
     t = time.perf_counter()
-    uploads = party_uploads(spec, client_id, sharing, encoded, chunk_bytes)
+    uploads = party_uploads(spec, client_id, sharing, update, chunk_bytes)
     phases["share_s"] = time.perf_counter() - t
     sent = dict.fromkeys(range(spec.n_parties), 0)
     delivered: set[int] = set()  # parties some attempt handed the whole payload
@@ -133,14 +134,14 @@ def upload_sharing(
             phases["full_s"] = time.perf_counter() - t
         elif full in targets:
             failed[full] = f"not sent: the seeds at parties {waiting} are not acknowledged"
-    return _receipt(spec, client_id, sharing, encoded, outcomes, failed, sent, started, phases)
+    return _receipt(spec, client_id, sharing, update, outcomes, failed, sent, started, phases)
 
 
 def _receipt(
     spec: RoundSpec,
     client_id: str,
     sharing: Sharing,
-    encoded: RingVector,
+    update: Update,
     outcomes: Outcomes[UploadAck],
     failed: dict[int, str],
     sent: dict[int, int],
@@ -169,8 +170,9 @@ def _receipt(
         unknown=unknown,
         phases=phases,
     )
-    # The update is kept only while some party may still need its share.
-    sharing.encoded = None if not receipt.pending else encoded
+    # The update is kept only while some party may still need its share, and only if it
+    # is held whole (a streamed one is the caller's tensors: resume takes them again).
+    sharing.update = update if receipt.pending and update.vector is not None else None
     log.info(
         "client %s round %s: %s in %.2fs", client_id, spec.round_id, summary, receipt.duration_s
     )
@@ -178,12 +180,12 @@ def _receipt(
 
 
 def party_uploads(
-    spec: RoundSpec, client_id: str, sharing: Sharing, encoded: RingVector, chunk_bytes: int
+    spec: RoundSpec, client_id: str, sharing: Sharing, update: Update, chunk_bytes: int
 ) -> list[wire.PartyUpload]:
-    """The n uploads of ``encoded`` under ``sharing``'s seeds, byte-identical every time,
+    """The n uploads of ``update`` under ``sharing``'s seeds, byte-identical every time,
     by party: a seed for each seed party, and for ``full_party_for(client_id, n)`` the
-    full share computed chunk by chunk as it is sent (:func:`mpc.sharing.full_share_chunks`),
-    so it never exists whole unless it is small enough to keep
+    full share computed chunk by chunk as it is sent (:func:`mpc.sharing.full_share_chunks_from`,
+    from the update's pieces), so it never exists whole unless it is small enough to keep
     (:data:`wire.framing.KEEP_BYTES`)."""
     n = spec.n_parties
     full = full_party_for(client_id, n)
@@ -191,13 +193,15 @@ def party_uploads(
     seeds = list(sharing.seeds)
 
     def pieces(chunk_elements: int) -> Iterator[RingVector]:
-        return full_share_chunks(encoded, n, full, seeds, context, chunk_elements)
+        return full_share_chunks_from(
+            update.fill, update.length, n, full, seeds, context, chunk_elements
+        )
 
     seeded = dict(zip(seed_parties(n, full), seeds, strict=True))
     return [
-        wire.PartyUpload.streamed(p, len(encoded), pieces, chunk_bytes=chunk_bytes)
+        wire.PartyUpload.streamed(p, update.length, pieces, chunk_bytes=chunk_bytes)
         if p == full
-        else wire.PartyUpload.of_seed(p, len(encoded), seeded[p])
+        else wire.PartyUpload.of_seed(p, update.length, seeded[p])
         for p in range(n)
     ]
 

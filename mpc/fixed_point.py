@@ -48,14 +48,23 @@ class FixedPoint:
         """``2^precision_bits``."""
         return 1 << self.precision_bits
 
-    def encode(self, x: Any, bound: float | None = None) -> RingVector:
+    def encode(
+        self,
+        x: Any,
+        bound: float | None = None,
+        out: RingVector | None = None,
+        first_index: int = 0,
+    ) -> RingVector:
         """Encode a float tensor or array into a flat vector of ring elements.
 
         ``x`` is a numpy array or a torch tensor of float32 or float64 (other float
-        and integer dtypes are widened to float64 first). Raises
-        :class:`EncodingError` naming the first offending flat index and value if
-        a value is NaN, ±inf, or beyond ``±bound`` (when a bound is given), or if
-        ``x · 2^f`` does not fit in int64.
+        and integer dtypes are widened to float64 first). With ``out`` (a contiguous
+        ring vector of ``x``'s size) the elements are written there and ``out`` is
+        returned. Raises :class:`EncodingError` naming the first offending flat index
+        (counted from ``first_index``, e.g. where ``x`` starts in a larger tensor) and
+        value if a value is NaN, ±inf, or beyond ``±bound`` (when a bound is given), or if
+        ``x · 2^f`` does not fit in int64; :class:`ParameterError` for an ``out`` of
+        another size or type.
         """
         arr = _as_float_array(x).reshape(-1)
         # |x| <= bound, checked as |x·2^f| <= bound·2^f (scaling by 2^f is exact), which
@@ -63,7 +72,14 @@ class FixedPoint:
         if bound is not None:
             self.encoded_bound(bound)  # validates the bound
         scaled_bound = math.inf if bound is None else bound * self.scale
-        out: npt.NDArray[np.int64] = np.empty(arr.size, dtype=np.int64)
+        if out is None:
+            out = np.empty(arr.size, dtype=DTYPE)
+        elif out.dtype != DTYPE or out.shape != (arr.size,) or not out.flags.c_contiguous:
+            raise ParameterError(
+                f"out must be a contiguous ring vector of {arr.size} elements, got "
+                f"{out.dtype} of shape {list(out.shape)}"
+            )
+        signed = out.view(np.int64)
         scale = arr.dtype.type(self.scale)
         # In chunks, so the float temporaries stay cache-sized whatever the length.
         for start in range(0, arr.size, _ENCODE_CHUNK):
@@ -72,9 +88,9 @@ class FixedPoint:
             # One pass over the data in the common case; NaN makes the max NaN.
             peak = float(np.max(np.abs(scaled)))
             if not (math.isfinite(peak) and peak <= scaled_bound and math.floor(peak) <= _INT63):
-                _raise_first_bad(part, scaled, bound, offset=start)
-            out[start : start + len(part)] = scaled  # C cast: truncation toward zero
-        return out.view(DTYPE)
+                _raise_first_bad(part, scaled, bound, offset=first_index + start)
+            signed[start : start + len(part)] = scaled  # C cast: truncation toward zero
+        return out
 
     def decode(self, ring: RingVector) -> npt.NDArray[np.float64]:
         """Decode ring elements (e.g. a revealed sum) to float64 via the signed view."""

@@ -14,7 +14,7 @@ share".
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,6 +150,33 @@ def full_share_chunks(
     call restarts the keystreams, so it yields the same bytes each time. Raises
     :class:`ParameterError` as :func:`share` does, or for ``chunk_elements < 1``.
     """
+    x = np.ascontiguousarray(encoded, dtype=DTYPE)
+
+    def fill(start: int, stop: int, out: RingVector) -> None:
+        np.copyto(out, x[start:stop])
+
+    return full_share_chunks_from(
+        fill, len(x), n_parties, full_party, seeds, context, chunk_elements
+    )
+
+
+Fill = Callable[[int, int, RingVector], None]
+"""``fill(start, stop, out)`` writes elements ``[start, stop)`` of the shared vector into
+``out`` (``stop − start`` elements), the same every call."""
+
+
+def full_share_chunks_from(
+    fill: Fill,
+    length: int,
+    n_parties: int,
+    full_party: int,
+    seeds: Sequence[Seed],
+    context: SharingContext,
+    chunk_elements: int,
+) -> Iterator[RingVector]:
+    """:func:`full_share_chunks` of a vector of ``length`` elements that is itself
+    produced piece by piece (``fill``), e.g. encoded from a model as it is sent, so that
+    neither the vector nor its full share ever exists whole."""
     check_parties(n_parties, full_party)
     if len(seeds) != n_parties - 1:
         raise ParameterError(
@@ -157,16 +184,27 @@ def full_share_chunks(
         )
     if chunk_elements < 1:
         raise ParameterError(f"chunk_elements must be >= 1, got {chunk_elements}")
-    x = np.ascontiguousarray(encoded, dtype=DTYPE)
+    return _full_share_pieces(fill, length, n_parties, full_party, seeds, context, chunk_elements)
+
+
+def _full_share_pieces(
+    fill: Fill,
+    length: int,
+    n_parties: int,
+    full_party: int,
+    seeds: Sequence[Seed],
+    context: SharingContext,
+    chunk_elements: int,
+) -> Iterator[RingVector]:
     keys = [
         prg.Keystream(seed, context.prg_context(party))
         for party, seed in zip(seed_parties(n_parties, full_party), seeds, strict=True)
     ]
-    out = np.empty(min(len(x), chunk_elements), dtype=DTYPE)
+    out = np.empty(min(length, chunk_elements), dtype=DTYPE)
     scratch = prg.Keystream.scratch_for(len(out))
-    for start, stop in prg.chunks(len(x), chunk_elements):
+    for start, stop in prg.chunks(length, chunk_elements):
         piece = out[: stop - start]
-        np.copyto(piece, x[start:stop])
+        fill(start, stop, piece)
         for key in keys:
             key.add_into(piece, negate=True, scratch=scratch)
         yield piece

@@ -78,6 +78,11 @@ class Limits(_Strict):
     max_message_bytes: int = Field(default=5 * MiB, ge=1024)
     rpc_timeout_s: float = Field(default=120.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    # A client connection with no call in progress for this long is closed by the server
+    # (the client dials again on its next call): gRPC keeps buffers per connection, grown
+    # to the largest stream it carried, so 1000 trainers keeping theirs open between
+    # uploads held hundreds of MB at each party. 0 keeps idle connections open.
+    idle_connection_s: float = Field(default=10.0, ge=0)
     # A round in reveal mode "servers": how long after its commit (or its deadline, if
     # later) a party waits for the parties' group to open the aggregate before it gives up.
     reveal_timeout_s: float = Field(default=120.0, gt=0)

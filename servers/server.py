@@ -148,9 +148,12 @@ def create_server(
         PeerAuthenticator(cluster.n_parties, enforcing=peer_tls is not None),
         on_refusal=record_refusal,
     )
+    client_options = list(options)
+    if limits.idle_connection_s > 0:
+        client_options.append(("grpc.max_connection_idle_ms", int(limits.idle_connection_s * 1000)))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        options=options,
+        options=client_options,
         maximum_concurrent_rpcs=workers,
         interceptors=[VersionInterceptor(), interceptor],
     )

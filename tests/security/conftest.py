@@ -223,6 +223,36 @@ def full_upload(
     return [pb.UploadMessage(header=header)] + [pb.UploadMessage(chunk=c) for c in chunks]
 
 
+def upload_seed(
+    env: SecureEnv, round_id: str, client_id: str, party: int, length: int
+) -> pb.UploadReceipt:
+    """A seed upload of ``client_id`` to ``party``, with its own certificate."""
+    seed = client_id.encode().ljust(32, b".")[:32]
+    msgs = seed_upload(round_id, client_id, party, length, seed=seed)
+    reply: pb.UploadReceipt = env.as_trainer(party, client_id).Upload(iter(msgs), timeout=RPC_S)
+    return reply
+
+
+def open_round(
+    env: SecureEnv, round_id: str, clients: list[str], length: int, **kw: object
+) -> pb.RoundSpec:
+    """Create the round at every party and upload a seed of each client to each party."""
+    spec = spec_msg(round_id, length, **kw)  # type: ignore[arg-type]
+    create_round(env, spec)
+    for cid in clients:
+        for party in range(env.n):
+            upload_seed(env, round_id, cid, party, length)
+    return spec
+
+
+def close_round(env: SecureEnv, round_id: str) -> pb.RoundStatus:
+    """Close the round at the leader (the collector's CloseRound)."""
+    reply: pb.RoundStatus = env.as_collector(0).CloseRound(
+        pb.CloseRoundRequest(round_id=round_id), timeout=15
+    )
+    return reply
+
+
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     """The status code ``call`` fails with (OK if it succeeds)."""
     try:

@@ -2,44 +2,39 @@
 
 Who may call what: peer RPCs need a party certificate of this cluster (from the
 leader) on the peer port; collector RPCs need a collector certificate, uploads the
-certificate of the trainer whose id the request names, both on the client port; a
-client certificate must come from the cluster CA and be valid now, or the TLS handshake
-fails. Privacy guards: each server enforces min_clients and one committed cohort per
+certificate of the trainer whose id the request names, both on the client port (the
+handshake's own checks of client certificates are in test_handshake.py). Privacy guards: each server enforces min_clients and one committed cohort per
 round.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mpcagg.ops.credentials import KeyPair, create_ca, issue_client_cert
+from mpcagg.ops.credentials import KeyPair
 from mpcagg.protocol.spec import Holding, cohort_digest
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (
     RPC_S,
     SecureEnv,
-    assert_handshake_refused,
+    close_round,
     code_of,
     create_round,
     error_of,
     manifest_req,
+    open_round,
     seed_upload,
     sharing_of,
     spec_msg,
     start_env,
+    upload_seed,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,29 +47,6 @@ UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEnv]:
     yield from start_env(tmp_path_factory.mktemp("authz"))
-
-
-def _upload(env: SecureEnv, round_id: str, client_id: str, party: int) -> pb.UploadReceipt:
-    seed = client_id.encode().ljust(32, b".")[:32]
-    msgs = seed_upload(round_id, client_id, party, LENGTH, seed=seed)
-    reply: pb.UploadReceipt = env.as_trainer(party, client_id).Upload(iter(msgs), timeout=RPC_S)
-    return reply
-
-
-def _open_round(env: SecureEnv, round_id: str, clients: list[str], **kw: object) -> pb.RoundSpec:
-    spec = spec_msg(round_id, LENGTH, **kw)  # type: ignore[arg-type]
-    create_round(env, spec)
-    for cid in clients:
-        for party in range(env.n):
-            _upload(env, round_id, cid, party)
-    return spec
-
-
-def _close(env: SecureEnv, round_id: str) -> pb.RoundStatus:
-    reply: pb.RoundStatus = env.as_collector(0).CloseRound(
-        pb.CloseRoundRequest(round_id=round_id), timeout=15
-    )
-    return reply
 
 
 def _fetch(
@@ -96,8 +68,8 @@ def _status(env: SecureEnv, party: int, round_id: str) -> pb.RoundStatus:
 @pytest.fixture(scope="module")
 def committed(env: SecureEnv) -> pb.RoundSpec:
     """A committed round (trainers may not fetch) with cohort t1, t2, t3."""
-    spec = _open_round(env, "committed", ["t1", "t2", "t3"])
-    assert _close(env, "committed").state == pb.COMMITTED
+    spec = open_round(env, "committed", ["t1", "t2", "t3"], LENGTH)
+    assert close_round(env, "committed").state == pb.COMMITTED
     return spec
 
 
@@ -209,7 +181,7 @@ def test_a_trainer_may_not_run_rounds_or_fetch_shares(
 
 
 def test_a_trainer_may_not_fetch_an_open_rounds_share_either(env: SecureEnv) -> None:
-    _open_round(env, "still-open", ["t1"])
+    open_round(env, "still-open", ["t1"], LENGTH)
     assert code_of(lambda: _fetch(env, 1, "still-open", env.client_pair("t1"))) is DENIED
 
 
@@ -264,145 +236,6 @@ def test_metadata_claims_change_nobody_s_identity(env: SecureEnv, committed: pb.
     assert err.code() is DENIED and "caller 't1' has role trainer" in (err.details() or "")
 
 
-def _all_client_calls(env: SecureEnv, **channel: object) -> dict[str, Callable[[], object]]:
-    stub = env.agg(1, **channel)  # type: ignore[arg-type]
-    leader = env.agg(0, **channel)  # type: ignore[arg-type]
-    return {
-        "CreateRound": lambda: stub.CreateRound(
-            pb.CreateRoundRequest(spec=spec_msg("anon")), timeout=RPC_S
-        ),
-        "GetRound": lambda: stub.GetRound(pb.GetRoundRequest(round_id="committed"), timeout=RPC_S),
-        "Upload": lambda: stub.Upload(
-            iter(seed_upload("committed", "t1", 1, LENGTH)), timeout=RPC_S
-        ),
-        "UploadWhole": lambda: stub.UploadWhole(
-            pb.UploadRequest(header=seed_upload("committed", "t1", 1, LENGTH)[0].header),
-            timeout=RPC_S,
-        ),
-        "Upload-malformed": lambda: stub.Upload(
-            iter([pb.UploadMessage(chunk=b"x")]), timeout=RPC_S
-        ),
-        "CloseRound": lambda: leader.CloseRound(
-            pb.CloseRoundRequest(round_id="committed"), timeout=RPC_S
-        ),
-        "GetAggregateShare": lambda: list(
-            stub.GetAggregateShare(pb.GetAggregateShareRequest(round_id="committed"), timeout=RPC_S)
-        ),
-    }
-
-
-CLIENT_METHODS = [
-    "CreateRound",
-    "GetRound",
-    "Upload",
-    "UploadWhole",
-    "Upload-malformed",
-    "CloseRound",
-    "GetAggregateShare",
-]
-
-
-@pytest.mark.parametrize("method", CLIENT_METHODS)
-def test_no_client_certificate_is_refused_at_the_handshake(
-    env: SecureEnv, committed: pb.RoundSpec, method: str
-) -> None:
-    """TLS without a client certificate: the client port takes no such connection, so no
-    request is ever read (the collector's certificate gets the same call answered)."""
-    assert_handshake_refused(_all_client_calls(env)[method])
-    assert code_of(_all_client_calls(env, client=env.collector_pair())["GetRound"]) is (
-        grpc.StatusCode.OK
-    )
-
-
-def _client_cert(
-    issuer: KeyPair,
-    client_id: str = "collector",
-    role: str = "collector",
-    *,
-    not_before_s: float = -300.0,
-    not_after_s: float = 3600.0,
-    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
-    self_signed: bool = False,
-) -> KeyPair:
-    """A client certificate shaped like ``issue_client_cert``'s, with the validity window
-    (seconds from now), extended key usage and signer under the test's control."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, client_id)])
-    issuer_cert = issuer.certificate
-    now = time.time()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name if self_signed else issuer_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_utc(now + not_before_s))
-        .not_valid_after(_utc(now + not_after_s))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"mpcagg://{role}/{client_id}")]
-            ),
-            critical=False,
-        )
-        .sign(key if self_signed else issuer.private_key(), hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem)
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-def _bad_certs(env: SecureEnv) -> dict[str, KeyPair]:
-    """Collector certificates that must not get in, each one change away from the control."""
-    return {
-        "expired": _client_cert(env.ca, not_before_s=-7200, not_after_s=-60),
-        "not-yet-valid": _client_cert(env.ca, not_before_s=3600, not_after_s=7200),
-        "foreign-ca": _client_cert(create_ca("mpcagg dev CA")),  # same CA name, other key
-        "self-signed": _client_cert(env.ca, self_signed=True),
-        "server-auth-only": _client_cert(env.ca, usage=ExtendedKeyUsageOID.SERVER_AUTH),
-    }
-
-
-BAD_CERTS = ["expired", "not-yet-valid", "foreign-ca", "self-signed", "server-auth-only"]
-
-
-@pytest.mark.parametrize("kind", BAD_CERTS)
-@pytest.mark.parametrize("method", ["GetRound", "CreateRound", "GetAggregateShare"])
-def test_bad_client_certificates_are_refused_at_the_handshake(
-    env: SecureEnv, committed: pb.RoundSpec, kind: str, method: str
-) -> None:
-    bad = _bad_certs(env)[kind]
-    assert_handshake_refused(_all_client_calls(env, client=bad)[method])
-
-
-def test_the_bad_certificates_differ_from_a_good_one_only_in_what_they_vary(
-    env: SecureEnv, committed: pb.RoundSpec
-) -> None:
-    """Control: the same construction, valid now, signed by the cluster CA, gets in."""
-    good = _client_cert(env.ca)
-    assert code_of(_all_client_calls(env, client=good)["GetRound"]) is grpc.StatusCode.OK
-    assert code_of(_all_client_calls(env, client=good)["GetAggregateShare"]) is grpc.StatusCode.OK
-
-
-def test_a_certificate_naming_another_role_is_that_role(
-    env: SecureEnv, committed: pb.RoundSpec
-) -> None:
-    """The role is the URI SAN's, which only the CA can write: a trainer certificate whose
-    id is "collector" is still a trainer."""
-    fake = issue_client_cert(env.ca, "collector", "trainer")
-    for method in ("CreateRound", "CloseRound"):
-        err = error_of(_all_client_calls(env, client=fake)[method])
-        assert err.code() is DENIED and "'collector' has role trainer" in (err.details() or "")
-
-
 # --- who may fetch -------------------------------------------------------------------------
 
 
@@ -418,9 +251,9 @@ def _ring_sum(env: SecureEnv, round_id: str, client: KeyPair) -> np.ndarray:
 
 
 def test_cohort_trainers_may_fetch_when_the_spec_allows(env: SecureEnv) -> None:
-    _open_round(env, "open-result", ["f1", "f2"], trainers_may_fetch=True)
-    _upload(env, "open-result", "late", 1)  # reaches one party only: outside the cohort
-    assert _close(env, "open-result").cohort_size == 2
+    open_round(env, "open-result", ["f1", "f2"], LENGTH, trainers_may_fetch=True)
+    upload_seed(env, "open-result", "late", 1, LENGTH)  # reaches one party only: outside the cohort
+    assert close_round(env, "open-result").cohort_size == 2
     by_collector = _ring_sum(env, "open-result", env.collector_pair())
     by_trainer = _ring_sum(env, "open-result", env.client_pair("f1"))
     assert np.array_equal(by_collector, by_trainer)
@@ -461,7 +294,7 @@ def _commit(
 def test_each_server_enforces_min_clients(env: SecureEnv) -> None:
     """A commit below min_clients sent straight to a non-leader, with the leader's own
     certificate, is refused there and leaves the round open."""
-    _open_round(env, "small", ["s1", "s2", "s3"], min_clients=3)
+    open_round(env, "small", ["s1", "s2", "s3"], LENGTH, min_clients=3)
     err = error_of(lambda: _commit(env, 1, "small", ["s1", "s2"]))
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "min_clients" in (err.details() or "")
@@ -476,8 +309,8 @@ def test_each_server_enforces_min_clients(env: SecureEnv) -> None:
 
 
 def test_a_cohort_below_min_clients_fails_the_round_and_reveals_nothing(env: SecureEnv) -> None:
-    _open_round(env, "too-few", ["u1"], min_clients=2)
-    status = _close(env, "too-few")
+    open_round(env, "too-few", ["u1"], LENGTH, min_clients=2)
+    status = close_round(env, "too-few")
     assert status.state == pb.FAILED and "min_clients" in status.reason
     for party in range(env.n):
         assert code_of(lambda p=party: _fetch(env, p, "too-few", env.collector_pair())) is (
@@ -497,11 +330,11 @@ def test_a_committed_round_is_never_recommitted_to_another_cohort(
     for party in range(env.n):
         err = error_of(lambda p=party: _commit(env, p, "committed", ["t1", "t2"]))
         assert err.code() is grpc.StatusCode.ALREADY_EXISTS
-    assert _close(env, "committed").cohort_size == 3
+    assert close_round(env, "committed").cohort_size == 3
     after = [_fetch(env, p, "committed", env.collector_pair()) for p in range(env.n)]
     assert before == after
     # Late uploads cannot change it either.
-    assert code_of(lambda: _upload(env, "committed", "t9", 1)) is (
+    assert code_of(lambda: upload_seed(env, "committed", "t9", 1, LENGTH)) is (
         grpc.StatusCode.FAILED_PRECONDITION
     )
 

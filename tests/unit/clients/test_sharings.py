@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mpcagg.clients.sharings import KEPT_SHARINGS, Sharings
+from mpcagg.clients.update import Update
 from mpcagg.mpc.ring import DTYPE
 from mpcagg.protocol.errors import InputError, UpdateConflict
 from mpcagg.protocol.spec import RoundSpec, TensorSpec
@@ -15,8 +16,8 @@ def spec(round_id: str, bound: float = 1.0) -> RoundSpec:
     return RoundSpec(round_id, (TensorSpec("w", (4,)),), 3, bound=bound)
 
 
-def vector(value: int) -> np.ndarray:
-    return np.full(4, value, dtype=DTYPE)
+def vector(value: int) -> Update:
+    return Update.whole(np.full(4, value, dtype=DTYPE))
 
 
 def test_the_same_update_reuses_the_sharing_and_another_is_refused() -> None:
