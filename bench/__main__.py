@@ -63,6 +63,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         action="store_true",
         help="trainers keep their channels across rounds (a training loop) instead of redialling",
     )
+    parser.add_argument(
+        "--idle-connection-s",
+        type=float,
+        metavar="S",
+        help="scale runs: parties close client connections idle S seconds ([limits] "
+        "idle_connection_s; default: the cluster default, off)",
+    )
     parser.add_argument("--workdir", type=Path, help="where servers keep their data (tmp)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
@@ -91,6 +98,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Plan]:
         changes.update(trainers=(), engines=False)
     changes["baseline_durable"] = args.baseline_durable
     changes["keep_connections"] = args.keep_connections
+    changes["idle_connection_s"] = args.idle_connection_s
     if args.micro_only:
         changes.update(trainers=(), engines=False)
     plan = dataclasses.replace(plan, **changes)  # type: ignore[arg-type]

@@ -84,6 +84,9 @@ class Plan:
     baseline_durable: bool = False
     keep_connections: bool = False
     """Trainers keep their channels across rounds, as in a training loop (else: dial anew)."""
+    idle_connection_s: float | None = None
+    """The scale runs' parties close client connections idle this long (``[limits]``;
+    None: the cluster default)."""
     extra: dict[str, object] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:

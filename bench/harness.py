@@ -111,7 +111,7 @@ def run(
 
         scale.run(
             work_root, plan.trainer_threads, scale.chosen(plan.scale), log=tqdm.write,
-            on_entry=save,
+            on_entry=save, idle_connection_s=plan.idle_connection_s,
         )  # fmt: skip
         bar.update(round(SCALE_EST_S))
     if plan.micro:

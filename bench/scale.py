@@ -82,17 +82,20 @@ def run(
     scenarios: tuple[Scenario, ...] = SCENARIOS,
     log: Any = print,
     on_entry: Callable[[list[dict[str, Any]]], None] | None = None,
+    idle_connection_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Every scenario in turn; one result entry each (errors are recorded, not raised).
     ``on_entry(entries so far)`` is called after each, so a caller can save them as they
-    come (a run stopped half-way keeps what it measured)."""
+    come (a run stopped half-way keeps what it measured). ``idle_connection_s``: the
+    parties' ``[limits]`` value (None: the cluster default)."""
     root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
     out = []
     for sc in scenarios:
         log(f"scale {sc.label} ...")
         with tempfile.TemporaryDirectory(prefix="mpcagg-scale-", dir=root) as tmp:
             try:
-                entry = run_scenario(sc, Path(tmp), threads)
+                entry = run_scenario(sc, Path(tmp), threads, idle_connection_s)
+                entry["idle_connection_s"] = idle_connection_s
             except Exception as exc:  # recorded with the results, as grid cells are
                 entry = {"scenario": sc.name, "status": "error", "reason": repr(exc)}
         log(line(entry))
@@ -102,10 +105,14 @@ def run(
     return out
 
 
-def run_scenario(sc: Scenario, tmp: Path, threads: int) -> dict[str, Any]:
+def run_scenario(
+    sc: Scenario, tmp: Path, threads: int, idle_connection_s: float | None = None
+) -> dict[str, Any]:
     inputs = TrainerInputs.generate(sc.trainers, sc.dim)
     ids = [f"trainer-{i:05d}" for i in range(sc.trainers)]
-    limits = {"min_cohort": 1, "max_clients_per_round": max(100_000, sc.trainers)}
+    limits: dict[str, Any] = {"min_cohort": 1, "max_clients_per_round": max(100_000, sc.trainers)}
+    if idle_connection_s is not None:
+        limits["idle_connection_s"] = idle_connection_s
     directory = tmp / "cluster"
     with (
         LocalCluster(

@@ -25,8 +25,8 @@ from mpcagg.protocol.errors import InputError
 STREAM_BYTES = 256 << 20
 """Encoded updates longer than this are streamed, never held whole."""
 
-DIGEST_CHUNK = 1 << 20
-"""Elements encoded per step of a streamed update's digest pass (8 MiB)."""
+DIGEST_CHUNK = 1 << 18
+"""Elements encoded per step of a streamed update's digest pass (2 MiB)."""
 
 Fill = Callable[[int, int, RingVector], None]
 

@@ -79,10 +79,11 @@ class Limits(_Strict):
     rpc_timeout_s: float = Field(default=120.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     # A client connection with no call in progress for this long is closed by the server
-    # (the client dials again on its next call): gRPC keeps buffers per connection, grown
-    # to the largest stream it carried, so 1000 trainers keeping theirs open between
-    # uploads held hundreds of MB at each party. 0 keeps idle connections open.
-    idle_connection_s: float = Field(default=10.0, ge=0)
+    # (the client dials again on its next call): gRPC keeps buffers per connection after a
+    # large stream, so 1000 trainers keeping theirs open between uploads held hundreds of
+    # MB at each party. 0 (the default) keeps idle connections open; a few seconds bounds
+    # a party's memory by the uploads in progress, at one reconnect per trainer per round.
+    idle_connection_s: float = Field(default=0.0, ge=0)
     # A round in reveal mode "servers": how long after its commit (or its deadline, if
     # later) a party waits for the parties' group to open the aggregate before it gives up.
     reveal_timeout_s: float = Field(default=120.0, gt=0)

@@ -19,7 +19,9 @@ def test_each_scenario_is_on_disk_before_the_next_starts(
 ) -> None:
     seen_on_disk: list[list[str]] = []
 
-    def stand_in(sc: scale.Scenario, tmp: Path, threads: int) -> dict[str, Any]:
+    def stand_in(
+        sc: scale.Scenario, tmp: Path, threads: int, idle_connection_s: float | None
+    ) -> dict[str, Any]:
         results = tmp_path / "results.json"
         saved = json.loads(results.read_text())["scale"] if results.exists() else None
         seen_on_disk.append([e["scenario"] for e in saved or []])

@@ -3,8 +3,8 @@
 Who may call what: peer RPCs need a party certificate of this cluster (from the
 leader) on the peer port; collector RPCs need a collector certificate, uploads the
 certificate of the trainer whose id the request names, both on the client port (the
-handshake's own checks of client certificates are in test_handshake.py). Privacy guards: each server enforces min_clients and one committed cohort per
-round.
+handshake's own checks of client certificates are in test_handshake.py). Privacy
+guards: each server enforces min_clients and one committed cohort per round.
 """
 
 from __future__ import annotations
