@@ -184,30 +184,22 @@ def full_share_chunks_from(
         )
     if chunk_elements < 1:
         raise ParameterError(f"chunk_elements must be >= 1, got {chunk_elements}")
-    return _full_share_pieces(fill, length, n_parties, full_party, seeds, context, chunk_elements)
-
-
-def _full_share_pieces(
-    fill: Fill,
-    length: int,
-    n_parties: int,
-    full_party: int,
-    seeds: Sequence[Seed],
-    context: SharingContext,
-    chunk_elements: int,
-) -> Iterator[RingVector]:
     keys = [
         prg.Keystream(seed, context.prg_context(party))
         for party, seed in zip(seed_parties(n_parties, full_party), seeds, strict=True)
     ]
-    out = np.empty(min(length, chunk_elements), dtype=DTYPE)
-    scratch = prg.Keystream.scratch_for(len(out))
-    for start, stop in prg.chunks(length, chunk_elements):
-        piece = out[: stop - start]
-        fill(start, stop, piece)
-        for key in keys:
-            key.add_into(piece, negate=True, scratch=scratch)
-        yield piece
+
+    def pieces() -> Iterator[RingVector]:
+        out = np.empty(min(length, chunk_elements), dtype=DTYPE)
+        scratch = prg.Keystream.scratch_for(len(out))
+        for start, stop in prg.chunks(length, chunk_elements):
+            piece = out[: stop - start]
+            fill(start, stop, piece)
+            for key in keys:
+                key.add_into(piece, negate=True, scratch=scratch)
+            yield piece
+
+    return pieces()
 
 
 def reconstruct(shares: Sequence[Share]) -> RingVector:

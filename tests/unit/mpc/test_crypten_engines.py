@@ -4,7 +4,6 @@ the ring's wrap-around edges and across chunks."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,44 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mpcagg.mpc as mpc
-from mpcagg.mpc import crypten_shim, prg
+from mpcagg.mpc import prg
 from mpcagg.mpc.engines import Engine
+from tests.crypten_world import crypten_world_of_one
 
 pytestmark = pytest.mark.crypten
-
-_DIST_ENV = ("DISTRIBUTED_BACKEND", "RENDEZVOUS", "WORLD_SIZE", "RANK", "GLOO_SOCKET_IFNAME")
 
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Engine]]:
-    """The numpy engine and a single-party CrypTen engine.
-
-    CrypTen's single-party init writes its rendezvous settings into ``os.environ``;
-    they are pointed at a temporary file on loopback and restored afterwards, so
-    subprocesses started by later tests do not inherit ``WORLD_SIZE=1``.
-    """
-    saved = {key: os.environ.get(key) for key in _DIST_ENV}
-    crypten = crypten_shim.load()
-    was_initialized = crypten.is_initialized()
-    if not was_initialized:
-        rdv = tmp_path_factory.mktemp("crypten-single") / "rdv"
-        os.environ.update(
-            DISTRIBUTED_BACKEND="gloo",
-            RENDEZVOUS=f"file://{rdv}",
-            WORLD_SIZE="1",
-            RANK="0",
-            GLOO_SOCKET_IFNAME="lo",
-        )
-    try:
+    """The numpy engine and a single-party CrypTen engine (:mod:`tests.crypten_world`)."""
+    with crypten_world_of_one(tmp_path_factory.mktemp("crypten-single")):
         yield mpc.get_engine("numpy"), mpc.get_engine("crypten")
-    finally:
-        if not was_initialized and crypten.is_initialized():
-            crypten.uninit()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 WRAP_EDGES = [0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**64 - 2**16, 2**32]

@@ -44,16 +44,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def ca() -> KeyPair:
-    return create_ca()
-
-
-@pytest.fixture(scope="module")
-def party1(ca: KeyPair) -> KeyPair:
-    return issue_party_cert(ca, 1, ["127.0.0.1", "localhost", "party1.example"])
-
-
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

@@ -23,16 +23,6 @@ from mpcagg.ops.credentials import (
 RPC_TIMEOUT_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def ca() -> KeyPair:
-    return create_ca()
-
-
-@pytest.fixture(scope="module")
-def party1(ca: KeyPair) -> KeyPair:
-    return issue_party_cert(ca, 1, ["127.0.0.1", "localhost", "party1.example"])
-
-
 # --- auth context, as dictionaries ------------------------------------------------------------
 
 
