@@ -126,6 +126,10 @@ class SecureEnv:
         self._channels.clear()
 
 
+LENGTH = 4
+"""Ring elements of the rounds the authorisation tests open."""
+
+
 def start_env(directory: Path, **kwargs: Any) -> Iterator[SecureEnv]:
     """Run a TLS cluster under ``directory`` for the duration of the generator."""
     cluster = LocalCluster(directory, **kwargs)
@@ -251,6 +255,15 @@ def close_round(env: SecureEnv, round_id: str) -> pb.RoundStatus:
         pb.CloseRoundRequest(round_id=round_id), timeout=15
     )
     return reply
+
+
+@pytest.fixture(scope="module")
+def committed(env: SecureEnv) -> pb.RoundSpec:
+    """A committed round of ``LENGTH`` elements (trainers may not fetch) with cohort t1,
+    t2, t3, on the module's ``env``."""
+    spec = open_round(env, "committed", ["t1", "t2", "t3"], LENGTH)
+    assert close_round(env, "committed").state == pb.COMMITTED
+    return spec
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:

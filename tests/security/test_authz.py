@@ -22,6 +22,7 @@ from mpcagg.protocol.spec import Holding, cohort_digest
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (
+    LENGTH,
     RPC_S,
     SecureEnv,
     close_round,
@@ -39,7 +40,6 @@ from tests.security.conftest import (
 
 pytestmark = pytest.mark.timeout(120)
 
-LENGTH = 4
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 
@@ -63,14 +63,6 @@ def _status(env: SecureEnv, party: int, round_id: str) -> pb.RoundStatus:
         pb.GetRoundRequest(round_id=round_id), timeout=RPC_S
     )
     return reply
-
-
-@pytest.fixture(scope="module")
-def committed(env: SecureEnv) -> pb.RoundSpec:
-    """A committed round (trainers may not fetch) with cohort t1, t2, t3."""
-    spec = open_round(env, "committed", ["t1", "t2", "t3"], LENGTH)
-    assert close_round(env, "committed").state == pb.COMMITTED
-    return spec
 
 
 # --- peer RPCs --------------------------------------------------------------------------

@@ -18,13 +18,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mpcagg.ops.credentials import KeyPair, create_ca, issue_client_cert
 from mpcagg.v1 import aggregation_pb2 as pb
 from tests.security.conftest import (
+    LENGTH,
     RPC_S,
     SecureEnv,
     assert_handshake_refused,
-    close_round,
     code_of,
     error_of,
-    open_round,
     seed_upload,
     spec_msg,
     start_env,
@@ -32,21 +31,12 @@ from tests.security.conftest import (
 
 pytestmark = pytest.mark.timeout(120)
 
-LENGTH = 4
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEnv]:
     yield from start_env(tmp_path_factory.mktemp("handshake"))
-
-
-@pytest.fixture(scope="module")
-def committed(env: SecureEnv) -> pb.RoundSpec:
-    """A committed round (trainers may not fetch) with cohort t1, t2, t3."""
-    spec = open_round(env, "committed", ["t1", "t2", "t3"], LENGTH)
-    assert close_round(env, "committed").state == pb.COMMITTED
-    return spec
 
 
 def _all_client_calls(env: SecureEnv, **channel: object) -> dict[str, Callable[[], object]]:
