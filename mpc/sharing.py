@@ -106,6 +106,15 @@ def seed_parties(n_parties: int, full_party: int) -> list[int]:
     return [p for p in range(n_parties) if p != full_party]
 
 
+def _check_sharing(n_parties: int, full_party: int, seeds: Sequence[Seed]) -> None:
+    """:class:`ParameterError` for a bad party count or full party, or other than n−1 seeds."""
+    check_parties(n_parties, full_party)
+    if len(seeds) != n_parties - 1:
+        raise ParameterError(
+            f"expected {n_parties - 1} seeds for {n_parties} parties, got {len(seeds)}"
+        )
+
+
 def share(
     encoded: RingVector,
     n_parties: int,
@@ -118,11 +127,7 @@ def share(
     ``seeds[k]`` goes to the k-th party of :func:`seed_parties`. Raises
     :class:`ParameterError` for a bad party count, full party or number of seeds.
     """
-    check_parties(n_parties, full_party)
-    if len(seeds) != n_parties - 1:
-        raise ParameterError(
-            f"expected {n_parties - 1} seeds for {n_parties} parties, got {len(seeds)}"
-        )
+    _check_sharing(n_parties, full_party, seeds)
     x = np.ascontiguousarray(encoded, dtype=DTYPE)
     full = x.copy()
     shares: list[Share] = []
@@ -177,11 +182,7 @@ def full_share_chunks_from(
     """:func:`full_share_chunks` of a vector of ``length`` elements that is itself
     produced piece by piece (``fill``), e.g. encoded from a model as it is sent, so that
     neither the vector nor its full share ever exists whole."""
-    check_parties(n_parties, full_party)
-    if len(seeds) != n_parties - 1:
-        raise ParameterError(
-            f"expected {n_parties - 1} seeds for {n_parties} parties, got {len(seeds)}"
-        )
+    _check_sharing(n_parties, full_party, seeds)
     if chunk_elements < 1:
         raise ParameterError(f"chunk_elements must be >= 1, got {chunk_elements}")
     keys = [
