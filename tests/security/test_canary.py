@@ -17,17 +17,15 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from mpcagg import ClientCredentials, Collector, MpcaggError, RetryPolicy, SecureAggregator
+from mpcagg import ClientCredentials, Collector, RetryPolicy, SecureAggregator
 from mpcagg.mpc import FullShare, Seed, SeedShare, SharingContext, full_party_for, share
 from mpcagg.mpc.digest import payload_digest
 from mpcagg.ops.credentials import CertFiles, KeyPair, create_ca, issue_client_cert
@@ -36,6 +34,13 @@ from mpcagg.servers import metrics as metrics_module
 from mpcagg.servers.logs import RedactFilter
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.wire.framing import PartyUpload
+from tests.security.canaries import (
+    Observed,
+    Secrets,
+    bytes_forms,
+    provoke,
+    vector_forms,
+)
 from tests.security.conftest import RPC_S, SecureEnv, full_upload, start_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,93 +61,6 @@ def _update(k: int) -> np.ndarray:
 
 def _seed(label: str) -> bytes:
     return hashlib.sha256(f"canary seed {label}".encode()).digest()
-
-
-# --- the forms a secret could leak in ----------------------------------------------------
-
-
-def _b64_forms(data: bytes) -> set[str]:
-    forms = set()
-    for enc in (base64.b64encode, base64.urlsafe_b64encode):
-        text = enc(data).decode()
-        forms |= {text, text.rstrip("=")}
-    return forms
-
-
-def _bytes_forms(data: bytes) -> set[str]:
-    """Hex, base64, decimal and repr of ``data`` and of each of its 8-byte words."""
-    forms = {data.hex(), data.hex().upper(), repr(data)[2:-1], str(list(data[:8]))[1:-1]}
-    forms |= _b64_forms(data)
-    forms |= {str(int.from_bytes(data, order)) for order in ("big", "little")}
-    for i in range(0, len(data) - 7, 8):
-        forms |= _word_forms(int.from_bytes(data[i : i + 8], "little"))
-        forms.add(data[i : i + 8].hex())
-    return forms
-
-
-def _word_forms(value: int) -> set[str]:
-    """A uint64 ring element as decimal (unsigned and signed), hex, and base64 of its bytes."""
-    signed = value - (1 << 64) if value >= 1 << 63 else value
-    raw = value.to_bytes(8, "little")
-    forms = {str(value), str(signed), f"{value:x}", f"{value:016x}", f"{value:X}", raw.hex()}
-    return forms | _b64_forms(raw) | _b64_forms(value.to_bytes(8, "big"))
-
-
-def _vector_forms(vector: np.ndarray) -> set[str]:
-    data = np.ascontiguousarray(vector, dtype="<u8").tobytes()
-    forms = _b64_forms(data) | {data.hex()}
-    for v in vector.tolist():
-        forms |= _word_forms(int(v))
-    return forms
-
-
-@dataclass
-class Secrets:
-    """Every planted secret, by name, with the strings that would reveal it."""
-
-    forms: dict[str, set[str]] = field(default_factory=dict)
-
-    def add(self, name: str, forms: set[str]) -> None:
-        # Very short renderings (e.g. a small decimal) would match by chance.
-        self.forms.setdefault(name, set()).update(f for f in forms if len(f) >= 8)
-
-    def leaks(self, text: str) -> list[str]:
-        return sorted(
-            f"{name}: {form!r}"
-            for name, forms in self.forms.items()
-            for form in forms
-            if form in text
-        )
-
-
-@dataclass
-class Observed:
-    """Everything the canary run produced that a human or a log pipeline could see."""
-
-    secrets: Secrets
-    server_logs: dict[int, str]
-    errors: dict[str, str]
-    reprs: dict[str, str]
-    client_logs: str
-    share_files: dict[str, int]
-    """Mode of every file under the parties' spool directories, before and after commit."""
-
-
-def _error_text(exc: BaseException) -> str:
-    parts = [str(exc), repr(exc), *getattr(exc, "__notes__", [])]
-    parts += [str(getattr(exc, name, "")) for name in ("server_message", "failures")]
-    if isinstance(exc, grpc.RpcError):
-        parts += [str(exc.details()), str(exc.debug_error_string())]  # type: ignore[attr-defined]
-    return "\n".join(parts)
-
-
-def _provoke(errors: dict[str, str], name: str, call: Callable[[], object]) -> None:
-    try:
-        call()
-    except (MpcaggError, grpc.RpcError) as exc:
-        errors[name] = _error_text(exc)
-    else:
-        raise AssertionError(f"{name}: expected a refusal")
 
 
 @pytest.fixture(scope="module")
@@ -237,23 +155,23 @@ def _round(
     other = 2 * _update(0)
     with SecureAggregator(cfg, TRAINERS[0], cert=creds[TRAINERS[0]], progress=False) as trainer:
         before = len(planted)
-        _provoke(errors, "conflicting re-upload", lambda: trainer.submit(spec, {"w": other}))
+        provoke(errors, "conflicting re-upload", lambda: trainer.submit(spec, {"w": other}))
         _plant_shares(secrets, spec, TRAINERS[0], other, planted[before:], reprs)
     foreign = _foreign_credentials(TRAINERS[1])
     with SecureAggregator(cfg, cert=foreign, progress=False, retry=_ONCE) as trainer:
-        _provoke(errors, "foreign CA", lambda: trainer.submit(spec, {"w": _update(1)}))
+        provoke(errors, "foreign CA", lambda: trainer.submit(spec, {"w": _update(1)}))
     mismatched = files[TRAINERS[1]].cert, files[TRAINERS[2]].key
-    _provoke(
+    provoke(
         errors,
         "another trainer's key",
         lambda: SecureAggregator(cfg, cert=mismatched[0], key=mismatched[1]),
     )
-    _provoke(
+    provoke(
         errors,
         "someone else's certificate",
         lambda: SecureAggregator(cfg, "canary-z", cert=creds[TRAINERS[2]]),
     )
-    _provoke(errors, "result before commit", lambda: collector.result(ROUND, spec))
+    provoke(errors, "result before commit", lambda: collector.result(ROUND, spec))
     _raw_refusals(env, secrets, errors)
 
     share_files |= _spool_modes(cluster.directory, "open")
@@ -262,9 +180,9 @@ def _round(
     share_files |= _spool_modes(cluster.directory, "committed")
     assert np.array_equal(result.sum["w"], total), "the canary round is exact"
     with SecureAggregator(cfg, TRAINERS[2], cert=creds[TRAINERS[2]], progress=False) as late:
-        _provoke(errors, "upload after commit", lambda: late.submit(spec, {"w": _update(2)}))
+        provoke(errors, "upload after commit", lambda: late.submit(spec, {"w": _update(2)}))
     trainer_fetch = Collector(cfg, client_id=TRAINERS[0], cert=creds[TRAINERS[0]])
-    _provoke(errors, "trainer fetches", lambda: trainer_fetch.aggregate_ring(ROUND))
+    provoke(errors, "trainer fetches", lambda: trainer_fetch.aggregate_ring(ROUND))
     collector_pair = KeyPair(collector_files.cert.read_bytes(), collector_files.key.read_bytes())
     for party in range(env.n):  # what the collector receives
         msgs = list(
@@ -273,7 +191,7 @@ def _round(
             )
         )
         vector = np.frombuffer(b"".join(m.chunk for m in msgs[1:]), dtype="<u8")
-        secrets.add(f"aggregate share of party {party}", _vector_forms(vector))
+        secrets.add(f"aggregate share of party {party}", vector_forms(vector))
 
     reprs |= {
         "collector": repr(collector),
@@ -307,9 +225,9 @@ def _plant_shares(
 ) -> None:
     """Record the update, its seeds and every share it was split into as secrets."""
     encoded = spec.fixed_point.encode(update, bound=spec.bound)
-    secrets.add(f"{cid} update", _vector_forms(encoded) | {repr(float(x)) for x in update})
+    secrets.add(f"{cid} update", vector_forms(encoded) | {repr(float(x)) for x in update})
     for i, seed in enumerate(seeds):
-        secrets.add(f"{cid} seed {i}", _bytes_forms(seed))
+        secrets.add(f"{cid} seed {i}", bytes_forms(seed))
     shares = share(
         encoded,
         spec.n_parties,
@@ -319,10 +237,10 @@ def _plant_shares(
     )
     for s in shares:
         if isinstance(s, FullShare):
-            secrets.add(f"{cid} full share", _vector_forms(s.vector))
+            secrets.add(f"{cid} full share", vector_forms(s.vector))
         else:
             assert isinstance(s, SeedShare)
-            secrets.add(f"{cid} expanded share for party {s.party}", _vector_forms(s.expand()))
+            secrets.add(f"{cid} expanded share for party {s.party}", vector_forms(s.expand()))
         reprs[f"{cid} share {s.party}"] = repr(s) + repr(PartyUpload.from_share(s))
 
 
@@ -346,12 +264,12 @@ def _raw_refusals(env: SecureEnv, secrets: Secrets, errors: dict[str, str]) -> N
     raw_files = _files(env.cluster.client_files(cid))
     stub = env.agg(1, client=KeyPair(raw_files.cert.read_bytes(), raw_files.key.read_bytes()))
     seed = _seed("raw")
-    secrets.add("raw seed", _bytes_forms(seed))
+    secrets.add("raw seed", bytes_forms(seed))
     data = hashlib.sha512(b"canary raw share").digest()[:48]  # six ring elements
-    secrets.add("raw full share", _vector_forms(np.frombuffer(data, dtype="<u8")))
+    secrets.add("raw full share", vector_forms(np.frombuffer(data, dtype="<u8")))
 
     def upload(name: str, msgs: list[pb.UploadMessage], client: Any = stub) -> None:
-        _provoke(errors, name, lambda: client.Upload(iter(msgs), timeout=RPC_S))
+        provoke(errors, name, lambda: client.Upload(iter(msgs), timeout=RPC_S))
 
     def seed_header(seed_bytes: bytes, **kw: Any) -> pb.UploadHeader:
         fields: dict[str, Any] = {

@@ -10,12 +10,9 @@ honest cohort, and a following honest round is exact too.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,45 +21,33 @@ from hypothesis import strategies as st
 from mpcagg import Collector, SecureAggregator
 from mpcagg.ops.credentials import KeyPair
 from mpcagg.protocol.identity import Role
-from mpcagg.protocol.spec import Holding, RoundSpec, cohort_digest
+from mpcagg.protocol.spec import cohort_digest
 from mpcagg.v1 import aggregation_pb2 as pb
 from mpcagg.v1 import peer_pb2
 from tests.security.conftest import (
-    SecureEnv,
-    create_round,
     full_upload,
     seed_upload,
     spec_msg,
-    start_env,
+)
+from tests.security.fuzz_world import (
+    DESERIALIZE,
+    FUZZERS,
+    HONEST,
+    LENGTH,
+    REFUSALS,
+    ROUND,
+    RPC_S,
+    VICTIM,
+    Code,
+    World,
+    assert_refused,
+    call_outcome,
+    fuzz_world,
+    update,
 )
 
 pytestmark = pytest.mark.timeout(240)
 
-RPC_S = 10.0
-ROUND = "fuzz"
-VICTIM = "victim"  # a round the peer-RPC fuzzing may close, fail or commit
-LENGTH = 16
-HONEST = ("h0", "h1", "h2")
-FUZZERS = ("f0", "f1", "f2")
-LIMITS = {
-    "max_vector_length": 4096,
-    "max_clients_per_round": 1000,
-    "chunk_bytes": 1024,
-    "max_message_bytes": 8192,
-}
-
-Code = grpc.StatusCode
-REFUSALS = {
-    Code.INVALID_ARGUMENT,
-    Code.NOT_FOUND,
-    Code.FAILED_PRECONDITION,
-    Code.ALREADY_EXISTS,
-    Code.RESOURCE_EXHAUSTED,
-    Code.PERMISSION_DENIED,
-    Code.UNAUTHENTICATED,
-}
-DESERIALIZE = "Exception deserializing request!"
-MAX_DETAIL = 1000
 _long = st.integers(1000, 7000).map(lambda n: "L" * n)
 """A string near the message size limit: error messages must not grow with it."""
 FUZZ = settings(
@@ -72,57 +57,9 @@ FUZZ = settings(
 )
 
 
-@dataclass
-class World:
-    env: SecureEnv
-    spec: RoundSpec
-    expected: np.ndarray
-    counter: Iterator[int]
-    held: tuple[Holding, ...] = ()
-
-    def stub(self, party: int, client_id: str, role: Role = "trainer") -> Any:
-        """``party``'s Aggregation service as ``client_id`` (mutual TLS, its certificate)."""
-        return self.env.agg(party, client=self.env.client_pair(client_id, role))
-
-
-def _update(k: int) -> dict[str, np.ndarray]:
-    """Exact binary fractions, so the fixed-point sum equals the float sum exactly."""
-    return {"w": (np.arange(LENGTH) - 7.5) * (k + 1) * 0.125}
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    for env in start_env(tmp_path_factory.mktemp("fuzz"), limits=LIMITS):
-        config = env.cluster.config
-        with Collector(config, **env.cluster.client_kwargs("collector", "collector")) as collector:
-            spec = collector.open_round(ROUND, _update(0), min_clients=2, max_clients=500)
-        expected = np.zeros(LENGTH)
-        held = []
-        for k, cid in enumerate(HONEST):
-            with SecureAggregator(config, cid, **env.cluster.client_kwargs(cid)) as trainer:
-                receipt = trainer.submit(spec, _update(k))
-                assert receipt.complete
-            held.append(Holding(cid, bytes.fromhex(receipt.sharing_id)))
-            expected += _update(k)["w"]
-        create_round(env, spec_msg(VICTIM, LENGTH))
-        yield World(env, spec, expected, itertools.count(), tuple(held))
-
-
-def _outcome(call: Callable[[], object]) -> tuple[Code, str]:
-    try:
-        result = call()
-        if isinstance(result, Iterator):
-            list(result)
-    except grpc.RpcError as exc:
-        return exc.code(), exc.details() or ""
-    return Code.OK, ""
-
-
-def _assert_refused(outcome: tuple[Code, str], allowed: set[Code] = REFUSALS) -> None:
-    code, details = outcome
-    assert code in allowed, f"{code}: {details[:300]}"
-    assert "internal server error" not in details
-    assert len(details) <= MAX_DETAIL, "error messages stay short whatever the input"
+    yield from fuzz_world(tmp_path_factory.mktemp("fuzz"))
 
 
 # --- upload streams --------------------------------------------------------------------
@@ -157,9 +94,9 @@ def test_random_upload_streams_are_refused(
     world: World, messages: list[pb.UploadMessage], caller: str, party: int
 ) -> None:
     stub = world.stub(party, caller)
-    outcome = _outcome(lambda: stub.Upload(iter(messages), timeout=RPC_S))
+    outcome = call_outcome(lambda: stub.Upload(iter(messages), timeout=RPC_S))
     # A concurrent retry of the same client is told to come back (UNAVAILABLE).
-    _assert_refused(outcome, REFUSALS | {Code.UNAVAILABLE})
+    assert_refused(outcome, REFUSALS | {Code.UNAVAILABLE})
 
 
 def _valid(world: World, kind: str, client_id: str) -> list[pb.UploadMessage]:
@@ -248,10 +185,10 @@ def test_mutated_uploads_are_refused_with_the_right_code(
     client_id = f"m{next(world.counter)}"
     msgs = mutate(_valid(world, kind, client_id))
     stub = world.stub(1, client_id)
-    code, details = _outcome(lambda: stub.Upload(iter(msgs), timeout=RPC_S))
+    code, details = call_outcome(lambda: stub.Upload(iter(msgs), timeout=RPC_S))
     assert code is expected, f"{mutation} ({kind}): {code} {details}"
     # Nothing of the refused upload stays behind: the same client can now upload for real.
-    code, details = _outcome(
+    code, details = call_outcome(
         lambda: stub.Upload(iter(_valid(world, kind, client_id)), timeout=RPC_S)
     )
     assert code is Code.OK, f"after {mutation} ({kind}): {code} {details}"
@@ -262,7 +199,7 @@ def test_oversized_chunks_and_headers_are_refused(world: World) -> None:
     head = _valid(world, "full", "big")[0]
     too_big = pb.UploadMessage(chunk=bytes(9000))
     for msgs in ([head, too_big], [pb.UploadMessage(header=pb.UploadHeader(seed=bytes(9000)))]):
-        code, details = _outcome(lambda m=msgs: stub.Upload(iter(m), timeout=RPC_S))
+        code, details = call_outcome(lambda m=msgs: stub.Upload(iter(m), timeout=RPC_S))
         assert code is Code.RESOURCE_EXHAUSTED, details
 
 
@@ -293,7 +230,7 @@ def test_random_round_specs(world: World, spec: pb.RoundSpec) -> None:
     """At party 1 only (a round created at one party never closes: harmless)."""
     stub = world.stub(1, "collector", "collector")
     req = pb.CreateRoundRequest(spec=spec)
-    _assert_refused(_outcome(lambda: stub.CreateRound(req, timeout=RPC_S)), REFUSALS | {Code.OK})
+    assert_refused(call_outcome(lambda: stub.CreateRound(req, timeout=RPC_S)), REFUSALS | {Code.OK})
 
 
 _other_rounds = (st.text(max_size=300) | _long).filter(lambda r: r not in (ROUND, VICTIM))
@@ -313,7 +250,7 @@ def test_random_round_ids(world: World, round_id: str, role: Role) -> None:
             ),
         ]
         for call in calls:
-            _assert_refused(_outcome(call))
+            assert_refused(call_outcome(call))
 
 
 _cohorts = st.lists(st.sampled_from(FUZZERS + HONEST) | st.text(max_size=8) | _long, max_size=5)
@@ -351,8 +288,8 @@ def test_random_peer_calls(
         "Fail": peer_pb2.FailRequest(round_id=round_id, reason=reason),
     }
     call = getattr(stub, method)
-    outcome = _outcome(lambda: call(requests[method], timeout=RPC_S))
-    _assert_refused(outcome, REFUSALS | {Code.OK})
+    outcome = call_outcome(lambda: call(requests[method], timeout=RPC_S))
+    assert_refused(outcome, REFUSALS | {Code.OK})
     assert outcome[0] is not Code.OK or method == "Fail", outcome
 
 
@@ -399,12 +336,12 @@ def _raw_call(world: World, path: str, payloads: list[bytes], caller: KeyPair) -
     )
     if kind == "unary":
         rpc = channel.unary_unary(path)
-        return _outcome(lambda: rpc(payloads[0], timeout=RPC_S))
+        return call_outcome(lambda: rpc(payloads[0], timeout=RPC_S))
     if kind == "server-stream":
         stream = channel.unary_stream(path)
-        return _outcome(lambda: stream(payloads[0], timeout=RPC_S))
+        return call_outcome(lambda: stream(payloads[0], timeout=RPC_S))
     upload = channel.stream_unary(path)
-    return _outcome(lambda: upload(iter(payloads), timeout=RPC_S))
+    return call_outcome(lambda: upload(iter(payloads), timeout=RPC_S))
 
 
 @settings(FUZZ, max_examples=150)
@@ -422,7 +359,7 @@ def test_garbage_and_type_confused_bytes(
     if code is Code.INTERNAL:
         assert details == DESERIALIZE  # gRPC's own answer to unparsable bytes
         return
-    _assert_refused((code, details), REFUSALS | {Code.OK, Code.UNAVAILABLE})
+    assert_refused((code, details), REFUSALS | {Code.OK, Code.UNAVAILABLE})
 
 
 # --- afterwards ---------------------------------------------------------------------------
@@ -449,12 +386,12 @@ def test_after_the_fuzzing_every_server_serves_and_rounds_are_exact(world: World
         assert np.array_equal(result.sum["w"], world.expected)
         assert result.cohort_digest == cohort_digest(world.held)
         # And a following honest round is exact too.
-        spec2 = collector.open_round("after", _update(0), min_clients=2)
+        spec2 = collector.open_round("after", update(0), min_clients=2)
         expected = np.zeros(LENGTH)
         for k, cid in enumerate(HONEST):
             with SecureAggregator(config, cid, **env.cluster.client_kwargs(cid)) as trainer:
-                assert trainer.submit(spec2, _update(k + 3)).complete
-            expected += _update(k + 3)["w"]
+                assert trainer.submit(spec2, update(k + 3)).complete
+            expected += update(k + 3)["w"]
         assert collector.close("after", wait_s=20).cohort_size == len(HONEST)
         assert np.array_equal(collector.result("after", spec2).sum["w"], expected)
     env.assert_all_serving()
