@@ -12,14 +12,15 @@ must not change while :meth:`clients.SecureAggregator.submit` runs: each pass re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpcagg.mpc import EncodingError, FixedPoint
+from mpcagg.mpc import EncodingError, FixedPoint, prg
 from mpcagg.mpc.digest import PayloadDigest, payload_digest
 from mpcagg.mpc.ring import DTYPE, RingVector, to_bytes
+from mpcagg.mpc.sharing import Fill, copying_fill
 from mpcagg.protocol.errors import InputError
 
 STREAM_BYTES = 256 << 20
@@ -27,8 +28,6 @@ STREAM_BYTES = 256 << 20
 
 DIGEST_CHUNK = 1 << 18
 """Elements encoded per step of a streamed update's digest pass (2 MiB)."""
-
-Fill = Callable[[int, int, RingVector], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,11 +46,7 @@ class Update:
     def whole(cls, vector: RingVector) -> Update:
         """An update held whole."""
         x = np.ascontiguousarray(vector, dtype=DTYPE)
-
-        def fill(start: int, stop: int, out: RingVector) -> None:
-            np.copyto(out, x[start:stop])
-
-        return cls(len(x), payload_digest(to_bytes(x)), fill, x)
+        return cls(len(x), payload_digest(to_bytes(x)), copying_fill(x), x)
 
     @classmethod
     def streamed(
@@ -86,8 +81,7 @@ class Update:
 
         digest = PayloadDigest()
         buffer = np.empty(min(length, chunk_elements), dtype=DTYPE)
-        for start in range(0, length, chunk_elements):
-            stop = min(length, start + chunk_elements)
+        for start, stop in prg.chunks(length, chunk_elements):
             piece = buffer[: stop - start]
             fill(start, stop, piece)
             digest.update(to_bytes(piece))

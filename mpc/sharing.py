@@ -156,18 +156,23 @@ def full_share_chunks(
     :class:`ParameterError` as :func:`share` does, or for ``chunk_elements < 1``.
     """
     x = np.ascontiguousarray(encoded, dtype=DTYPE)
-
-    def fill(start: int, stop: int, out: RingVector) -> None:
-        np.copyto(out, x[start:stop])
-
     return full_share_chunks_from(
-        fill, len(x), n_parties, full_party, seeds, context, chunk_elements
+        copying_fill(x), len(x), n_parties, full_party, seeds, context, chunk_elements
     )
 
 
 Fill = Callable[[int, int, RingVector], None]
 """``fill(start, stop, out)`` writes elements ``[start, stop)`` of the shared vector into
 ``out`` (``stop − start`` elements), the same every call."""
+
+
+def copying_fill(vector: RingVector) -> Fill:
+    """The :data:`Fill` of a vector held whole (contiguous ``uint64``): it copies."""
+
+    def fill(start: int, stop: int, out: RingVector) -> None:
+        np.copyto(out, vector[start:stop])
+
+    return fill
 
 
 def full_share_chunks_from(

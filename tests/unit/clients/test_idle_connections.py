@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -33,33 +35,31 @@ def _states(channel: grpc.Channel) -> tuple[list[grpc.ChannelConnectivity], thre
     return seen, idle
 
 
-def _open_round(cluster: InProcessCluster, round_id: str) -> None:
-    with Collector(cluster.config) as col:
-        col.open_round(round_id, {"w": np.zeros(4, dtype=np.float32)}, min_clients=1)
+@contextmanager
+def _connected(
+    tmp_path: Path, idle_connection_s: float
+) -> Iterator[tuple[Transport, list[grpc.ChannelConnectivity], threading.Event]]:
+    """A 2-party cluster with round "r1" open, and a transport whose channel to party 0
+    has answered one call; its connectivity changes are recorded from then on."""
+    cluster = InProcessCluster(tmp_path, 2, idle_connection_s=idle_connection_s)
+    try:
+        with Collector(cluster.config) as col:
+            col.open_round("r1", {"w": np.zeros(4, dtype=np.float32)}, min_clients=1)
+        with Transport(cluster.config) as transport:
+            assert transport.get_round(0, "r1").round_id == "r1"
+            yield (transport, *_states(transport.channel(0)))
+    finally:
+        cluster.stop_all()
 
 
 def test_an_idle_client_connection_is_closed_and_dialled_again(tmp_path: Path) -> None:
-    cluster = InProcessCluster(tmp_path, 2, idle_connection_s=0.3)
-    try:
-        _open_round(cluster, "r1")
-        with Transport(cluster.config) as transport:
-            assert transport.get_round(0, "r1").round_id == "r1"
-            seen, idle = _states(transport.channel(0))
-            assert idle.wait(WAIT_S), f"the connection stayed open: {seen}"
-            # The next call dials again and is answered.
-            assert transport.get_round(0, "r1").round_id == "r1"
-    finally:
-        cluster.stop_all()
+    with _connected(tmp_path, 0.3) as (transport, seen, idle):
+        assert idle.wait(WAIT_S), f"the connection stayed open: {seen}"
+        # The next call dials again and is answered.
+        assert transport.get_round(0, "r1").round_id == "r1"
 
 
 def test_with_no_limit_an_idle_connection_stays_open(tmp_path: Path) -> None:
-    cluster = InProcessCluster(tmp_path, 2, idle_connection_s=0)
-    try:
-        _open_round(cluster, "r1")
-        with Transport(cluster.config) as transport:
-            assert transport.get_round(0, "r1").round_id == "r1"
-            seen, idle = _states(transport.channel(0))
-            time.sleep(1.0)
-            assert not idle.is_set(), seen
-    finally:
-        cluster.stop_all()
+    with _connected(tmp_path, 0) as (_, seen, idle):
+        time.sleep(1.0)
+        assert not idle.is_set(), seen

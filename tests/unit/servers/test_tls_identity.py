@@ -110,30 +110,29 @@ def server_pair(ca: KeyPair) -> KeyPair:
     return issue_party_cert(ca, 0, ["localhost", "127.0.0.1"])
 
 
-@pytest.fixture
-def mtls_server(ca: KeyPair, server_pair: KeyPair) -> Iterator[tuple[int, list[Seen]]]:
+def _serving(
+    ca: KeyPair, server_pair: KeyPair, *, require_client_auth: bool
+) -> Iterator[tuple[int, list[Seen]]]:
+    """An echo server on TLS with ``server_pair``, asking for a client certificate or not."""
     seen: list[Seen] = []
     credentials = grpc.ssl_server_credentials(
         [(server_pair.key_pem, server_pair.cert_pem)],
         root_certificates=ca.cert_pem,
-        require_client_auth=True,
+        require_client_auth=require_client_auth,
     )
     server, port = _echo_server(credentials, seen)
     yield port, seen
     server.stop(grace=None).wait(RPC_TIMEOUT_S)
+
+
+@pytest.fixture
+def mtls_server(ca: KeyPair, server_pair: KeyPair) -> Iterator[tuple[int, list[Seen]]]:
+    yield from _serving(ca, server_pair, require_client_auth=True)
 
 
 @pytest.fixture
 def tls_server(ca: KeyPair, server_pair: KeyPair) -> Iterator[tuple[int, list[Seen]]]:
-    seen: list[Seen] = []
-    credentials = grpc.ssl_server_credentials(
-        [(server_pair.key_pem, server_pair.cert_pem)],
-        root_certificates=ca.cert_pem,
-        require_client_auth=False,
-    )
-    server, port = _echo_server(credentials, seen)
-    yield port, seen
-    server.stop(grace=None).wait(RPC_TIMEOUT_S)
+    yield from _serving(ca, server_pair, require_client_auth=False)
 
 
 def test_mtls_peer_with_a_party_cert_is_that_party(
